@@ -1,0 +1,71 @@
+"""hug-plugins: the Hyperspherical Uniformity Gap (HUG) loss and generalized neural collapse.
+
+Core pieces:
+
+* :mod:`hug_plugins.uniformity`: hyperspherical energy (Riesz, log, Gaussian), separation and
+  Gram log-determinant, chunked and differentiable.
+* :mod:`hug_plugins.losses`: :class:`HUGLoss` (proxy form) and :class:`ClassMeanHUGLoss`.
+* :mod:`hug_plugins.proxies`: :class:`ProxyHead` and uniform constructors.
+* :mod:`hug_plugins.metrics`: streaming NC1-NC4 / GNC2 torchmetrics.
+
+Reference:
+    Liu, Yu, Weller, Schölkopf. "Generalizing and Decoupling Neural Collapse via Hyperspherical
+    Uniformity Gap." ICLR 2023. https://arxiv.org/abs/2303.06484
+"""
+
+from hug_plugins._checks import set_validation
+from hug_plugins.losses import (
+    PAPER_WEIGHTS,
+    ClassMeanHUGLoss,
+    HUGConfig,
+    HUGLoss,
+    HUGTerms,
+    preset_config,
+)
+from hug_plugins.metrics import NCMAgreement, NeuralCollapseMetrics, reference_energy
+from hug_plugins.proxies import (
+    ProxyHead,
+    cross_polytope,
+    minimize_energy,
+    optimized_proxies,
+    random_proxies,
+    simplex_etf,
+)
+from hug_plugins.uniformity import (
+    energy_rows,
+    gaussian_energy,
+    gram_log_det,
+    hyperspherical_energy,
+    log_energy,
+    min_separation,
+    riesz_energy,
+    soft_separation,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PAPER_WEIGHTS",
+    "ClassMeanHUGLoss",
+    "HUGConfig",
+    "HUGLoss",
+    "HUGTerms",
+    "NCMAgreement",
+    "NeuralCollapseMetrics",
+    "ProxyHead",
+    "cross_polytope",
+    "energy_rows",
+    "gaussian_energy",
+    "gram_log_det",
+    "hyperspherical_energy",
+    "log_energy",
+    "min_separation",
+    "minimize_energy",
+    "optimized_proxies",
+    "random_proxies",
+    "reference_energy",
+    "riesz_energy",
+    "set_validation",
+    "simplex_etf",
+    "soft_separation",
+]

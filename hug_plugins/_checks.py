@@ -1,0 +1,91 @@
+"""Input validation shared by the losses, heads and metrics.
+
+Every public entry point validates its tensors here so that bad input raises a ``ValueError``
+whose message names the problem, instead of producing a NaN or a silently wrong answer.
+
+The finiteness checks read one boolean back from the device; they can be switched off in a hot
+loop with :func:`set_validation` once a pipeline is known to be sound.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_VALIDATE = True
+
+
+def set_validation(enabled: bool) -> None:
+    """Turns the data-dependent checks (finiteness, label range) on or off globally.
+
+    Shape and dtype checks are free and always run. The value checks need one device-to-host
+    read each; they are on by default.
+
+    Args:
+        enabled: Whether to run the value checks.
+    """
+    global _VALIDATE
+    _VALIDATE = bool(enabled)
+
+
+def validation_enabled() -> bool:
+    """Returns whether value checks (finiteness, label range) are active."""
+    return _VALIDATE
+
+
+def check_matrix(x: Tensor, name: str, dim: int | None = None) -> None:
+    """Checks that ``x`` is a finite floating-point (n, d) tensor.
+
+    Args:
+        x: The tensor to check.
+        name: Name used in the error message.
+        dim: Required size of the second axis, if any.
+
+    Raises:
+        ValueError: On a wrong type, rank, width, dtype, an empty tensor or non-finite values.
+    """
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must have shape (n, d), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{name} must have {dim} columns, got shape {tuple(x.shape)}")
+    if _VALIDATE and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+
+
+def check_labels(labels: Tensor, n: int, num_classes: int | None, name: str = "labels") -> None:
+    """Checks that ``labels`` is an integer vector of length ``n`` with values in range.
+
+    Args:
+        labels: Class indices.
+        n: Required length (number of samples).
+        num_classes: Exclusive upper bound of the labels, if known.
+        name: Name used in the error message.
+
+    Raises:
+        ValueError: On a wrong type, shape, dtype or labels out of ``[0, num_classes)``.
+    """
+    if not isinstance(labels, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.ndim != 1:
+        raise ValueError(f"{name} must have shape (n,), got shape {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
+    if labels.shape[0] != n:
+        raise ValueError(f"{name} has {labels.shape[0]} entries but there are {n} samples")
+    if _VALIDATE and n > 0:
+        low = int(labels.min())
+        high = int(labels.max())
+        if low < 0 or (num_classes is not None and high >= num_classes):
+            bound = f"[0, {num_classes})" if num_classes is not None else "[0, inf)"
+            raise ValueError(f"{name} out of range {bound}: min {low}, max {high}")
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """Returns the dtype energies are computed in: float64 stays float64, all else float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -1,0 +1,458 @@
+"""HUG losses: the Hyperspherical Uniformity Gap in proxy (P-HUG) and class-mean form.
+
+HUG replaces cross-entropy by two decoupled terms on L2-normalized features:
+
+* an inter-class term that makes the class proxies ``w_hat_c`` (or class means) uniform on the
+  hypersphere: minimum hyperspherical energy (MHE), maximum separation (MHS) or maximum Gram
+  log-determinant (MGD), see :mod:`hug_plugins.uniformity`;
+* an intra-class term that pulls each normalized feature ``x_hat_i`` to its class.
+
+As a loss to minimize (``alpha`` weights the inter term, ``beta`` the intra term)::
+
+    MHE-HUG: alpha * E_s({w_hat_c})         + beta * mean_c mean_{i in A_c} ||x_hat_i - w_hat_c||
+    MHS-HUG: -alpha * softmin_sep({w_hat_c}) + beta * mean_c max_{i in A_c} ||x_hat_i - w_hat_c||
+    MGD-HUG: -alpha * log det G({w_hat_c})   + beta * mean_c mean_{i in A_c} ||x_hat_i - w_hat_c||
+
+The means run over the classes present in the batch, as in the authors' code. The whole loss
+is vectorized: no Python loop over classes and no host synchronisation (value checks aside,
+see :func:`hug_plugins.set_validation`).
+
+Energy modes for the inter term of proxies:
+
+* ``"full"``: the energy of all ``C`` proxies, ``O(C^2 d)`` per step (chunked: ``O(C * chunk)``
+  memory). Exact; what the authors' code computes.
+* ``"rows"``: the energy rows of the proxies of the classes in the batch against all proxies,
+  each present class weighted once: ``O(B C d)`` per step, like a cross-entropy head. Its
+  expectation over uniformly drawn classes is the full energy.
+* ``"auto"`` (default): ``"full"`` when ``C <= B`` (it is the cheaper one), else ``"rows"``.
+
+Reference:
+    Liu, Yu, Weller, Schölkopf. "Generalizing and Decoupling Neural Collapse via Hyperspherical
+    Uniformity Gap." ICLR 2023. https://arxiv.org/abs/2303.06484
+
+Example:
+    >>> import torch
+    >>> from hug_plugins.losses import HUGLoss
+    >>> loss_fn = HUGLoss.preset("mhe")
+    >>> features = torch.randn(8, 16, requires_grad=True)
+    >>> proxies = torch.nn.Parameter(torch.randn(4, 16))
+    >>> labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    >>> loss = loss_fn(features, labels, proxies)
+    >>> loss.backward()
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hug_plugins._checks import check_labels, check_matrix, compute_dtype
+from hug_plugins.uniformity import (
+    DEFAULT_EPS,
+    PairKernel,
+    _autocast_disabled,
+    gram_log_det,
+    make_kernel,
+    pair_kernel_mean,
+)
+
+InterMeasure = Literal["mhe", "mhs", "mgd"]
+IntraMeasure = Literal["distance", "squared_distance", "max_distance"]
+EnergyMode = Literal["auto", "full", "rows"]
+IntraReduction = Literal["class_mean", "sample_mean"]
+
+PAPER_WEIGHTS: dict[str, tuple[float, float]] = {
+    "mhe": (0.15, 0.015),
+    "mhs": (0.15, 0.015),
+    "mgd": (0.15, 0.03),
+}
+"""Paper weights ``(alpha, beta)`` of the three HUG variants."""
+
+
+class HUGTerms(NamedTuple):
+    """The loss and its two terms (already multiplied by ``alpha`` and ``beta``)."""
+
+    loss: Tensor
+    inter: Tensor
+    intra: Tensor
+
+
+@dataclass(frozen=True)
+class HUGConfig:
+    """Hyperparameters of a HUG loss.
+
+    Attributes:
+        alpha: Weight of the inter-class (uniformity) term, >= 0.
+        beta: Weight of the intra-class (pull) term, >= 0.
+        inter: Uniformity measure: ``"mhe"`` energy, ``"mhs"`` separation, ``"mgd"`` Gram det.
+        kernel: MHE kernel: ``"riesz"`` (``s``; ``s = 0`` is log), ``"log"``, ``"gaussian"`` (``t``).
+        s: Riesz exponent.
+        t: Gaussian kernel temperature.
+        separation_t: Temperature (distance units) of the smooth minimum used by MHS.
+        mgd_gamma: Bandwidth of the Gaussian Gram matrix used by MGD.
+        mgd_jitter: Diagonal jitter of that Gram matrix.
+        intra: ``"distance"`` (authors' code), ``"squared_distance"`` or ``"max_distance"``
+            (per-class maximum, the paper's MHS-HUG).
+        intra_reduction: ``"class_mean"`` (mean over present classes of the per-class mean, as
+            the authors' code) or ``"sample_mean"`` (mean over samples).
+        detach_proxies: Whether proxies get no gradient from the intra term (authors' code).
+        energy_mode: ``"full"``, ``"rows"`` or ``"auto"``; see the module docstring.
+        eps: Distance floor used by every distance and kernel.
+        chunk_size: Rows per block of the pair sums (default: automatic).
+    """
+
+    alpha: float = 0.15
+    beta: float = 0.015
+    inter: InterMeasure = "mhe"
+    kernel: Literal["riesz", "log", "gaussian"] = "riesz"
+    s: float = 2.0
+    t: float = 2.0
+    separation_t: float = 0.05
+    mgd_gamma: float = 1.0
+    mgd_jitter: float = 1e-4
+    intra: IntraMeasure = "distance"
+    intra_reduction: IntraReduction = "class_mean"
+    detach_proxies: bool = True
+    energy_mode: EnergyMode = "auto"
+    eps: float = DEFAULT_EPS
+    chunk_size: int | None = None
+
+    def validate(self) -> PairKernel | None:
+        """Checks every field; returns the MHE kernel (``None`` for MHS/MGD).
+
+        Raises:
+            ValueError: On any invalid value, naming the field.
+        """
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if self.inter not in ("mhe", "mhs", "mgd"):
+            raise ValueError(f"inter must be 'mhe', 'mhs' or 'mgd', got {self.inter!r}")
+        if self.intra not in ("distance", "squared_distance", "max_distance"):
+            raise ValueError(
+                f"intra must be 'distance', 'squared_distance' or 'max_distance', got {self.intra!r}"
+            )
+        if self.intra_reduction not in ("class_mean", "sample_mean"):
+            raise ValueError(
+                f"intra_reduction must be 'class_mean' or 'sample_mean', got {self.intra_reduction!r}"
+            )
+        if self.energy_mode not in ("auto", "full", "rows"):
+            raise ValueError(
+                f"energy_mode must be 'auto', 'full' or 'rows', got {self.energy_mode!r}"
+            )
+        if self.inter == "mgd" and self.energy_mode == "rows":
+            raise ValueError("energy_mode='rows' is not available for inter='mgd' (needs all of G)")
+        if not (math.isfinite(self.separation_t) and self.separation_t > 0):
+            raise ValueError(f"separation_t must be > 0, got {self.separation_t}")
+        if not (math.isfinite(self.mgd_gamma) and self.mgd_gamma > 0):
+            raise ValueError(f"mgd_gamma must be > 0, got {self.mgd_gamma}")
+        if not (math.isfinite(self.mgd_jitter) and self.mgd_jitter > 0):
+            raise ValueError(f"mgd_jitter must be > 0, got {self.mgd_jitter}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        kernel = make_kernel(self.kernel, s=self.s, t=self.t, eps=self.eps)
+        return kernel if self.inter == "mhe" else None
+
+
+def preset_config(name: str, **overrides: Any) -> HUGConfig:
+    """The named configurations of the paper and of the authors' code.
+
+    * ``"mhe"``: MHE-HUG, Riesz ``s = 2``, alpha 0.15, beta 0.015.
+    * ``"mhs"``: MHS-HUG, smooth separation, per-class max distance, alpha 0.15, beta 0.015.
+    * ``"mgd"``: MGD-HUG, Gaussian Gram log-det, alpha 0.15, beta 0.03.
+    * ``"authors"``: the authors' published loss exactly: full Riesz ``s = 2`` energy, mean
+      per-class distance to detached proxies.
+
+    Args:
+        name: Preset name.
+        **overrides: Fields of :class:`HUGConfig` to change.
+
+    Returns:
+        The configuration.
+
+    Raises:
+        ValueError: On an unknown preset or field.
+    """
+    presets = {
+        "mhe": HUGConfig(inter="mhe", alpha=0.15, beta=0.015),
+        "mhs": HUGConfig(inter="mhs", intra="max_distance", alpha=0.15, beta=0.015),
+        "mgd": HUGConfig(inter="mgd", alpha=0.15, beta=0.03, energy_mode="full"),
+        "authors": HUGConfig(inter="mhe", kernel="riesz", s=2.0, energy_mode="full"),
+    }
+    if name not in presets:
+        raise ValueError(f"unknown HUG preset {name!r}; available: {sorted(presets)}")
+    valid = {f.name for f in fields(HUGConfig)}
+    unknown = set(overrides) - valid
+    if unknown:
+        raise ValueError(f"unknown HUGConfig field(s) {sorted(unknown)}; valid: {sorted(valid)}")
+    config = replace(presets[name], **overrides)
+    config.validate()
+    return config
+
+
+def _class_counts(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    return torch.bincount(labels, minlength=num_classes).to(dtype)
+
+
+def _intra_term(
+    features: Tensor,
+    targets: Tensor,
+    labels: Tensor,
+    counts: Tensor,
+    config: HUGConfig,
+) -> Tensor:
+    """Intra-class pull of normalized features to their (normalized) class targets.
+
+    Args:
+        features: ``(B, d)`` normalized features.
+        targets: ``(B, d)`` the class target of each sample (proxy or class mean).
+        labels: ``(B,)`` labels.
+        counts: ``(C,)`` samples per class in the batch.
+        config: Loss configuration.
+    """
+    d2 = (features - targets).pow(2).sum(1)
+    eps2 = config.eps * config.eps
+    dist = d2 if config.intra == "squared_distance" else torch.sqrt(d2.clamp_min(eps2))
+    present = (counts > 0).to(dist.dtype)
+    num_present = present.sum().clamp_min(1.0)
+    if config.intra == "max_distance":
+        per_class = torch.zeros_like(counts).scatter_reduce(
+            0, labels, dist, reduce="amax", include_self=False
+        )
+        if config.intra_reduction == "sample_mean":
+            return (per_class * counts).sum() / counts.sum()
+        return (per_class * present).sum() / num_present
+    if config.intra_reduction == "sample_mean":
+        return dist.mean()
+    return (dist / counts[labels]).sum() / num_present
+
+
+def _inter_term(
+    points: Tensor,
+    labels: Tensor,
+    counts: Tensor,
+    present: Tensor | None,
+    config: HUGConfig,
+    kernel: PairKernel | None,
+) -> Tensor:
+    """Uniformity term of normalized class points (proxies or class means), as a loss.
+
+    Args:
+        points: ``(C, d)`` normalized points.
+        labels: ``(B,)`` labels of the batch (rows mode anchors).
+        counts: ``(C,)`` samples per class in the batch.
+        present: Optional ``(C,)`` 0/1 weights of the points that exist (class-mean form).
+        config: Loss configuration.
+        kernel: MHE kernel, if ``inter == "mhe"``.
+    """
+    num_points = points.shape[0]
+    mode = config.energy_mode
+    if mode == "auto":
+        mode = "full" if num_points <= labels.shape[0] else "rows"
+    if config.inter == "mgd":
+        if present is not None:
+            return -_masked_gram_log_det(points, present, config)
+        return -gram_log_det(
+            points, gamma=config.mgd_gamma, jitter=config.mgd_jitter, normalize=False
+        )
+    pair_kernel = (
+        kernel if kernel is not None else PairKernel("softmin", config.separation_t, config.eps)
+    )
+    if mode == "full":
+        exclude = torch.arange(num_points, device=points.device)
+        value = pair_kernel_mean(
+            points, points, pair_kernel, exclude, present, present, config.chunk_size
+        )
+    else:
+        row_weights = 1.0 / counts[labels]
+        value = pair_kernel_mean(
+            points[labels], points, pair_kernel, labels, row_weights, present, config.chunk_size
+        )
+    if config.inter == "mhs":
+        num = present.sum() if present is not None else torch.tensor(float(num_points))
+        num_pairs = (num * (num - 1) / 2).clamp_min(1.0)
+        # -soft_separation = t * (log mean exp(-d/t) + log #pairs)
+        return config.separation_t * (value + torch.log(num_pairs.to(value)))
+    return value
+
+
+def _masked_gram_log_det(points: Tensor, present: Tensor, config: HUGConfig) -> Tensor:
+    """``log det`` of the Gram matrix of the present points only, without indexing."""
+    d2 = (2.0 - 2.0 * points @ points.T).clamp_min(0.0)
+    gram = torch.exp(-config.mgd_gamma * d2)
+    mask = present[:, None] * present[None, :]
+    eye = torch.eye(points.shape[0], dtype=points.dtype, device=points.device)
+    # Absent rows/columns become identity rows: they add log(1 + jitter) each, removed below.
+    gram = gram * mask + eye * (1.0 - present)[:, None]
+    gram = 0.5 * (gram + gram.T) + config.mgd_jitter * eye
+    chol, _ = torch.linalg.cholesky_ex(gram)
+    logdet = 2.0 * torch.log(torch.diagonal(chol)).sum()
+    return logdet - (1.0 - present).sum() * math.log1p(config.mgd_jitter)
+
+
+class _HUGBase(nn.Module):
+    """Shared configuration handling of the HUG losses."""
+
+    last_terms: HUGTerms | None
+
+    def __init__(self, config: HUGConfig | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        base = config if config is not None else HUGConfig()
+        valid = {f.name for f in fields(HUGConfig)}
+        unknown = set(kwargs) - valid
+        if unknown:
+            raise ValueError(f"unknown HUG argument(s) {sorted(unknown)}; valid: {sorted(valid)}")
+        self.config = replace(base, **kwargs)
+        self._kernel = self.config.validate()
+        self.last_terms = None
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"inter={c.inter!r}, intra={c.intra!r}, alpha={c.alpha}, beta={c.beta}"
+
+    def _finish(self, inter: Tensor, intra: Tensor) -> HUGTerms:
+        terms = HUGTerms(
+            self.config.alpha * inter + self.config.beta * intra,
+            self.config.alpha * inter,
+            self.config.beta * intra,
+        )
+        self.last_terms = HUGTerms(*(t.detach() for t in terms))
+        return terms
+
+
+class HUGLoss(_HUGBase):
+    """Proxy-based HUG loss (P-HUG): uniform proxies, features pulled to their proxy.
+
+    ``loss = alpha * inter(w_hat) + beta * intra(x_hat, w_hat)``, see the module docstring for
+    the measures and energy modes. Features and proxies are L2-normalized inside; the loss is
+    computed in float32 (float64 input stays float64) under autocast.
+
+    Reference:
+        Liu et al. "Generalizing and Decoupling Neural Collapse via Hyperspherical Uniformity
+        Gap." ICLR 2023.
+
+    Args:
+        config: A :class:`HUGConfig` (default: MHE-HUG with paper weights).
+        **kwargs: Fields of :class:`HUGConfig` overriding ``config``.
+
+    Raises:
+        ValueError: On invalid hyperparameters.
+
+    Example:
+        >>> import torch
+        >>> loss_fn = HUGLoss(alpha=0.15, beta=0.015, inter="mhe", s=2.0)
+        >>> features = torch.randn(6, 8)
+        >>> proxies = torch.randn(3, 8, requires_grad=True)
+        >>> loss = loss_fn(features, torch.tensor([0, 0, 1, 1, 2, 2]), proxies)
+        >>> loss.backward()
+        >>> sorted(loss_fn.last_terms._asdict())
+        ['inter', 'intra', 'loss']
+    """
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> HUGLoss:
+        """Builds a loss from a named preset (``"mhe"``, ``"mhs"``, ``"mgd"``, ``"authors"``)."""
+        return cls(preset_config(name, **overrides))
+
+    def terms(self, features: Tensor, labels: Tensor, proxies: Tensor) -> HUGTerms:
+        """Computes the loss and its weighted inter and intra terms.
+
+        Args:
+            features: ``(B, d)`` features (any scale; normalized here). Zero rows are allowed.
+            labels: ``(B,)`` integer labels in ``[0, C)``.
+            proxies: ``(C, d)`` class proxies, ``C >= 2``.
+
+        Returns:
+            :class:`HUGTerms` of scalars.
+
+        Raises:
+            ValueError: On bad shapes, dtypes, labels out of range or non-finite values.
+        """
+        check_matrix(proxies, "proxies")
+        num_classes, dim = proxies.shape
+        if num_classes < 2:
+            raise ValueError(f"HUG needs at least 2 proxies, got {num_classes}")
+        check_matrix(features, "features", dim=dim)
+        check_labels(labels, features.shape[0], num_classes)
+        dtype = compute_dtype(features) if features.dtype == proxies.dtype else torch.float32
+        with _autocast_disabled(features.device.type):
+            x_hat = F.normalize(features.to(dtype), dim=1, eps=1e-12)
+            w_hat = F.normalize(proxies.to(dtype), dim=1, eps=1e-12)
+            labels = labels.long()
+            counts = _class_counts(labels, num_classes, dtype)
+            targets = (w_hat.detach() if self.config.detach_proxies else w_hat)[labels]
+            intra = _intra_term(x_hat, targets, labels, counts, self.config)
+            inter = _inter_term(w_hat, labels, counts, None, self.config, self._kernel)
+        return self._finish(inter, intra)
+
+    def forward(self, features: Tensor, labels: Tensor, proxies: Tensor) -> Tensor:
+        """Returns the scalar loss; the terms are kept in ``last_terms`` (detached)."""
+        return self.terms(features, labels, proxies).loss
+
+
+class ClassMeanHUGLoss(_HUGBase):
+    """General HUG without proxies: class means of the normalized batch features.
+
+    ``mu_hat_c`` is the normalized mean of ``x_hat_i`` over the samples of class ``c`` in the
+    batch (optionally centred by the batch mean of the class means first). The inter term is
+    the uniformity of ``{mu_hat_c}`` over the classes present in the batch; the intra term
+    pulls each ``x_hat_i`` to ``mu_hat_{y_i}`` (detached when ``detach_proxies``; a one-sample
+    class has zero pull). Absent classes are skipped by zero weights, without indexing.
+
+    Args:
+        num_classes: Number of classes ``C`` (labels lie in ``[0, C)``).
+        center: Whether to subtract the mean of the present class means before normalizing.
+        config: A :class:`HUGConfig` (default: MHE-HUG with paper weights).
+        **kwargs: Fields of :class:`HUGConfig` overriding ``config``.
+
+    Example:
+        >>> import torch
+        >>> loss_fn = ClassMeanHUGLoss(num_classes=3)
+        >>> features = torch.randn(6, 8, requires_grad=True)
+        >>> loss = loss_fn(features, torch.tensor([0, 0, 1, 1, 2, 2]))
+        >>> loss.backward()
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        center: bool = False,
+        config: HUGConfig | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not (isinstance(num_classes, int) and num_classes >= 1):
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        super().__init__(config, **kwargs)
+        self.num_classes = num_classes
+        self.center = center
+
+    def terms(self, features: Tensor, labels: Tensor) -> HUGTerms:
+        """Computes the loss and its weighted terms (see :meth:`HUGLoss.terms`)."""
+        check_matrix(features, "features")
+        check_labels(labels, features.shape[0], self.num_classes)
+        dtype = compute_dtype(features)
+        with _autocast_disabled(features.device.type):
+            x_hat = F.normalize(features.to(dtype), dim=1, eps=1e-12)
+            labels = labels.long()
+            counts = _class_counts(labels, self.num_classes, dtype)
+            present = (counts > 0).to(dtype)
+            sums = torch.zeros(self.num_classes, x_hat.shape[1], dtype=dtype, device=x_hat.device)
+            means = sums.index_add(0, labels, x_hat) / counts.clamp_min(1.0)[:, None]
+            if self.center:
+                global_mean = (means * present[:, None]).sum(0) / present.sum().clamp_min(1.0)
+                means = means - global_mean * present[:, None]
+            mu_hat = F.normalize(means, dim=1, eps=1e-12)
+            targets = (mu_hat.detach() if self.config.detach_proxies else mu_hat)[labels]
+            intra = _intra_term(x_hat, targets, labels, counts, self.config)
+            inter = _inter_term(mu_hat, labels, counts, present, self.config, self._kernel)
+        return self._finish(inter, intra)
+
+    def forward(self, features: Tensor, labels: Tensor) -> Tensor:
+        """Returns the scalar loss; the terms are kept in ``last_terms`` (detached)."""
+        return self.terms(features, labels).loss
