@@ -44,11 +44,28 @@ from hug_plugins.uniformity import (
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "HUGCriterion": "hug_plugins.ssl",
+    "HUGPlugin": "hug_plugins.continual",
+}
+
+
+def __getattr__(name: str) -> object:
+    """Imports the framework adapters (Lightly, Avalanche) only when first used."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hug_plugins' has no attribute {name!r}")
+
+
 __all__ = [
     "PAPER_WEIGHTS",
     "ClassMeanHUGLoss",
     "HUGConfig",
+    "HUGCriterion",
     "HUGLoss",
+    "HUGPlugin",
     "HUGTerms",
     "NCMAgreement",
     "NeuralCollapseMetrics",
