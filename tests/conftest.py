@@ -1,0 +1,11 @@
+"""Shared pytest set-up: small thread counts and deterministic seeds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

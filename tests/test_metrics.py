@@ -1,0 +1,214 @@
+"""Tests of the streaming neural-collapse metrics, including the unconstrained-features model."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from hug_plugins.losses import HUGLoss
+from hug_plugins.metrics import NCMAgreement, NeuralCollapseMetrics
+from hug_plugins.proxies import cross_polytope, simplex_etf
+from hug_plugins.uniformity import riesz_energy
+
+
+def naive_nc1(features: torch.Tensor, labels: torch.Tensor) -> float:
+    x = features.double()
+    classes = labels.unique()
+    means = torch.stack([x[labels == c].mean(0) for c in classes])
+    global_mean = x.mean(0)
+    within = (
+        sum(
+            (x[labels == c] - means[k]).T @ (x[labels == c] - means[k])
+            for k, c in enumerate(classes)
+        )
+        / x.shape[0]
+    )
+    centred = means - global_mean
+    between = centred.T @ centred / len(classes)
+    return float(
+        torch.trace(within @ torch.linalg.pinv(between, rtol=1e-6, hermitian=True)) / len(classes)
+    )
+
+
+def test_streaming_equals_one_batch_and_naive_nc1() -> None:
+    features = torch.randn(200, 6) + 3 * torch.randn(4, 6).repeat_interleave(50, 0)
+    labels = torch.arange(4).repeat_interleave(50)
+    perm = torch.randperm(200)
+    features, labels = features[perm], labels[perm]
+    streaming = NeuralCollapseMetrics(4, 6)
+    for chunk in range(0, 200, 37):
+        streaming.update(features[chunk : chunk + 37], labels[chunk : chunk + 37])
+    single = NeuralCollapseMetrics(4, 6)
+    single.update(features, labels)
+    a, b = streaming.compute(), single.compute()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+    assert float(a["nc1"]) == pytest.approx(naive_nc1(features, labels), rel=1e-6)
+
+
+def test_collapsed_simplex_reads_as_perfect_collapse() -> None:
+    etf = simplex_etf(5, 8).double() * 2.0 + 1.0  # scaled and shifted: still NC after centring
+    labels = torch.arange(5).repeat(10)
+    features = etf[labels]
+    metric = NeuralCollapseMetrics(5, 8)
+    metric.update(features, labels, classifier_weight=etf - 1.0)
+    out = metric.compute()
+    assert float(out["nc1"]) < 1e-10
+    assert float(out["nc2_equinorm_means"]) < 1e-6
+    assert float(out["nc2_equiangular_std"]) < 1e-6
+    assert float(out["nc2_equiangular_etf"]) < 1e-6
+    assert float(out["gnc2_ratio"]) == pytest.approx(1.0, abs=1e-5)
+    assert float(out["nc3_dist"]) < 1e-6
+    assert float(out["nc3_cos"]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_gnc2_for_more_classes_than_dimensions() -> None:
+    points = cross_polytope(3).double()  # C = 6 > d + 1 = 4: no simplex ETF exists
+    labels = torch.arange(6).repeat(3)
+    metric = NeuralCollapseMetrics(6, 3)
+    metric.update(points[labels], labels)
+    out = metric.compute()
+    assert float(out["gnc2_energy"]) == pytest.approx(float(riesz_energy(points, s=1.0)), rel=1e-6)
+    assert float(out["gnc2_ratio"]) == pytest.approx(1.0, abs=1e-4)
+    random = NeuralCollapseMetrics(6, 3)
+    random_points = torch.randn(6, 3)
+    random.update(random_points[labels], labels)
+    assert float(random.compute()["gnc2_ratio"]) > 1.0
+
+
+def test_equiangular_std_matches_pairwise_loop() -> None:
+    features = torch.randn(7, 4, dtype=torch.float64)
+    labels = torch.arange(7)
+    metric = NeuralCollapseMetrics(7, 4)
+    metric.update(features, labels)
+    centred = F.normalize(features - features.mean(0), dim=1)
+    cos = (centred @ centred.T)[~torch.eye(7, dtype=torch.bool)]
+    out = metric.compute()
+    torch.testing.assert_close(out["nc2_equiangular_std"], cos.std(unbiased=False))
+    torch.testing.assert_close(out["nc2_equiangular_etf"], (cos + 1 / 6).abs().mean())
+
+
+def test_state_memory_is_linear_in_classes() -> None:
+    metric = NeuralCollapseMetrics(5000, 16)
+    shapes = {name: tuple(getattr(metric, name).shape) for name in metric._defaults}
+    assert shapes == {"class_sums": (5000, 16), "class_counts": (5000,), "second_moment": (16, 16)}
+
+
+def test_absent_classes_are_ignored() -> None:
+    features = torch.randn(30, 3, dtype=torch.float64)
+    labels = torch.tensor([0, 2, 4]).repeat(10)
+    big = NeuralCollapseMetrics(9, 3, reference_max_classes=0)
+    big.update(features, labels)
+    small = NeuralCollapseMetrics(3, 3, reference_max_classes=0)
+    small.update(features, labels // 2)
+    a, b = big.compute(), small.compute()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+
+
+def test_ncm_agreement_and_accuracies() -> None:
+    means = torch.eye(3)
+    features = torch.tensor([[0.9, 0.1, 0.0], [0.0, 1.0, 0.0], [0.0, 0.2, 0.8], [0.6, 0.5, 0.0]])
+    labels = torch.tensor([0, 1, 2, 1])
+    predictions = torch.tensor([0, 1, 1, 1])
+    metric = NCMAgreement(means)
+    metric.update(features, labels, predictions)
+    out = metric.compute()
+    assert float(out["nc4_agreement"]) == pytest.approx(0.5)
+    assert float(out["model_accuracy"]) == pytest.approx(0.75)
+    assert float(out["ncm_accuracy"]) == pytest.approx(0.75)
+    masked = NCMAgreement(means, present=torch.tensor([False, True, True]))
+    masked.update(features[:1], labels[:1], torch.tensor([1]))
+    assert float(masked.compute()["nc4_agreement"]) == 1.0
+
+
+def test_bad_metric_inputs() -> None:
+    metric = NeuralCollapseMetrics(3, 2)
+    with pytest.raises(ValueError, match="2 columns"):
+        metric.update(torch.randn(4, 3), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="out of range"):
+        metric.update(torch.randn(4, 2), torch.full((4,), 3))
+    with pytest.raises(ValueError, match="non-finite"):
+        metric.update(torch.full((4, 2), float("nan")), torch.zeros(4, dtype=torch.long))
+    metric.update(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        metric.compute()
+
+
+def train_unconstrained_features(
+    num_classes: int, dim: int, per_class: int, steps: int = 600
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Unconstrained-features model: free features and proxies trained with P-HUG."""
+    gen = torch.Generator().manual_seed(0)
+    features = torch.nn.Parameter(torch.randn(num_classes * per_class, dim, generator=gen))
+    proxies = torch.nn.Parameter(torch.randn(num_classes, dim, generator=gen))
+    labels = torch.arange(num_classes).repeat(per_class)
+    loss_fn = HUGLoss(alpha=1.0, beta=1.0, s=2.0, intra="squared_distance", energy_mode="full")
+    optimizer = torch.optim.Adam([features, proxies], lr=0.05)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss_fn(features, labels, proxies).backward()
+        optimizer.step()
+        scheduler.step()
+    x_hat = F.normalize(features.detach(), dim=1)
+    w_hat = F.normalize(proxies.detach(), dim=1)
+    nc = NeuralCollapseMetrics(num_classes, dim)
+    nc.update(x_hat, labels, classifier_weight=w_hat)
+    out = nc.compute()
+    means, present = nc.class_means()
+    agreement = NCMAgreement(means, present)
+    agreement.update(x_hat, labels, (x_hat @ w_hat.T).argmax(1))
+    return out, agreement.compute()
+
+
+@pytest.mark.parametrize(("num_classes", "dim"), [(5, 8), (10, 3)])
+def test_unconstrained_features_model_collapses(num_classes: int, dim: int) -> None:
+    nc, nc4 = train_unconstrained_features(num_classes, dim, per_class=8)
+    assert float(nc["nc1"]) < 1e-2
+    assert float(nc4["nc4_agreement"]) == 1.0
+    assert float(nc4["model_accuracy"]) == 1.0
+    assert float(nc["gnc2_ratio"]) == pytest.approx(1.0, abs=2e-2)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        gen = torch.Generator().manual_seed(123)
+        features = torch.randn(40, 5, generator=gen)
+        labels = torch.arange(40) % 4
+        metric = NeuralCollapseMetrics(4, 5)
+        metric.update(features[rank::world], labels[rank::world])
+        out = metric.compute()
+        torch.save({k: v.cpu() for k, v in out.items()}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_metrics_sync_over_two_gloo_processes() -> None:
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.spawn(_ddp_worker, args=(2, _free_port(), out_dir), nprocs=2, join=True)
+        ranks = [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(2)]
+    gen = torch.Generator().manual_seed(123)
+    features = torch.randn(40, 5, generator=gen)
+    single = NeuralCollapseMetrics(4, 5)
+    single.update(features, torch.arange(40) % 4)
+    expected = single.compute()
+    for out in ranks:
+        for key, value in expected.items():
+            torch.testing.assert_close(out[key], value)
