@@ -79,6 +79,7 @@ __all__ = [
     "min_separation",
     "minimize_energy",
     "optimized_proxies",
+    "preset_config",
     "random_proxies",
     "reference_energy",
     "riesz_energy",

@@ -48,7 +48,6 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hug_plugins._checks import check_labels, check_matrix, compute_dtype
@@ -59,6 +58,7 @@ from hug_plugins.uniformity import (
     gram_log_det,
     make_kernel,
     pair_kernel_mean,
+    unit_rows,
 )
 
 InterMeasure = Literal["mhe", "mhs", "mgd"]
@@ -90,7 +90,8 @@ class HUGConfig:
         alpha: Weight of the inter-class (uniformity) term, >= 0.
         beta: Weight of the intra-class (pull) term, >= 0.
         inter: Uniformity measure: ``"mhe"`` energy, ``"mhs"`` separation, ``"mgd"`` Gram det.
-        kernel: MHE kernel: ``"riesz"`` (``s``; ``s = 0`` is log), ``"log"``, ``"gaussian"`` (``t``).
+        kernel: MHE kernel: ``"riesz"`` (``s``; ``s = 0`` is log), ``"log"`` or ``"gaussian"``
+            (``t``).
         s: Riesz exponent.
         t: Gaussian kernel temperature.
         separation_t: Temperature (distance units) of the smooth minimum used by MHS.
@@ -136,11 +137,13 @@ class HUGConfig:
             raise ValueError(f"inter must be 'mhe', 'mhs' or 'mgd', got {self.inter!r}")
         if self.intra not in ("distance", "squared_distance", "max_distance"):
             raise ValueError(
-                f"intra must be 'distance', 'squared_distance' or 'max_distance', got {self.intra!r}"
+                "intra must be 'distance', 'squared_distance' or 'max_distance', "
+                f"got {self.intra!r}"
             )
         if self.intra_reduction not in ("class_mean", "sample_mean"):
             raise ValueError(
-                f"intra_reduction must be 'class_mean' or 'sample_mean', got {self.intra_reduction!r}"
+                "intra_reduction must be 'class_mean' or 'sample_mean', "
+                f"got {self.intra_reduction!r}"
             )
         if self.energy_mode not in ("auto", "full", "rows"):
             raise ValueError(
@@ -272,7 +275,7 @@ def _inter_term(
     else:
         row_weights = 1.0 / counts[labels]
         value = pair_kernel_mean(
-            points[labels], points, pair_kernel, labels, row_weights, present, config.chunk_size
+            labels, points, pair_kernel, labels, row_weights, present, config.chunk_size
         )
     if config.inter == "mhs":
         num = present.sum() if present is not None else torch.tensor(float(num_points))
@@ -382,8 +385,8 @@ class HUGLoss(_HUGBase):
         check_labels(labels, features.shape[0], num_classes)
         dtype = compute_dtype(features) if features.dtype == proxies.dtype else torch.float32
         with _autocast_disabled(features.device.type):
-            x_hat = F.normalize(features.to(dtype), dim=1, eps=1e-12)
-            w_hat = F.normalize(proxies.to(dtype), dim=1, eps=1e-12)
+            x_hat = unit_rows(features.to(dtype))
+            w_hat = unit_rows(proxies.to(dtype))
             labels = labels.long()
             counts = _class_counts(labels, num_classes, dtype)
             targets = (w_hat.detach() if self.config.detach_proxies else w_hat)[labels]
@@ -438,16 +441,17 @@ class ClassMeanHUGLoss(_HUGBase):
         check_labels(labels, features.shape[0], self.num_classes)
         dtype = compute_dtype(features)
         with _autocast_disabled(features.device.type):
-            x_hat = F.normalize(features.to(dtype), dim=1, eps=1e-12)
+            x_hat = unit_rows(features.to(dtype))
             labels = labels.long()
             counts = _class_counts(labels, self.num_classes, dtype)
             present = (counts > 0).to(dtype)
             sums = torch.zeros(self.num_classes, x_hat.shape[1], dtype=dtype, device=x_hat.device)
-            means = sums.index_add(0, labels, x_hat) / counts.clamp_min(1.0)[:, None]
+            sums = sums.index_put((labels,), x_hat, accumulate=True)
+            means = sums / counts.clamp_min(1.0)[:, None]
             if self.center:
                 global_mean = (means * present[:, None]).sum(0) / present.sum().clamp_min(1.0)
                 means = means - global_mean * present[:, None]
-            mu_hat = F.normalize(means, dim=1, eps=1e-12)
+            mu_hat = unit_rows(means)
             targets = (mu_hat.detach() if self.config.detach_proxies else mu_hat)[labels]
             intra = _intra_term(x_hat, targets, labels, counts, self.config)
             inter = _inter_term(mu_hat, labels, counts, present, self.config, self._kernel)

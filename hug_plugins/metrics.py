@@ -10,8 +10,9 @@ Notation: ``N`` samples, ``C`` classes present, ``mu_c`` class means, ``mu_G`` g
 ``M~`` the ``(C, d)`` matrix of rows ``mu_c - mu_G``, ``mu_hat_c`` its normalized rows, ``W`` the
 classifier rows (or proxies).
 
-* ``nc1 = tr(Sigma_W Sigma_B^+) / C`` with ``Sigma_W = 1/N sum_i (x_i - mu_{y_i})(x_i - mu_{y_i})^T``
-  and ``Sigma_B = 1/C sum_c (mu_c - mu_G)(mu_c - mu_G)^T``; the pseudo-inverse keeps eigenvalues
+* ``nc1 = tr(Sigma_W Sigma_B^+) / C`` with
+  ``Sigma_W = 1/N sum_i (x_i - mu_{y_i})(x_i - mu_{y_i})^T`` and
+  ``Sigma_B = 1/C sum_c (mu_c - mu_G)(mu_c - mu_G)^T``; the pseudo-inverse keeps eigenvalues
   above ``pinv_rtol`` times the largest (Papyan et al. 2020, with the 1/C factor).
 * ``nc2_equinorm_means`` = std/mean of ``||mu_c - mu_G||``; ``nc2_equinorm_w`` = std/mean of
   ``||w_c||``.
@@ -136,7 +137,7 @@ class NeuralCollapseMetrics(Metric):
         self.add_state("class_counts", torch.zeros(num_classes, dtype=f64), dist_reduce_fx="sum")
         self.add_state("second_moment", torch.zeros(dim, dim, dtype=f64), dist_reduce_fx="sum")
 
-    def update(  # type: ignore[override]
+    def update(
         self, features: Tensor, labels: Tensor, classifier_weight: Tensor | None = None
     ) -> None:
         """Accumulates a batch.
@@ -151,7 +152,7 @@ class NeuralCollapseMetrics(Metric):
         check_labels(labels, features.shape[0], self.num_classes)
         x = features.detach().to(torch.float64)
         labels = labels.long()
-        self.class_sums.index_add_(0, labels, x)
+        self.class_sums.index_put_((labels,), x, accumulate=True)
         self.class_counts += torch.bincount(labels, minlength=self.num_classes).to(torch.float64)
         self.second_moment += x.T @ x
         if classifier_weight is not None:
@@ -295,9 +296,7 @@ class NCMAgreement(Metric):
         for name in ("agree", "total", "correct_model", "correct_ncm"):
             self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(  # type: ignore[override]
-        self, features: Tensor, labels: Tensor, predictions: Tensor
-    ) -> None:
+    def update(self, features: Tensor, labels: Tensor, predictions: Tensor) -> None:
         """Accumulates a batch of features, true labels and the classifier's predictions."""
         num_classes, dim = self.means.shape
         check_matrix(features, "features", dim=dim)

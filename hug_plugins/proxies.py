@@ -45,8 +45,8 @@ def _generator(seed: int) -> torch.Generator:
 
 def _random_rotation(dim: int, seed: int, dtype: torch.dtype) -> Tensor:
     q, r = torch.linalg.qr(torch.randn(dim, dim, generator=_generator(seed), dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r))[None, :]
-    return q.to(dtype)
+    rotation: Tensor = q * torch.sign(torch.diagonal(r))[None, :]
+    return rotation.to(dtype)
 
 
 def random_proxies(num_classes: int, dim: int, seed: int = 0) -> Tensor:
@@ -192,14 +192,14 @@ def minimize_energy(
     def closure() -> Tensor:
         optimizer.zero_grad()
         energy = hyperspherical_energy(u, kernel=kernel, s=s, t=t)
-        energy.backward()
+        energy.backward()  # type: ignore[no-untyped-call]
         return energy
 
     previous = math.inf
     iterations = 0
     converged = False
     while iterations < max_iter:
-        optimizer.step(closure)
+        optimizer.step(closure)  # type: ignore[no-untyped-call]
         iterations += 20
         with torch.no_grad():
             u.copy_(F.normalize(u, dim=1))
@@ -303,13 +303,15 @@ class ProxyHead(nn.Module):
     def proxies(self) -> Tensor:
         """The current ``(C, d)`` proxies (unnormalized for ``"learnable"``; differentiable)."""
         if self.mode == "learnable":
-            return self.weight
+            weight: Tensor = self.weight
+            return weight
+        base: Tensor = self.get_buffer("base")
         if self.mode == "partial":
-            norm = self.residual.norm(dim=1, keepdim=True)
-            direction = self.residual / norm.clamp_min(1e-12)
-            bounded = self.partial_radius * torch.tanh(norm) * direction
-            return self.base + bounded
-        base: Tensor = self.base
+            residual: Tensor = self.residual
+            norm = residual.norm(dim=1, keepdim=True)
+            direction = residual / norm.clamp_min(1e-12)
+            partial: Tensor = base + self.partial_radius * torch.tanh(norm) * direction
+            return partial
         return base
 
     def normalized_proxies(self) -> Tensor:
@@ -329,7 +331,10 @@ class ProxyHead(nn.Module):
         return self.forward(features).argmax(dim=1)
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, dim={self.dim}, mode={self.mode!r}, scale={self.scale}"
+        return (
+            f"num_classes={self.num_classes}, dim={self.dim}, mode={self.mode!r}, "
+            f"scale={self.scale}"
+        )
 
 
 def _check_distinct(points: Tensor) -> None:

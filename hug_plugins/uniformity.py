@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
@@ -101,6 +100,39 @@ class PairKernel:
             return -0.5 / clamped * active
         return -0.5 / (self.param * torch.sqrt(clamped)) * active
 
+    def evaluate(self, d2: Tensor, need_derivative: bool) -> tuple[Tensor, Tensor | None]:
+        """Value and (optionally) derivative at ``d2`` with shared intermediates.
+
+        Equivalent to ``(value(d2), derivative(d2))`` but with fewer passes over a block;
+        ``d2`` may be overwritten.
+        """
+        if not need_derivative:
+            return self.value(d2), None
+        eps2 = self.eps * self.eps
+        if self.kind == "gaussian":
+            return d2.mul_(-self.param), None  # derivative is the constant -t
+        active = d2 > eps2
+        clamped = d2.clamp_(min=eps2)
+        if self.kind == "riesz" and self.param == 2.0:
+            value = clamped.reciprocal_()  # d^-2
+            deriv = value * value  # -f' = d^-4
+            return value, torch.where(active, deriv.neg_(), 0.0)
+        if self.kind == "riesz":
+            magnitude = clamped.pow(-self.param / 2.0)  # |f| = d^-s
+            deriv = magnitude.div(clamped)
+            scale = -abs(self.param) / 2.0
+            value = magnitude if self.param > 0 else magnitude.neg_()
+        elif self.kind == "log":
+            deriv = clamped.reciprocal()
+            scale = -0.5
+            value = clamped.log_().mul_(-0.5)
+        else:
+            dist = clamped.sqrt_()
+            deriv = dist.reciprocal()
+            scale = -0.5 / self.param
+            value = dist.mul_(-1.0 / self.param)
+        return value, torch.where(active, deriv.mul_(scale), 0.0)
+
 
 def make_kernel(
     kernel: str = "riesz", s: float = 1.0, t: float = 2.0, eps: float = DEFAULT_EPS
@@ -161,113 +193,243 @@ def _chunk_size(rows: int, cols: int, chunk_size: int | None) -> int:
     return max(1, min(rows, _PAIR_BUDGET // max(cols, 1)))
 
 
-def _block(
+_CACHE_BUDGET = 1 << 26  # pair-matrix elements kept from forward to backward (256 MiB fp32)
+
+
+def _sq_norms(x: Tensor) -> Tensor:
+    """Row-wise squared norms (``vector_norm`` is the fastest reduction on CPU)."""
+    norms: Tensor = torch.linalg.vector_norm(x, dim=1)
+    return norms.square_()
+
+
+class _UnitRows(torch.autograd.Function):
+    """``x / max(||x||, eps)`` row-wise with a fused backward (fewer passes than autograd's)."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, eps: float) -> Tensor:
+        norms: Tensor = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+        clamped = norms.clamp_min(eps)
+        unit = x / clamped
+        ctx.save_for_backward(unit, clamped, norms > eps)
+        return unit
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        unit, clamped, active = ctx.saved_tensors
+        radial = torch.linalg.vecdot(grad, unit, dim=1).unsqueeze(1) * active
+        return torch.addcmul(grad, unit, radial, value=-1.0).div_(clamped), None
+
+
+def unit_rows(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """L2-normalizes the rows of ``x`` (zero rows stay zero), like ``F.normalize(x, dim=1)``.
+
+    Example:
+        >>> import torch
+        >>> unit_rows(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
+        tensor([[0.6000, 0.8000],
+                [0.0000, 0.0000]])
+    """
+    out: Tensor = _UnitRows.apply(x, eps)
+    return out
+
+
+def _sq_dists(xc: Tensor, xc_sq: Tensor, y: Tensor, y_sq: Tensor) -> Tensor:
+    """``||x_i - y_j||^2`` of a row block by the Gram trick, clamped at 0 (fresh tensor)."""
+    d2 = torch.addmm(y_sq[None, :], xc, y.T, beta=1.0, alpha=-2.0)
+    return d2.add_(xc_sq[:, None]).clamp_(min=0.0)
+
+
+def _set_excluded_(mat: Tensor, excl: Tensor, fill: float) -> Tensor:
+    """Sets ``mat[i, excl[i]] = fill`` for rows with ``excl[i] >= 0``, in place, O(rows)."""
+    idx = excl.clamp_min(0)[:, None]
+    current = mat.gather(1, idx)
+    src = torch.where((excl >= 0)[:, None], torch.full_like(current, fill), current)
+    return mat.scatter_(1, idx, src)
+
+
+def _pair_normalizer(
+    row_w: Tensor | None, col_w: Tensor | None, exclude: Tensor, m: int, n: int, like: Tensor
+) -> Tensor:
+    """``sum_ij a_i b_j`` over the kept pairs (``j != exclude[i]``)."""
+    row_total = row_w.sum() if row_w is not None else like.new_tensor(float(m))
+    col_total = col_w.sum() if col_w is not None else like.new_tensor(float(n))
+    excl_col = (
+        col_w[exclude.clamp_min(0)]
+        if col_w is not None
+        else torch.ones_like(exclude, dtype=like.dtype)
+    )
+    excl_pair = excl_col if row_w is None else row_w * excl_col
+    excluded = torch.where(exclude >= 0, excl_pair, torch.zeros_like(excl_pair))
+    return row_total * col_total - excluded.sum()
+
+
+class _Block:
+    """One row block of the pair sum: its statistic and what the backward pass needs."""
+
+    __slots__ = ("deriv", "stat", "values")
+
+    def __init__(self, stat: Tensor, values: Tensor | None, deriv: Tensor | None) -> None:
+        self.stat = stat
+        self.values = values
+        self.deriv = deriv
+
+
+def _eval_block(
+    kernel: PairKernel,
     x: Tensor,
     x_sq: Tensor,
     y: Tensor,
     y_sq: Tensor,
-    row_w: Tensor,
-    col_w: Tensor,
+    row_w: Tensor | None,
+    col_w: Tensor | None,
     exclude: Tensor,
     start: int,
     stop: int,
-) -> tuple[Tensor, Tensor]:
-    """Squared distances and pair weights of rows ``start:stop`` against all columns."""
-    xc = x[start:stop]
-    d2 = (x_sq[start:stop, None] + y_sq[None, :] - 2.0 * (xc @ y.T)).clamp_min(0.0)
-    weights = row_w[start:stop, None] * col_w[None, :]
+    need_grad: bool,
+) -> _Block:
+    """Evaluates rows ``start:stop``.
+
+    Plain kernels: ``stat`` is ``sum_ij a_i b_j K_ij`` and ``deriv`` the unnormalized gradient
+    coefficients ``a_i b_j K'_ij`` (0 on excluded pairs). Log-mean-exp kernels: ``stat`` is
+    ``logsumexp_ij(g_ij + log a_i + log b_j)``, ``values`` those log-weighted exponents (-inf on
+    excluded pairs) and ``deriv`` is ``g'_ij`` (``None`` when constant).
+    """
     excl = exclude[start:stop]
-    has_excl = excl >= 0
-    idx = excl.clamp_min(0)[:, None]
-    kept = torch.where(
-        has_excl[:, None], torch.zeros_like(idx, dtype=weights.dtype), weights.gather(1, idx)
-    )
-    weights = weights.scatter(1, idx, kept)
-    return d2, weights
-
-
-def _pair_normalizer(row_w: Tensor, col_w: Tensor, exclude: Tensor) -> Tensor:
-    excluded = torch.where(exclude >= 0, row_w * col_w[exclude.clamp_min(0)], 0.0)
-    return row_w.sum() * col_w.sum() - excluded.sum()
+    d2 = _sq_dists(x[start:stop], x_sq[start:stop], y, y_sq)
+    values, deriv = kernel.evaluate(d2, need_grad)
+    if kernel.log_mean_exp:
+        if col_w is not None:
+            values = values.add_(torch.log(col_w)[None, :])
+        if row_w is not None:
+            values = values.add_(torch.log(row_w[start:stop])[:, None])
+        values = _set_excluded_(values, excl, -math.inf)
+        stat = torch.logsumexp(values.flatten(), dim=0)
+        return _Block(stat, values if need_grad else None, deriv)
+    values = _set_excluded_(values, excl, 0.0)
+    row_sums = values @ col_w if col_w is not None else values.sum(1)
+    stat = (row_sums * row_w[start:stop]).sum() if row_w is not None else row_sums.sum()
+    if deriv is not None:
+        deriv = _set_excluded_(deriv, excl, 0.0)
+        if col_w is not None:
+            deriv = deriv.mul_(col_w[None, :])
+        if row_w is not None:
+            deriv = deriv.mul_(row_w[start:stop, None])
+    return _Block(stat, None, deriv)
 
 
 class _PairKernelMean(torch.autograd.Function):
-    """Weighted mean over pairs (i, j), j != exclude[i], of a kernel of ||x_i - y_j||^2."""
+    """Weighted mean over pairs (i, j), j != exclude[i], of a kernel of ||x_i - y_j||^2.
+
+    The forward pass keeps the gradient coefficients of every block when the whole pair matrix
+    fits in ``_CACHE_BUDGET`` elements (then the backward pass costs two matrix products, as a
+    linear layer's does); otherwise the backward pass recomputes them block by block.
+    """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: FunctionCtx,
-        x: Tensor,
+        x_or_rows: Tensor,
         y: Tensor,
-        row_w: Tensor,
-        col_w: Tensor,
+        row_w: Tensor | None,
+        col_w: Tensor | None,
         exclude: Tensor,
         kernel: PairKernel,
         chunk: int,
     ) -> Tensor:
-        with _autocast_disabled(x.device.type):
-            x_sq = (x * x).sum(1)
-            y_sq = (y * y).sum(1)
-            norm = _pair_normalizer(row_w, col_w, exclude)
+        rows_mode = not x_or_rows.is_floating_point()
+        x = y[x_or_rows] if rows_mode else x_or_rows
+        m, n = x.shape[0], y.shape[0]
+        need_grad = any(ctx.needs_input_grad[:2])  # type: ignore[attr-defined]
+        cache = need_grad and m * n <= _CACHE_BUDGET
+        with _autocast_disabled(x.device.type), torch.no_grad():
+            x_sq = _sq_norms(x)
+            y_sq = _sq_norms(y)
+            norm = _pair_normalizer(row_w, col_w, exclude, m, n, x)
             has_pairs = norm > 0
-            pieces = []
-            for start in range(0, x.shape[0], chunk):
-                stop = min(start + chunk, x.shape[0])
-                d2, weights = _block(x, x_sq, y, y_sq, row_w, col_w, exclude, start, stop)
-                if kernel.log_mean_exp:
-                    pieces.append(
-                        torch.logsumexp(kernel.value(d2) + torch.log(weights), dim=(0, 1))
-                    )
-                else:
-                    pieces.append((weights * kernel.value(d2)).sum())
+            blocks = [
+                _eval_block(
+                    kernel,
+                    x,
+                    x_sq,
+                    y,
+                    y_sq,
+                    row_w,
+                    col_w,
+                    exclude,
+                    start,
+                    min(start + chunk, m),
+                    cache,
+                )
+                for start in range(0, m, chunk)
+            ]
+            stats = torch.stack([b.stat for b in blocks])
             if kernel.log_mean_exp:
-                lse = torch.logsumexp(torch.stack(pieces), dim=0)
+                lse = torch.logsumexp(stats, dim=0)
                 stat = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
                 out = torch.where(has_pairs, stat - torch.log(norm.clamp_min(1e-30)), 0.0)
             else:
                 stat = norm
-                out = torch.where(has_pairs, torch.stack(pieces).sum() / norm.clamp_min(1e-30), 0.0)
-        ctx.save_for_backward(x, y, row_w, col_w, exclude, stat, has_pairs)
+                out = torch.where(has_pairs, stats.sum() / norm.clamp_min(1e-30), 0.0)
+        ctx.save_for_backward(x_or_rows, y, row_w, col_w, exclude, stat, has_pairs)  # type: ignore[arg-type]
         ctx.kernel = kernel  # type: ignore[attr-defined]
         ctx.chunk = chunk  # type: ignore[attr-defined]
+        ctx.blocks = blocks if cache else None  # type: ignore[attr-defined]
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        x, y, row_w, col_w, exclude, stat, has_pairs = ctx.saved_tensors
+        x_or_rows, y, row_w, col_w, exclude, stat, has_pairs = ctx.saved_tensors
         kernel: PairKernel = ctx.kernel
         chunk: int = ctx.chunk
-        need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        cached: list[_Block] | None = ctx.blocks
+        ctx.blocks = None
+        rows_mode = not x_or_rows.is_floating_point()
+        x = y[x_or_rows] if rows_mode else x_or_rows
+        need_y = ctx.needs_input_grad[1]
+        need_x = need_y if rows_mode else ctx.needs_input_grad[0]
+        m = x.shape[0]
+        single = m <= chunk
         with _autocast_disabled(x.device.type):
-            grad_x = torch.zeros_like(x)
-            grad_y = torch.zeros_like(y)
-            x_sq = (x * x).sum(1)
-            y_sq = (y * y).sum(1)
-            scale = grad_out * has_pairs.to(x.dtype)
-            for start in range(0, x.shape[0], chunk):
-                stop = min(start + chunk, x.shape[0])
-                d2, weights = _block(x, x_sq, y, y_sq, row_w, col_w, exclude, start, stop)
+            grad_x = (torch.empty_like(x) if single else torch.zeros_like(x)) if need_x else None
+            grad_y: Tensor | None = None
+            x_sq = _sq_norms(x) if cached is None else x.new_empty(0)
+            y_sq = _sq_norms(y) if cached is None else y.new_empty(0)
+            scale = 2.0 * grad_out * has_pairs.to(x.dtype)
+            for index, start in enumerate(range(0, m, chunk)):
+                stop = min(start + chunk, m)
+                block = (
+                    cached[index]
+                    if cached is not None
+                    else _eval_block(
+                        kernel, x, x_sq, y, y_sq, row_w, col_w, exclude, start, stop, True
+                    )
+                )
                 if kernel.log_mean_exp:
-                    coef = torch.exp(kernel.value(d2) + torch.log(weights) - stat)
-                    coef = coef * kernel.derivative(d2)
+                    assert block.values is not None
+                    coef = block.values.sub_(stat).exp_()
+                    coef = (
+                        coef.mul_(block.deriv)
+                        if block.deriv is not None
+                        else coef.mul_(-kernel.param)
+                    )
+                    coef = coef.mul_(scale)
                 else:
-                    coef = weights * kernel.derivative(d2) / stat.clamp_min(1e-30)
-                coef = 2.0 * scale * coef
+                    assert block.deriv is not None
+                    coef = block.deriv.mul_(scale / stat.clamp_min(1e-30))
                 xc = x[start:stop]
-                if need_x:
+                if grad_x is not None:
                     grad_x[start:stop] = coef.sum(1, keepdim=True) * xc - coef @ y
                 if need_y:
-                    grad_y += coef.sum(0)[:, None] * y - coef.T @ xc
-        return (
-            grad_x if need_x else None,
-            grad_y if need_y else None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+                    block_grad = torch.addmm(coef.sum(0)[:, None] * y, coef.T, xc, alpha=-1.0)
+                    grad_y = block_grad if grad_y is None else grad_y.add_(block_grad)
+            if rows_mode:
+                if grad_y is not None and grad_x is not None:
+                    # index_put_ with accumulate: CPU index_add_ is ~15x slower here.
+                    grad_y.index_put_((x_or_rows,), grad_x, accumulate=True)
+                return None, grad_y, None, None, None, None, None
+        return grad_x, grad_y, None, None, None, None, None
 
 
 def pair_kernel_mean(
@@ -284,10 +446,12 @@ def pair_kernel_mean(
     The mean is ``sum_ij a_i b_j K_ij / sum_ij a_i b_j`` over pairs with ``j != exclude[i]``;
     log-mean-exp kernels return ``log`` of that mean of ``exp(g)`` instead. With no pair of
     positive weight the result is 0 (and so is its gradient). Inputs are used as given (no
-    normalization); they are cast to float32 (float64 stays) with autocast disabled.
+    normalization); they are cast to float32 (float64 stays) with autocast disabled. Weights
+    are treated as constants (no gradient).
 
     Args:
-        x: Row points ``(m, d)``.
+        x: Row points ``(m, d)``, or an int64 ``(m,)`` index: the rows ``y[x]`` (then the
+            gradient of those rows is added to ``y``'s without a ``(n, d)`` scatter buffer).
         y: Column points ``(n, d)``.
         kernel: The kernel.
         exclude: ``(m,)`` int64 column index excluded for each row (``-1``: none).
@@ -298,18 +462,16 @@ def pair_kernel_mean(
     Returns:
         A scalar tensor.
     """
-    dtype = compute_dtype(x)
-    xf = x.to(dtype)
+    dtype = compute_dtype(y)
+    xf = x.to(dtype) if x.is_floating_point() else x.long()
     yf = y.to(dtype)
     m, n = x.shape[0], y.shape[0]
     if exclude is None:
         exclude = torch.full((m,), -1, dtype=torch.long, device=x.device)
-    a = torch.ones(m, dtype=dtype, device=x.device) if row_weights is None else row_weights
-    b = torch.ones(n, dtype=dtype, device=x.device) if col_weights is None else col_weights
+    a = None if row_weights is None else row_weights.detach().to(dtype)
+    b = None if col_weights is None else col_weights.detach().to(dtype)
     chunk = _chunk_size(m, n, chunk_size)
-    out: Tensor = _PairKernelMean.apply(
-        xf, yf, a.detach().to(dtype), b.detach().to(dtype), exclude, kernel, chunk
-    )
+    out: Tensor = _PairKernelMean.apply(xf, yf, a, b, exclude, kernel, chunk)
     return out
 
 
@@ -318,7 +480,7 @@ def _prepare(points: Tensor, normalize: bool, name: str = "points") -> Tensor:
     dtype = compute_dtype(points)
     with _autocast_disabled(points.device.type):
         pts = points.to(dtype)
-        return F.normalize(pts, dim=1, eps=1e-12) if normalize else pts
+        return unit_rows(pts) if normalize else pts
 
 
 def hyperspherical_energy(
@@ -469,8 +631,7 @@ def energy_rows(
     if rows.ndim != 1 or rows.is_floating_point():
         raise ValueError(f"rows must be a 1-D integer tensor, got {rows.dtype} {tuple(rows.shape)}")
     rows = rows.long()
-    anchors = pts[rows]
-    return pair_kernel_mean(anchors, pts, pair_kernel, rows, row_weights, None, chunk_size)
+    return pair_kernel_mean(rows, pts, pair_kernel, rows, row_weights, None, chunk_size)
 
 
 def pairwise_distances(x: Tensor, y: Tensor, eps: float = 0.0) -> Tensor:

@@ -179,3 +179,20 @@ def test_bad_inputs_raise_clear_errors() -> None:
         riesz_energy(torch.randn(1, 3))
     with pytest.raises(ValueError, match="floating"):
         riesz_energy(torch.ones(3, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("kernel", ["riesz", "log", "gaussian"])
+def test_recompute_path_matches_cached_path(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hug_plugins.uniformity as uniformity
+
+    points = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
+    weights = torch.linspace(0.2, 1.0, 9).double()
+
+    def energy(p: torch.Tensor) -> torch.Tensor:
+        return hyperspherical_energy(p, kernel, s=1.5, weights=weights, chunk_size=4)  # type: ignore[arg-type]
+
+    (cached,) = torch.autograd.grad(energy(points), points)
+    monkeypatch.setattr(uniformity, "_CACHE_BUDGET", 0)
+    (recomputed,) = torch.autograd.grad(energy(points), points)
+    torch.testing.assert_close(cached, recomputed)
+    assert torch.autograd.gradcheck(energy, (points,))
