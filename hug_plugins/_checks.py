@@ -33,13 +33,14 @@ def validation_enabled() -> bool:
     return _VALIDATE
 
 
-def check_matrix(x: Tensor, name: str, dim: int | None = None) -> None:
+def check_matrix(x: Tensor, name: str, dim: int | None = None, values: bool = True) -> None:
     """Checks that ``x`` is a finite floating-point (n, d) tensor.
 
     Args:
         x: The tensor to check.
         name: Name used in the error message.
         dim: Required size of the second axis, if any.
+        values: Whether to check finiteness too (one device read; see :func:`set_validation`).
 
     Raises:
         ValueError: On a wrong type, rank, width, dtype, an empty tensor or non-finite values.
@@ -54,12 +55,69 @@ def check_matrix(x: Tensor, name: str, dim: int | None = None) -> None:
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
     if dim is not None and x.shape[1] != dim:
         raise ValueError(f"{name} must have {dim} columns, got shape {tuple(x.shape)}")
-    # One pass: a sum is finite iff every term is, unless finite terms overflow the sum.
-    if _VALIDATE and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+    if values and _VALIDATE and not bool(_finite_flag(x)):
+        _raise_non_finite(x, name)
+
+
+def _finite_flag(x: Tensor) -> Tensor:
+    """Device boolean: a sum is finite iff every term is (one pass), barring overflow."""
+    return torch.isfinite(x.sum())
+
+
+def _raise_non_finite(x: Tensor, name: str) -> None:
+    # The sum can overflow to inf with finite entries: confirm element-wise before raising.
+    if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains non-finite values (NaN or inf)")
 
 
-def check_labels(labels: Tensor, n: int, num_classes: int | None, name: str = "labels") -> None:
+def check_batch(
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int | None,
+    proxies: Tensor | None = None,
+) -> None:
+    """Validates a training batch with a single device read for all value checks.
+
+    Shapes and dtypes are checked first (free); then finiteness of ``features`` (and
+    ``proxies``) and the label range are evaluated on the device and read back together, so a
+    GPU step pays one synchronisation instead of four.
+
+    Args:
+        features: ``(B, d)`` features.
+        labels: ``(B,)`` integer labels.
+        num_classes: Exclusive upper bound of the labels, if known.
+        proxies: Optional ``(C, d)`` proxies (``d`` must match ``features``).
+
+    Raises:
+        ValueError: Naming the first problem found.
+    """
+    if proxies is not None:
+        check_matrix(proxies, "proxies", values=False)
+        check_matrix(features, "features", dim=proxies.shape[1], values=False)
+    else:
+        check_matrix(features, "features", values=False)
+    check_labels(labels, features.shape[0], num_classes, values=False)
+    if not _VALIDATE:
+        return
+    low, high = torch.aminmax(labels)
+    flags = [_finite_flag(features), low >= 0]
+    if num_classes is not None:
+        flags.append(high < num_classes)
+    if proxies is not None:
+        flags.append(_finite_flag(proxies))
+    ok = torch.stack([f.to(features.device) for f in flags]).tolist()
+    if not ok[0]:
+        _raise_non_finite(features, "features")
+    if not all(ok[1:3]):
+        bound = f"[0, {num_classes})" if num_classes is not None else "[0, inf)"
+        raise ValueError(f"labels out of range {bound}: min {int(low)}, max {int(high)}")
+    if proxies is not None and not ok[-1]:
+        _raise_non_finite(proxies, "proxies")
+
+
+def check_labels(
+    labels: Tensor, n: int, num_classes: int | None, name: str = "labels", values: bool = True
+) -> None:
     """Checks that ``labels`` is an integer vector of length ``n`` with values in range.
 
     Args:
@@ -79,9 +137,9 @@ def check_labels(labels: Tensor, n: int, num_classes: int | None, name: str = "l
         raise ValueError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
     if labels.shape[0] != n:
         raise ValueError(f"{name} has {labels.shape[0]} entries but there are {n} samples")
-    if _VALIDATE and n > 0:
-        low = int(labels.min())
-        high = int(labels.max())
+    if values and _VALIDATE and n > 0:
+        low_t, high_t = torch.aminmax(labels)
+        low, high = int(low_t), int(high_t)
         if low < 0 or (num_classes is not None and high >= num_classes):
             bound = f"[0, {num_classes})" if num_classes is not None else "[0, inf)"
             raise ValueError(f"{name} out of range {bound}: min {low}, max {high}")

@@ -50,7 +50,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from hug_plugins._checks import check_labels, check_matrix, compute_dtype
+from hug_plugins._checks import check_batch, check_matrix, compute_dtype
 from hug_plugins.uniformity import (
     DEFAULT_EPS,
     PairKernel,
@@ -243,6 +243,7 @@ def _inter_term(
     present: Tensor | None,
     config: HUGConfig,
     kernel: PairKernel | None,
+    unit_input: bool = False,
 ) -> Tensor:
     """Uniformity term of normalized class points (proxies or class means), as a loss.
 
@@ -253,6 +254,8 @@ def _inter_term(
         present: Optional ``(C,)`` 0/1 weights of the points that exist (class-mean form).
         config: Loss configuration.
         kernel: MHE kernel, if ``inter == "mhe"``.
+        unit_input: Whether ``points`` come straight out of :func:`unit_rows` (enables the
+            cheaper backward of :func:`pair_kernel_mean`).
     """
     num_points = points.shape[0]
     mode = config.energy_mode
@@ -270,12 +273,12 @@ def _inter_term(
     if mode == "full":
         exclude = torch.arange(num_points, device=points.device)
         value = pair_kernel_mean(
-            points, points, pair_kernel, exclude, present, present, config.chunk_size
+            points, points, pair_kernel, exclude, present, present, config.chunk_size, unit_input
         )
     else:
         row_weights = 1.0 / counts[labels]
         value = pair_kernel_mean(
-            labels, points, pair_kernel, labels, row_weights, present, config.chunk_size
+            labels, points, pair_kernel, labels, row_weights, present, config.chunk_size, unit_input
         )
     if config.inter == "mhs":
         num = present.sum() if present is not None else torch.tensor(float(num_points))
@@ -377,12 +380,11 @@ class HUGLoss(_HUGBase):
         Raises:
             ValueError: On bad shapes, dtypes, labels out of range or non-finite values.
         """
-        check_matrix(proxies, "proxies")
-        num_classes, dim = proxies.shape
+        check_matrix(proxies, "proxies", values=False)
+        num_classes = proxies.shape[0]
         if num_classes < 2:
             raise ValueError(f"HUG needs at least 2 proxies, got {num_classes}")
-        check_matrix(features, "features", dim=dim)
-        check_labels(labels, features.shape[0], num_classes)
+        check_batch(features, labels, num_classes, proxies)
         dtype = compute_dtype(features) if features.dtype == proxies.dtype else torch.float32
         with _autocast_disabled(features.device.type):
             x_hat = unit_rows(features.to(dtype))
@@ -391,7 +393,7 @@ class HUGLoss(_HUGBase):
             counts = _class_counts(labels, num_classes, dtype)
             targets = (w_hat.detach() if self.config.detach_proxies else w_hat)[labels]
             intra = _intra_term(x_hat, targets, labels, counts, self.config)
-            inter = _inter_term(w_hat, labels, counts, None, self.config, self._kernel)
+            inter = _inter_term(w_hat, labels, counts, None, self.config, self._kernel, True)
         return self._finish(inter, intra)
 
     def forward(self, features: Tensor, labels: Tensor, proxies: Tensor) -> Tensor:
@@ -437,8 +439,7 @@ class ClassMeanHUGLoss(_HUGBase):
 
     def terms(self, features: Tensor, labels: Tensor) -> HUGTerms:
         """Computes the loss and its weighted terms (see :meth:`HUGLoss.terms`)."""
-        check_matrix(features, "features")
-        check_labels(labels, features.shape[0], self.num_classes)
+        check_batch(features, labels, self.num_classes)
         dtype = compute_dtype(features)
         with _autocast_disabled(features.device.type):
             x_hat = unit_rows(features.to(dtype))
@@ -454,7 +455,7 @@ class ClassMeanHUGLoss(_HUGBase):
             mu_hat = unit_rows(means)
             targets = (mu_hat.detach() if self.config.detach_proxies else mu_hat)[labels]
             intra = _intra_term(x_hat, targets, labels, counts, self.config)
-            inter = _inter_term(mu_hat, labels, counts, present, self.config, self._kernel)
+            inter = _inter_term(mu_hat, labels, counts, present, self.config, self._kernel, True)
         return self._finish(inter, intra)
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:

@@ -320,7 +320,7 @@ class ProxyHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         """Scaled-cosine logits ``scale * <x_hat, w_hat_c>`` of shape ``(B, C)``."""
-        check_matrix(features, "features", dim=self.dim)
+        check_matrix(features, "features", dim=self.dim, values=False)  # no sync per batch
         x_hat = F.normalize(features, dim=1, eps=1e-12)
         w_hat = self.normalized_proxies().to(x_hat.dtype)
         return self.scale * x_hat @ w_hat.T

@@ -44,7 +44,9 @@ KernelName = Literal["riesz", "log", "gaussian"]
 DEFAULT_EPS = 1e-4
 """Default distance floor: pairs closer than this count as if at this distance."""
 
-_PAIR_BUDGET = 1 << 22  # elements of one (chunk x n) block: 16 MiB in float32
+_PAIR_BUDGET = {"cpu": 1 << 22, "cuda": 1 << 25}
+"""Elements of one (chunk x n) pair block: 16 MiB fp32 on the CPU (cache-friendly), 128 MiB on
+CUDA (large blocks keep the matrix products efficient)."""
 
 
 @dataclass(frozen=True)
@@ -185,12 +187,13 @@ def _autocast_disabled(device_type: str) -> Iterator[None]:
         yield
 
 
-def _chunk_size(rows: int, cols: int, chunk_size: int | None) -> int:
+def _chunk_size(rows: int, cols: int, chunk_size: int | None, device: str = "cpu") -> int:
     if chunk_size is not None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         return chunk_size
-    return max(1, min(rows, _PAIR_BUDGET // max(cols, 1)))
+    budget = _PAIR_BUDGET.get(device, _PAIR_BUDGET["cpu"])
+    return max(1, min(rows, budget // max(cols, 1)))
 
 
 _CACHE_BUDGET = 1 << 26  # pair-matrix elements kept from forward to backward (256 MiB fp32)
@@ -336,6 +339,7 @@ class _PairKernelMean(torch.autograd.Function):
         exclude: Tensor,
         kernel: PairKernel,
         chunk: int,
+        unit: bool,
     ) -> Tensor:
         rows_mode = not x_or_rows.is_floating_point()
         x = y[x_or_rows] if rows_mode else x_or_rows
@@ -374,6 +378,7 @@ class _PairKernelMean(torch.autograd.Function):
         ctx.save_for_backward(x_or_rows, y, row_w, col_w, exclude, stat, has_pairs)  # type: ignore[arg-type]
         ctx.kernel = kernel  # type: ignore[attr-defined]
         ctx.chunk = chunk  # type: ignore[attr-defined]
+        ctx.unit = unit  # type: ignore[attr-defined]
         ctx.blocks = blocks if cache else None  # type: ignore[attr-defined]
         return out
 
@@ -383,6 +388,9 @@ class _PairKernelMean(torch.autograd.Function):
         x_or_rows, y, row_w, col_w, exclude, stat, has_pairs = ctx.saved_tensors
         kernel: PairKernel = ctx.kernel
         chunk: int = ctx.chunk
+        # For rows that come out of unit_rows, the radial parts (coef row/column sums times the
+        # point itself) are annihilated by unit_rows' backward: skip those (n, d) passes.
+        radial = not ctx.unit
         cached: list[_Block] | None = ctx.blocks
         ctx.blocks = None
         rows_mode = not x_or_rows.is_floating_point()
@@ -420,16 +428,23 @@ class _PairKernelMean(torch.autograd.Function):
                     coef = block.deriv.mul_(scale / stat.clamp_min(1e-30))
                 xc = x[start:stop]
                 if grad_x is not None:
-                    grad_x[start:stop] = coef.sum(1, keepdim=True) * xc - coef @ y
+                    if radial:
+                        grad_x[start:stop] = coef.sum(1, keepdim=True) * xc - coef @ y
+                    else:
+                        torch.mm(coef, y, out=grad_x[start:stop]).neg_()
                 if need_y:
-                    block_grad = torch.addmm(coef.sum(0)[:, None] * y, coef.T, xc, alpha=-1.0)
+                    block_grad = (
+                        torch.addmm(coef.sum(0)[:, None] * y, coef.T, xc, alpha=-1.0)
+                        if radial
+                        else (coef.T @ xc).neg_()
+                    )
                     grad_y = block_grad if grad_y is None else grad_y.add_(block_grad)
             if rows_mode:
                 if grad_y is not None and grad_x is not None:
                     # index_put_ with accumulate: CPU index_add_ is ~15x slower here.
                     grad_y.index_put_((x_or_rows,), grad_x, accumulate=True)
-                return None, grad_y, None, None, None, None, None
-        return grad_x, grad_y, None, None, None, None, None
+                return None, grad_y, None, None, None, None, None, None
+        return grad_x, grad_y, None, None, None, None, None, None
 
 
 def pair_kernel_mean(
@@ -440,6 +455,7 @@ def pair_kernel_mean(
     row_weights: Tensor | None = None,
     col_weights: Tensor | None = None,
     chunk_size: int | None = None,
+    unit_rows_input: bool = False,
 ) -> Tensor:
     """Weighted mean of ``kernel(||x_i - y_j||^2)`` over pairs, chunked in memory.
 
@@ -457,7 +473,10 @@ def pair_kernel_mean(
         exclude: ``(m,)`` int64 column index excluded for each row (``-1``: none).
         row_weights: ``(m,)`` non-negative row weights ``a`` (default ones).
         col_weights: ``(n,)`` non-negative column weights ``b`` (default ones).
-        chunk_size: Rows per block; default keeps a block near 4M elements.
+        chunk_size: Rows per block; default keeps a block near 4M elements (32M on CUDA).
+        unit_rows_input: Promise that ``x`` and ``y`` are outputs of :func:`unit_rows` (their
+            only path back to the parameters). The backward pass then omits the radial
+            gradient components, which ``unit_rows``' backward removes anyway.
 
     Returns:
         A scalar tensor.
@@ -470,8 +489,8 @@ def pair_kernel_mean(
         exclude = torch.full((m,), -1, dtype=torch.long, device=x.device)
     a = None if row_weights is None else row_weights.detach().to(dtype)
     b = None if col_weights is None else col_weights.detach().to(dtype)
-    chunk = _chunk_size(m, n, chunk_size)
-    out: Tensor = _PairKernelMean.apply(xf, yf, a, b, exclude, kernel, chunk)
+    chunk = _chunk_size(m, n, chunk_size, y.device.type)
+    out: Tensor = _PairKernelMean.apply(xf, yf, a, b, exclude, kernel, chunk, unit_rows_input)
     return out
 
 
@@ -534,7 +553,7 @@ def hyperspherical_energy(
     if weights is not None and weights.shape != (n,):
         raise ValueError(f"weights must have shape ({n},), got {tuple(weights.shape)}")
     diag = torch.arange(n, device=pts.device)
-    return pair_kernel_mean(pts, pts, pair_kernel, diag, weights, weights, chunk_size)
+    return pair_kernel_mean(pts, pts, pair_kernel, diag, weights, weights, chunk_size, normalize)
 
 
 def riesz_energy(
@@ -631,7 +650,9 @@ def energy_rows(
     if rows.ndim != 1 or rows.is_floating_point():
         raise ValueError(f"rows must be a 1-D integer tensor, got {rows.dtype} {tuple(rows.shape)}")
     rows = rows.long()
-    return pair_kernel_mean(rows, pts, pair_kernel, rows, row_weights, None, chunk_size)
+    return pair_kernel_mean(
+        rows, pts, pair_kernel, rows, row_weights, None, chunk_size, unit_rows_input=normalize
+    )
 
 
 def pairwise_distances(x: Tensor, y: Tensor, eps: float = 0.0) -> Tensor:
@@ -663,7 +684,7 @@ def min_separation(points: Tensor, normalize: bool = True, chunk_size: int | Non
     n = pts.shape[0]
     if n < 2:
         raise ValueError(f"min_separation needs at least 2 points, got {n}")
-    chunk = _chunk_size(n, n, chunk_size)
+    chunk = _chunk_size(n, n, chunk_size, pts.device.type)
     best = torch.full((), math.inf, dtype=pts.dtype, device=pts.device)
     with torch.no_grad(), _autocast_disabled(pts.device.type):
         for start in range(0, n, chunk):
@@ -710,7 +731,7 @@ def soft_separation(
         raise ValueError(f"soft_separation needs at least 2 points, got {n}")
     diag = torch.arange(n, device=pts.device)
     log_mean = pair_kernel_mean(
-        pts, pts, PairKernel("softmin", float(t), eps), diag, None, None, chunk_size
+        pts, pts, PairKernel("softmin", float(t), eps), diag, None, None, chunk_size, normalize
     )
     # log sum over unordered pairs = log mean over ordered pairs + log(n (n - 1) / 2)
     return -t * (log_mean + math.log(n * (n - 1) / 2.0))

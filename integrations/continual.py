@@ -30,44 +30,35 @@ Usage::
 
 from __future__ import annotations
 
+import argparse
+import math
+import re
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
-# Running a script puts its folder first on sys.path, where sibling jobs (e.g. ``ssl.py``) would
-# shadow standard-library modules; drop it and put the repository root there instead.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-REPO = _HERE.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import argparse  # noqa: E402
-import math  # noqa: E402
-import re  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-import torch  # noqa: E402
-from avalanche.evaluation.metrics import (  # noqa: E402
+import torch
+from avalanche.evaluation.metrics import (
     accuracy_metrics,
     forgetting_metrics,
     loss_metrics,
 )
-from avalanche.logging import InteractiveLogger, TextLogger  # noqa: E402
-from avalanche.training.determinism.rng_manager import RNGManager  # noqa: E402
-from avalanche.training.plugins import EvaluationPlugin  # noqa: E402
-from avalanche.training.supervised import Naive  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
+from avalanche.logging import InteractiveLogger, TextLogger
+from avalanche.training.determinism.rng_manager import RNGManager
+from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.supervised import Naive
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
 
-from hug_plugins.config import parse_cli  # noqa: E402
-from hug_plugins.continual import (  # noqa: E402
+from hug_plugins.config import parse_cli
+from hug_plugins.continual import (
     HUGPlugin,
     ReplayMemoryPlugin,
     class_incremental_tensors,
 )
-from hug_plugins.io import standard_header_lines, summarize, write_tables  # noqa: E402
-from hug_plugins.losses import preset_config  # noqa: E402
+from hug_plugins.io import standard_header_lines, summarize, write_tables
+from hug_plugins.losses import preset_config
 
 TASK = "continual"
 METHODS = ("er_ce", "er_hug")

@@ -1,0 +1,247 @@
+"""YAML configuration for the jobs in ``integrations/``: presets plus ``key=value`` overrides.
+
+A job ``<task>`` keeps its presets in ``configs/<task>/<preset>.yaml``. A run loads one preset
+(by name, or by a path to any YAML file) and merges command-line overrides written as OmegaConf
+dot-list entries (``trainer.epochs=5``, ``seeds=[0,1,2]``). The preset fixes the set of keys:
+an override naming a key the preset does not have is rejected with a ``ValueError``, so a typo
+cannot silently be ignored.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> (root / "demo").mkdir()
+    >>> _ = (root / "demo" / "default.yaml").write_text("epochs: 3\\nlr: 0.1\\n")
+    >>> cfg = load_config("demo", overrides=["epochs=5"], root=root)
+    >>> cfg.epochs, cfg.lr
+    (5, 0.1)
+    >>> cfg = parse_cli(["--preset", "default", "lr=0.5"], "demo", root=root)
+    >>> cfg.lr
+    0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+__all__ = [
+    "CONFIG_DIR_ENV",
+    "DEFAULT_PRESET",
+    "available_presets",
+    "default_config_root",
+    "load_config",
+    "parse_cli",
+    "resolve_preset_path",
+    "to_dict",
+]
+
+DEFAULT_PRESET = "default"
+"""Preset used when none is named."""
+
+CONFIG_DIR_ENV = "HUG_PLUGINS_CONFIG_DIR"
+"""Environment variable that, when set, replaces the default ``configs/`` directory."""
+
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def default_config_root() -> Path:
+    """Returns the directory that holds ``<task>/<preset>.yaml``.
+
+    This is ``$HUG_PLUGINS_CONFIG_DIR`` when set, else the ``configs/`` directory of the
+    repository this package lives in.
+    """
+    env = os.environ.get(CONFIG_DIR_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+def _root(root: str | os.PathLike[str] | None) -> Path:
+    return default_config_root() if root is None else Path(root)
+
+
+def available_presets(task: str, root: str | os.PathLike[str] | None = None) -> list[str]:
+    """Lists the preset names of ``task`` (the YAML files in ``<root>/<task>/``), sorted.
+
+    Args:
+        task: The job name, e.g. ``"digits"``.
+        root: The configs directory; defaults to :func:`default_config_root`.
+
+    Returns:
+        Preset names without extension; empty if the task has no config directory.
+    """
+    directory = _root(root) / task
+    if not directory.is_dir():
+        return []
+    return sorted(p.stem for p in directory.iterdir() if p.suffix in _YAML_SUFFIXES and p.is_file())
+
+
+def _looks_like_path(preset: str) -> bool:
+    return preset.endswith(_YAML_SUFFIXES) or "/" in preset or os.sep in preset
+
+
+def resolve_preset_path(
+    task: str, preset: str = DEFAULT_PRESET, root: str | os.PathLike[str] | None = None
+) -> Path:
+    """Finds the YAML file of a preset.
+
+    Args:
+        task: The job name, e.g. ``"digits"``.
+        preset: A preset name (looked up as ``<root>/<task>/<preset>.yaml`` or ``.yml``) or a path
+            to a YAML file (anything ending in ``.yaml``/``.yml`` or containing a ``/``).
+        root: The configs directory; defaults to :func:`default_config_root`.
+
+    Returns:
+        The path of the preset file.
+
+    Raises:
+        ValueError: If the file does not exist; the message lists the available presets.
+    """
+    if not task or not isinstance(task, str):
+        raise ValueError(f"task must be a non-empty string, got {task!r}")
+    if not preset or not isinstance(preset, str):
+        raise ValueError(f"preset must be a non-empty string, got {preset!r}")
+    if _looks_like_path(preset):
+        path = Path(preset)
+        if path.is_file():
+            return path
+        raise ValueError(f"config file {preset!r} does not exist")
+    directory = _root(root) / task
+    for suffix in _YAML_SUFFIXES:
+        path = directory / f"{preset}{suffix}"
+        if path.is_file():
+            return path
+    names = available_presets(task, root)
+    listing = ", ".join(names) if names else f"none (no YAML files in {str(directory)!r})"
+    raise ValueError(f"unknown preset {preset!r} for task {task!r}; available presets: {listing}")
+
+
+def load_config(
+    task: str,
+    preset: str = DEFAULT_PRESET,
+    overrides: Sequence[str] = (),
+    *,
+    root: str | os.PathLike[str] | None = None,
+) -> DictConfig:
+    """Loads a preset and applies ``key=value`` overrides.
+
+    The returned config is in OmegaConf struct mode (reading or writing an unknown key raises)
+    and has its interpolations resolved.
+
+    Args:
+        task: The job name, e.g. ``"digits"``.
+        preset: A preset name or a path to a YAML file (see :func:`resolve_preset_path`).
+        overrides: Dot-list entries such as ``"trainer.epochs=5"`` or ``"seeds=[0,1]"``.
+        root: The configs directory; defaults to :func:`default_config_root`.
+
+    Returns:
+        The merged configuration.
+
+    Raises:
+        ValueError: If the preset is missing (the message lists the available ones), the file is
+            not a YAML mapping, an override is not of the form ``key=value``, names an unknown
+            key, or has a value of the wrong type.
+    """
+    path = resolve_preset_path(task, preset, root)
+    try:
+        base = OmegaConf.load(path)
+    except (OmegaConfBaseException, OSError, ValueError) as exc:
+        raise ValueError(f"could not read config {str(path)!r}: {exc}") from None
+    except Exception as exc:  # yaml.YAMLError and friends
+        raise ValueError(f"could not parse config {str(path)!r}: {exc}") from None
+    if not isinstance(base, DictConfig):
+        raise ValueError(f"config {str(path)!r} must be a YAML mapping, got a list")
+    overrides = list(overrides)
+    for item in overrides:
+        if not isinstance(item, str) or "=" not in item or item.startswith("="):
+            raise ValueError(f"override {item!r} must have the form key=value")
+    OmegaConf.set_struct(base, True)
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        node = OmegaConf.select(base, key, default=None, throw_on_missing=False)
+        value = OmegaConf.select(OmegaConf.from_dotlist([item]), key, default=None)
+        if isinstance(node, DictConfig) and not isinstance(value, DictConfig):
+            raise ValueError(
+                f"override {item!r} would replace the section {key!r} with a single value; "
+                f"set its keys instead (e.g. {key}.<name>=...)"
+            )
+    try:
+        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as exc:
+        keys = ", ".join(str(k) for k in base)
+        msg = str(exc).splitlines()[0]
+        full_key = getattr(exc, "full_key", None)
+        if isinstance(exc, ConfigKeyError) and full_key:
+            msg = f"unknown config key {full_key!r}"
+        raise ValueError(
+            f"invalid override for preset {str(path)!r}: {msg} (top-level keys: {keys})"
+        ) from None
+    if not isinstance(merged, DictConfig):  # pragma: no cover - merge of two dicts is a dict
+        raise ValueError(f"config {str(path)!r} must be a YAML mapping")
+    try:
+        OmegaConf.resolve(merged)
+    except OmegaConfBaseException as exc:
+        raise ValueError(f"could not resolve config {str(path)!r}: {exc}") from None
+    OmegaConf.set_struct(merged, True)
+    return merged
+
+
+def to_dict(cfg: DictConfig) -> dict[str, Any]:
+    """Converts a config (or sub-config) to plain Python dicts and lists.
+
+    Args:
+        cfg: An OmegaConf mapping.
+
+    Returns:
+        The resolved content as a ``dict``.
+    """
+    container = OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(container, dict):
+        raise ValueError("to_dict() needs a mapping config")
+    return {str(k): v for k, v in container.items()}
+
+
+def parse_cli(
+    argv: Sequence[str] | None,
+    task: str,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    description: str | None = None,
+) -> DictConfig:
+    """Parses a job's command line: ``[--preset NAME|PATH] [key=value ...]``.
+
+    Args:
+        argv: The arguments without the program name; ``None`` reads ``sys.argv[1:]``.
+        task: The job name, e.g. ``"digits"``; presets live in ``<root>/<task>/``.
+        root: The configs directory; defaults to :func:`default_config_root`.
+        description: Text for ``--help``.
+
+    Returns:
+        The merged configuration (see :func:`load_config`).
+
+    Raises:
+        ValueError: For a missing preset or a bad override (see :func:`load_config`).
+        SystemExit: For ``--help`` or malformed options (argparse behaviour).
+    """
+    names = available_presets(task, root)
+    parser = argparse.ArgumentParser(
+        prog=f"integrations/{task}.py",
+        description=description,
+        epilog=f"available presets: {', '.join(names) if names else 'none'}",
+    )
+    parser.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        help=f"preset name in configs/{task}/ or a path to a YAML file (default: %(default)s)",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="OmegaConf dot-list overrides"
+    )
+    args = parser.parse_args(None if argv is None else list(argv))
+    return load_config(task, args.preset, args.overrides, root=root)

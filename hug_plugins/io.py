@@ -1,0 +1,398 @@
+"""Atomic file output, result summaries and result tables.
+
+Every file this module writes is written atomically: the bytes go to a temporary file in the
+destination directory, are flushed and ``fsync``-ed, and the temporary file is then moved over
+the destination with :func:`os.replace`. A reader therefore sees either the old file or the
+complete new one, never a half-written file, even if the writer is killed mid-write.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = atomic_write_text(d / "note.txt", "hello")
+    >>> (d / "note.txt").read_text()
+    'hello'
+    >>> summarize([1.0, 2.0, 3.0])
+    MeanStd(mean=2.0, std=1.0)
+    >>> format_mean_std(2.3094, 0.1234)
+    '2.31 ± 0.12'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import os
+import platform
+import shlex
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+__all__ = [
+    "MeanStd",
+    "atomic_torch_save",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "command_string",
+    "format_mean_std",
+    "hardware_summary",
+    "standard_header_lines",
+    "summarize",
+    "write_tables",
+]
+
+PathLike = str | os.PathLike[str]
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Flushes a directory entry to disk where the platform allows it (POSIX only)."""
+    if os.name != "posix":  # pragma: no cover - Windows cannot open directories
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. permission quirks on network filesystems
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: PathLike, write: Any) -> Path:
+    """Calls ``write(binary_file)`` on a temp file beside ``path``, then renames it to ``path``."""
+    target = Path(path)
+    if target.exists() and target.is_dir():
+        raise ValueError(f"cannot write to {str(target)!r}: it is a directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Writes ``data`` to ``path`` atomically (temp file, fsync, ``os.replace``).
+
+    Missing parent directories are created.
+
+    Args:
+        path: Destination file.
+        data: The bytes to write.
+
+    Returns:
+        The destination as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: If ``path`` is an existing directory.
+    """
+    return _atomic_write(path, lambda handle: handle.write(data))
+
+
+def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Writes ``text`` to ``path`` atomically (temp file, fsync, ``os.replace``).
+
+    Args:
+        path: Destination file; missing parent directories are created.
+        text: The text to write.
+        encoding: Text encoding.
+
+    Returns:
+        The destination as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: If ``path`` is an existing directory.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "sub" / "a.txt"
+        >>> atomic_write_text(p, "x").read_text()
+        'x'
+    """
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_torch_save(obj: object, path: PathLike) -> Path:
+    """Saves ``obj`` with :func:`torch.save` to ``path`` atomically.
+
+    Args:
+        obj: Anything :func:`torch.save` accepts (state dicts, tensors, plain containers).
+        path: Destination file; missing parent directories are created.
+
+    Returns:
+        The destination as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: If ``path`` is an existing directory.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.pt"
+        >>> _ = atomic_torch_save({"w": torch.ones(2)}, p)
+        >>> torch.load(p)["w"].tolist()
+        [1.0, 1.0]
+    """
+    return _atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+class MeanStd(NamedTuple):
+    """A mean and a sample standard deviation, as returned by :func:`summarize`."""
+
+    mean: float
+    std: float
+
+
+def summarize(values: Iterable[float]) -> MeanStd:
+    """Returns the mean and the sample standard deviation (``ddof=1``) of ``values``.
+
+    The standard deviation of a single value is reported as ``0.0``.
+
+    Args:
+        values: One or more numbers (e.g. a metric over seeds).
+
+    Returns:
+        ``MeanStd(mean, std)``, a named ``(mean, std)`` tuple.
+
+    Raises:
+        ValueError: If ``values`` is empty or contains a non-number.
+
+    Example:
+        >>> summarize([4.0])
+        MeanStd(mean=4.0, std=0.0)
+    """
+    try:
+        data = [float(v) for v in values]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"summarize() needs numbers: {exc}") from None
+    if not data:
+        raise ValueError("summarize() needs at least one value, got an empty sequence")
+    n = len(data)
+    mean = math.fsum(data) / n
+    if n == 1:
+        return MeanStd(mean, 0.0)
+    var = math.fsum((v - mean) ** 2 for v in data) / (n - 1)
+    return MeanStd(mean, math.sqrt(var))
+
+
+def format_mean_std(mean: float, std: float, digits: int = 2) -> str:
+    """Formats a mean and standard deviation as ``"2.31 ± 0.12"``.
+
+    Args:
+        mean: The mean.
+        std: The standard deviation.
+        digits: Digits after the decimal point.
+
+    Returns:
+        The formatted cell.
+
+    Raises:
+        ValueError: If ``digits`` is negative.
+    """
+    if digits < 0:
+        raise ValueError(f"digits must be >= 0, got {digits}")
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _cpu_model() -> str:
+    """Returns the CPU model name, best effort."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def hardware_summary() -> str:
+    """Describes the machine a result was produced on: CPU, cores, GPU, torch and Python versions.
+
+    Returns:
+        A one-line string such as
+        ``"CPU: AMD EPYC (2 cores); GPU: none; torch 2.4.0; Python 3.12.1"``.
+
+    Example:
+        >>> hardware_summary().startswith("CPU: ")
+        True
+    """
+    cores = os.cpu_count() or 0
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        name = torch.cuda.get_device_name(0)
+        gpu = name if count == 1 else f"{count}x {name}"
+    else:
+        gpu = "none"
+    python = platform.python_version()
+    return (
+        f"CPU: {_cpu_model()} ({cores} cores); GPU: {gpu}; "
+        f"torch {torch.__version__}; Python {python}"
+    )
+
+
+def command_string(argv: Sequence[str] | None = None) -> str:
+    """Returns the command line that started this process, shell-quoted.
+
+    Args:
+        argv: The arguments to render; defaults to ``sys.argv``.
+
+    Returns:
+        E.g. ``"python integrations/digits.py --preset quick seeds=[0]"``.
+
+    Example:
+        >>> command_string(["integrations/digits.py", "--preset", "quick"])
+        'python integrations/digits.py --preset quick'
+    """
+    args = list(sys.argv if argv is None else argv)
+    return shlex.join(["python", *args])
+
+
+def standard_header_lines(argv: Sequence[str] | None = None) -> list[str]:
+    """Returns the header lines every result table carries: the exact command and the hardware.
+
+    Args:
+        argv: The command's arguments; defaults to ``sys.argv``.
+
+    Returns:
+        ``["Command: `...`", "Hardware: ..."]``.
+    """
+    return [f"Command: `{command_string(argv)}`", f"Hardware: {hardware_summary()}"]
+
+
+def _as_mean_std(value: object) -> tuple[float, float] | None:
+    """Returns ``value`` as a ``(mean, std)`` pair of floats if it is a pair of numbers."""
+    if (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
+        return float(value[0]), float(value[1])
+    return None
+
+
+def _digits_for(column: str, digits: int | Mapping[str, int]) -> int:
+    if isinstance(digits, Mapping):
+        return int(digits.get(column, 2))
+    return int(digits)
+
+
+def _markdown_cell(value: object, digits: int) -> str:
+    pair = _as_mean_std(value)
+    if pair is not None:
+        return format_mean_std(pair[0], pair[1], digits)
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    text = "" if value is None else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_tables(
+    rows: Sequence[Mapping[str, object]],
+    path_stem: PathLike,
+    header_lines: Sequence[str] | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+    digits: int | Mapping[str, int] = 2,
+    title: str | None = None,
+) -> tuple[Path, Path]:
+    """Writes ``rows`` as a markdown table (``<stem>.md``) and a CSV file (``<stem>.csv``).
+
+    A cell holding a ``(mean, std)`` pair (e.g. from :func:`summarize`) is shown as
+    ``"2.31 ± 0.12"`` in markdown and split into ``<column>_mean`` and ``<column>_std`` columns
+    in the CSV, which keeps full precision. Floats are rounded to ``digits`` in markdown only.
+    Both files are written atomically.
+
+    Args:
+        rows: One mapping per table row, column name to value.
+        path_stem: Output path without extension, e.g. ``"results/digits"``.
+        header_lines: Lines printed above the markdown table. ``None`` uses
+            :func:`standard_header_lines` (exact command and :func:`hardware_summary`).
+        columns: Column order; defaults to the keys in order of first appearance.
+        digits: Digits after the decimal point in markdown, for all columns or per column
+            (columns missing from the mapping use 2).
+        title: Optional markdown heading.
+
+    Returns:
+        The paths of the markdown and the CSV file.
+
+    Raises:
+        ValueError: If ``rows`` is empty, or ``columns`` names a column no row has.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> stem = pathlib.Path(tempfile.mkdtemp()) / "res"
+        >>> md, csv_path = write_tables(
+        ...     [{"method": "CE", "error": summarize([0.1, 0.2])}], stem, ["demo"], digits=3
+        ... )
+        >>> print(md.read_text().splitlines()[-1])
+        | CE | 0.150 ± 0.071 |
+        >>> csv_path.read_text().splitlines()[0]
+        'method,error_mean,error_std'
+    """
+    if not rows:
+        raise ValueError("write_tables() needs at least one row, got none")
+    if columns is None:
+        seen: dict[str, None] = {}
+        for row in rows:
+            for key in row:
+                seen.setdefault(key, None)
+        columns = list(seen)
+    else:
+        columns = list(columns)
+        known = {key for row in rows for key in row}
+        missing = [c for c in columns if c not in known]
+        if missing:
+            raise ValueError(f"columns {missing} do not occur in any row; known: {sorted(known)}")
+    if header_lines is None:
+        header_lines = standard_header_lines()
+    stem = Path(path_stem)
+    md_path = stem.with_name(stem.name + ".md")
+    csv_path = stem.with_name(stem.name + ".csv")
+
+    lines: list[str] = []
+    if title:
+        lines += [f"# {title}", ""]
+    for line in header_lines:
+        lines += [line, ""]
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("|" + "|".join("---" for _ in columns) + "|")
+    for row in rows:
+        cells = [_markdown_cell(row.get(c), _digits_for(c, digits)) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    atomic_write_text(md_path, "\n".join(lines) + "\n")
+
+    split = {c for c in columns if any(_as_mean_std(row.get(c)) is not None for row in rows)}
+    csv_header: list[str] = []
+    for c in columns:
+        csv_header += [f"{c}_mean", f"{c}_std"] if c in split else [c]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(csv_header)
+    for row in rows:
+        out: list[object] = []
+        for c in columns:
+            value = row.get(c)
+            pair = _as_mean_std(value)
+            if c in split:
+                out += list(pair) if pair is not None else ["" if value is None else value, ""]
+            else:
+                out.append("" if value is None else value)
+        writer.writerow(out)
+    atomic_write_text(csv_path, buffer.getvalue())
+    return md_path, csv_path

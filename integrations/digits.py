@@ -1,0 +1,232 @@
+"""Digits benchmark: cross-entropy versus MHE-, MHS- and MGD-HUG on scikit-learn's 8x8 digits.
+
+Every method trains the same MLP (64 -> 128 -> 128 -> feature_dim) with the same trainer
+settings and seeds; cross-entropy uses an ``nn.Linear`` head, the HUG variants a
+:class:`~hug_plugins.proxies.ProxyHead` with the HUG loss of :mod:`hug_plugins.losses` on the
+features and the proxies. For each method the job reports the test error (mean ± std over
+seeds) and the final neural-collapse metrics on the training features: NC1, GNC2 (energy of
+the normalized class means relative to the optimum, 1 = uniform), NC3 (distance between the
+normalized classifier rows/proxies and the class means) and NC4 (rate at which the classifier
+disagrees with the nearest class mean).
+
+Usage::
+
+    python integrations/digits.py                       # default preset (< 3 min on 2 cores)
+    python integrations/digits.py --preset quick        # smoke run (CI)
+    python integrations/digits.py seeds=[0,1,2,3,4] trainer.epochs=100 output_dir=/tmp/out
+    torchrun --nproc_per_node=2 integrations/digits.py  # the same under DDP
+
+Writes ``<output_dir>/<output_name>.md`` / ``.csv`` (summary) and ``..._runs.md`` / ``.csv``
+(one row per method and seed).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from hug_plugins.config import parse_cli, to_dict
+from hug_plugins.data import DIGITS_NUM_CLASSES, DIGITS_NUM_FEATURES, load_digits_split
+from hug_plugins.engine import (
+    Trainer,
+    TrainerConfig,
+    evaluate_classifier,
+    evaluate_collapse,
+    init_distributed_from_env,
+    is_main_process,
+    seed_everything,
+)
+from hug_plugins.io import standard_header_lines, summarize, write_tables
+from hug_plugins.losses import HUGLoss
+from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
+from hug_plugins.proxies import ProxyHead
+
+TASK = "digits"
+
+METHODS = {"ce": "CE", "mhe": "MHE-HUG", "mhs": "MHS-HUG", "mgd": "MGD-HUG"}
+"""Method keys accepted in ``methods`` and their display names."""
+
+METRICS = {
+    "test_error": "test_error",
+    "nc1": "nc1",
+    "gnc2": "gnc2_ratio",
+    "nc3": "nc3_dist",
+    "nc4": "nc4_mismatch",
+}
+"""Reported column -> key in the evaluation results."""
+
+
+class MLP(nn.Module):
+    """MLP ``in_dim -> hidden -> hidden -> feature_dim``; returns ``(features, logits)``."""
+
+    def __init__(self, in_dim: int, hidden: int, feature_dim: int, head: nn.Module) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(in_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, feature_dim),
+        )
+        self.head = head
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.body(x)
+        return features, self.head(features)
+
+
+def build(method: str, seed: int, cfg: DictConfig) -> tuple[MLP, Objective, Tensor]:
+    """Builds the seeded model, its objective and a view of its classifier rows/proxies."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
+    seed_everything(seed)
+    dim = int(cfg.model.feature_dim)
+    head: nn.Module
+    if method == "ce":
+        head = nn.Linear(dim, DIGITS_NUM_CLASSES)
+        model = MLP(DIGITS_NUM_FEATURES, int(cfg.model.hidden), dim, head)
+        return model, CrossEntropyObjective(), head.weight
+    proxy_head = ProxyHead(
+        DIGITS_NUM_CLASSES, dim, mode=cfg.proxy.mode, scale=float(cfg.proxy.scale), seed=seed
+    )
+    model = MLP(DIGITS_NUM_FEATURES, int(cfg.model.hidden), dim, proxy_head)
+    return model, HUGObjective(HUGLoss.preset(method), proxy_head), proxy_head.proxies
+
+
+def run_one(
+    method: str, seed: int, cfg: DictConfig, trainer_cfg: dict[str, Any]
+) -> dict[str, float]:
+    """Trains one (method, seed) and returns its test error and neural-collapse metrics."""
+    train, test = load_digits_split(seed, test_fraction=float(cfg.test_fraction))
+    model, objective, _ = build(method, seed, cfg)
+    checkpoint = None
+    if cfg.checkpoint_dir:
+        checkpoint = str(Path(str(cfg.checkpoint_dir)) / f"{method}_seed{seed}.pt")
+    trainer = Trainer(
+        TrainerConfig.from_mapping(trainer_cfg, seed=seed, checkpoint_path=checkpoint)
+    )
+    start = time.perf_counter()
+    result = trainer.fit_classifier(model, train, objective)
+    seconds = time.perf_counter() - start
+    batch = int(cfg.metrics.batch_size)
+    out = {"train_loss": result.final["loss"], "seconds": seconds}
+    out.update(evaluate_classifier(model, test, batch_size=batch, prefix="test_"))
+    weight = model.head.proxies if isinstance(model.head, ProxyHead) else model.head.weight
+    assert isinstance(weight, Tensor)
+    out.update(
+        evaluate_collapse(
+            model, train, DIGITS_NUM_CLASSES, classifier_weight=weight, batch_size=batch
+        )
+    )
+    return out
+
+
+def _run_all(
+    methods: list[str], seeds: list[int], cfg: DictConfig, trainer_cfg: dict[str, Any]
+) -> tuple[list[dict[str, Any]], float]:
+    """Runs every (method, seed) behind a progress bar; returns the runs and the wall time."""
+    runs: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    bar = tqdm(
+        total=len(methods) * len(seeds),
+        desc=TASK,
+        unit="run",
+        disable=not (bool(cfg.progress) and is_main_process()),
+        dynamic_ncols=True,
+    )
+    with bar:
+        for method in methods:
+            for seed in seeds:
+                bar.set_postfix(method=METHODS[method], seed=seed)
+                metrics = run_one(method, seed, cfg, trainer_cfg)
+                runs.append({"method": METHODS[method], "seed": seed, **metrics})
+                bar.update(1)
+    total_seconds = time.perf_counter() - started
+    return runs, total_seconds
+
+
+def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
+    """Runs every (method, seed), writes the tables (rank 0) and returns rows and paths."""
+    methods = [str(m) for m in cfg.methods]
+    seeds = [int(s) for s in cfg.seeds]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"methods must be a non-empty subset of {sorted(METHODS)}, got {methods}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+    trainer_cfg = to_dict(cfg.trainer)
+    TrainerConfig.from_mapping(trainer_cfg)  # fail fast on a bad trainer section
+
+    previous_threads = torch.get_num_threads()
+    if cfg.num_threads is not None:
+        if int(cfg.num_threads) < 1:
+            raise ValueError(f"num_threads must be >= 1 or null, got {cfg.num_threads}")
+        torch.set_num_threads(int(cfg.num_threads))
+    try:
+        runs, total_seconds = _run_all(methods, seeds, cfg, trainer_cfg)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    rows: list[dict[str, Any]] = []
+    for method in methods:
+        mine = [r for r in runs if r["method"] == METHODS[method]]
+        row: dict[str, Any] = {"method": METHODS[method]}
+        for column, key in METRICS.items():
+            values = [r[key] for r in mine if key in r]
+            row[column] = summarize(values) if values else None
+        rows.append(row)
+
+    t = cfg.trainer
+    header = [
+        *standard_header_lines(argv),
+        f"Settings: {len(seeds)} seeds {seeds}; {t.epochs} epochs, batch {t.batch_size}, "
+        f"{t.optimizer} lr {t.lr} (weight decay {t.weight_decay}, {t.scheduler} schedule); "
+        f"MLP {DIGITS_NUM_FEATURES}-{cfg.model.hidden}-{cfg.model.hidden}-"
+        f"{cfg.model.feature_dim}; HUG heads: ProxyHead({cfg.proxy.mode}); "
+        f"test fraction {cfg.test_fraction} (split seeded per run); "
+        f"wall time {total_seconds:.1f} s.",
+        "Columns: test error (fraction) and, on the training features after the last epoch, "
+        "NC1 = tr(Σ_W Σ_B⁺)/C; GNC2 = hyperspherical energy of the normalized centred class "
+        "means relative to the optimal configuration (1 = uniform); NC3 = ‖W/‖W‖ − M/‖M‖‖ "
+        "(W: classifier rows or proxies); NC4 = rate at which the classifier disagrees with "
+        "the nearest class mean. Mean ± std (ddof = 1) over seeds.",
+    ]
+    stem = Path(str(cfg.output_dir)) / str(cfg.output_name)
+    paths: dict[str, Path] = {}
+    if is_main_process():
+        digits = {"test_error": 4, "nc1": 3, "gnc2": 3, "nc3": 3, "nc4": 4}
+        md, csv_path = write_tables(
+            rows, stem, header, digits=digits, title="Digits: cross-entropy vs. HUG"
+        )
+        run_columns = ["method", "seed", *METRICS.values(), "train_loss", "seconds"]
+        runs_md, runs_csv = write_tables(
+            runs,
+            stem.with_name(stem.name + "_runs"),
+            header,
+            columns=run_columns,
+            digits=4,
+            title="Digits: every run",
+        )
+        paths = {"md": md, "csv": csv_path, "runs_md": runs_md, "runs_csv": runs_csv}
+        print(md.read_text(encoding="utf-8"))
+    return {"rows": rows, "runs": runs, "paths": paths, "seconds": total_seconds}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Entry point: ``argv`` without the program name (``None``: ``sys.argv[1:]``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    init_distributed_from_env()
+    cfg = parse_cli(args, TASK, description=__doc__.splitlines()[0] if __doc__ else None)
+    return run(cfg, ["integrations/digits.py", *args])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""End-to-end test of integrations/digits.py on a tiny budget (run in-process)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from hug_plugins.config import available_presets, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "integrations" / "digits.py"
+METHODS = ["CE", "MHE-HUG", "MHS-HUG", "MGD-HUG"]
+
+
+def _load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("digits_job", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["digits_job"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def job() -> ModuleType:
+    return _load_script()
+
+
+def test_presets_exist_and_share_keys() -> None:
+    assert {"default", "quick"} <= set(available_presets("digits"))
+    default = load_config("digits", "default")
+    quick = load_config("digits", "quick")
+    assert set(default) == set(quick) and set(default.trainer) == set(quick.trainer)
+    assert len(default.seeds) >= 3 and list(default.methods) == ["ce", "mhe", "mhs", "mgd"]
+
+
+def test_quick_job_writes_tables(job: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = job.main(
+        [
+            "--preset",
+            "quick",
+            f"output_dir={out}",
+            "seeds=[0,1]",
+            "trainer.epochs=2",
+            "trainer.device=cpu",
+            "progress=false",
+        ]
+    )
+    md = out / "digits.md"
+    csv_path = out / "digits.csv"
+    assert result["paths"]["md"] == md and md.is_file() and csv_path.is_file()
+    assert (out / "digits_runs.md").is_file() and (out / "digits_runs.csv").is_file()
+
+    text = md.read_text(encoding="utf-8")
+    assert "Command: `python integrations/digits.py --preset quick" in text
+    assert "Hardware: CPU:" in text
+    assert "| method | test_error | nc1 | gnc2 | nc3 | nc4 |" in text
+    for method in METHODS:
+        assert f"| {method} | " in text
+    assert " ± " in text
+
+    with csv_path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["method"] for r in rows] == METHODS
+    for row in rows:
+        error = float(row["test_error_mean"])
+        assert 0.0 <= error <= 1.0
+        assert float(row["test_error_std"]) >= 0.0
+        assert 0.0 <= float(row["nc4_mean"]) <= 1.0
+        for key in ("nc1_mean", "gnc2_mean", "nc3_mean"):
+            assert math.isfinite(float(row[key])) and float(row[key]) >= 0.0
+        assert float(row["gnc2_mean"]) >= 0.99  # the optimum of the energy ratio is 1
+
+    with (out / "digits_runs.csv").open() as handle:
+        runs = list(csv.DictReader(handle))
+    assert len(runs) == len(METHODS) * 2
+    assert {(r["method"], r["seed"]) for r in runs} == {(m, s) for m in METHODS for s in "01"}
+
+
+def test_job_resumes_from_checkpoints(job: ModuleType, tmp_path: Path) -> None:
+    args = [
+        "--preset",
+        "quick",
+        f"output_dir={tmp_path / 'out'}",
+        f"checkpoint_dir={tmp_path / 'ck'}",
+        "methods=[ce]",
+        "seeds=[0]",
+        "trainer.epochs=1",
+        "trainer.device=cpu",
+        "progress=false",
+    ]
+    first = job.main(args)
+    assert (tmp_path / "ck" / "ce_seed0.pt").is_file()
+    again = job.main(args)  # finished run: restored, not retrained
+    assert again["runs"][0]["test_error"] == first["runs"][0]["test_error"]
+
+
+def test_job_rejects_bad_config(job: ModuleType, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown config key"):
+        job.main(["--preset", "quick", "trainer.epoch=3"])
+    with pytest.raises(ValueError, match="methods"):
+        job.main(["--preset", "quick", "methods=[ce,xent]", f"output_dir={tmp_path}"])
+    with pytest.raises(ValueError, match="available presets"):
+        job.main(["--preset", "nope"])
