@@ -188,10 +188,14 @@ def _autocast_disabled(device_type: str) -> Iterator[None]:
 
 
 def _chunk_size(rows: int, cols: int, chunk_size: int | None, device: str = "cpu") -> int:
+    """Rows per block: the given size, one block when the backward pass would cache every block
+    anyway (``rows * cols <= _CACHE_BUDGET``), else the device's block budget."""
     if chunk_size is not None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         return chunk_size
+    if rows * cols <= _CACHE_BUDGET:
+        return max(1, rows)
     budget = _PAIR_BUDGET.get(device, _PAIR_BUDGET["cpu"])
     return max(1, min(rows, budget // max(cols, 1)))
 
@@ -405,6 +409,7 @@ class _PairKernelMean(torch.autograd.Function):
             x_sq = _sq_norms(x) if cached is None else x.new_empty(0)
             y_sq = _sq_norms(y) if cached is None else y.new_empty(0)
             scale = 2.0 * grad_out * has_pairs.to(x.dtype)
+            col_sums: Tensor | None = None
             for index, start in enumerate(range(0, m, chunk)):
                 stop = min(start + chunk, m)
                 block = (
@@ -433,12 +438,15 @@ class _PairKernelMean(torch.autograd.Function):
                     else:
                         torch.mm(coef, y, out=grad_x[start:stop]).neg_()
                 if need_y:
-                    block_grad = (
-                        torch.addmm(coef.sum(0)[:, None] * y, coef.T, xc, alpha=-1.0)
-                        if radial
-                        else (coef.T @ xc).neg_()
-                    )
-                    grad_y = block_grad if grad_y is None else grad_y.add_(block_grad)
+                    # Accumulate -coef^T x in place; the radial part is added once at the end.
+                    if grad_y is None:
+                        grad_y = (coef.T @ xc).neg_()
+                    else:
+                        grad_y.addmm_(coef.T, xc, alpha=-1.0)
+                    if radial:
+                        col_sums = coef.sum(0) if col_sums is None else col_sums + coef.sum(0)
+            if grad_y is not None and col_sums is not None:
+                grad_y.addcmul_(col_sums[:, None], y)
             if rows_mode:
                 if grad_y is not None and grad_x is not None:
                     # index_put_ with accumulate: CPU index_add_ is ~15x slower here.
