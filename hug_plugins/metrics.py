@@ -62,9 +62,16 @@ def reference_energy(
 ) -> float:
     """Energy (mean over pairs) of an energy-minimized configuration of ``C`` points in ``d``.
 
-    Cached; computed by :func:`hug_plugins.proxies.minimize_energy` (best of two seeds).
+    For ``C <= d + 1`` this is the simplex ETF's energy (Theorem 1: the minimizer for every
+    kernel convex and decreasing in the squared distance, which holds for Riesz ``s >= -2``,
+    log and Gaussian); otherwise the best of two seeded runs of
+    :func:`hug_plugins.proxies.minimize_energy`. Cached.
     """
-    from hug_plugins.proxies import minimize_energy
+    from hug_plugins.proxies import minimize_energy, simplex_etf
+
+    if num_points <= dim + 1 and (kernel != "riesz" or s >= -2.0):
+        etf = simplex_etf(num_points, dim).double()
+        return float(hyperspherical_energy(etf, kernel=kernel, s=s, t=t))
 
     return min(
         minimize_energy(

@@ -123,8 +123,9 @@ class HUGCriterion(nn.Module):
         Hyperspherical Uniformity Gap." ICLR 2023. https://arxiv.org/abs/2303.06484
 
     The defaults (``alpha=4, beta=1``, Riesz ``s=2``) are tuned for SimCLR-style training
-    (``integrations/selfsupervised.py``, quick preset: best kNN accuracy among the weights, kernels and
-    exponents tried); they are not the paper's classification weights (0.15 / 0.015).
+    (``integrations/selfsupervised.py``, quick preset: best kNN accuracy among the weights,
+    kernels and exponents tried); they are not the paper's classification weights
+    (0.15 / 0.015).
 
     Args:
         alpha: Weight of the inter (uniformity) term, >= 0.
