@@ -1,0 +1,263 @@
+"""Long-tail benchmark: cross-entropy vs. HUG on LDAM-style long-tailed training sets.
+
+For every imbalance ratio (the paper's 0.2, 0.1, 0.02, 0.01), method (``ce``: linear head +
+cross-entropy; ``hug``: ProxyHead + MHE-HUG) and seed, the job builds the long-tailed training
+set of :func:`hug_plugins.longtail.make_longtail` (class ``c`` keeps
+``int(n_max * ratio ** (c / (C - 1)))`` images, the first of a shuffle seeded with 0; the test
+set stays balanced), trains the same model with the same trainer settings through
+:mod:`hug_plugins.engine`, and reports top-1 test accuracy and many/medium/few-shot accuracy
+(more than 100, 20 to 100, fewer than 20 training images per class; both thresholds scaled by
+``n_max / 500`` when ``n_max < 500``, see :func:`hug_plugins.longtail.shot_thresholds`), mean ±
+std over seeds. Every run is checkpointed (``checkpoint_dir``): a killed job resumes, a
+finished run is reloaded instead of retrained.
+
+Usage::
+
+    python -m integrations.longtail --preset quick                    # digits, CPU, ~1 min
+    python -m integrations.longtail --preset mnist --data-root /work/shared/data
+    python -m integrations.longtail --preset cifar10 --data-root /work/shared/data  # GPU
+
+Writes ``<output_dir>/<output_name>.md`` / ``.csv`` (summary) and ``..._runs.md`` / ``.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from hug_plugins.config import parse_cli, to_dict
+from hug_plugins.engine import TrainerConfig, seed_everything
+from hug_plugins.io import standard_header_lines, summarize, write_tables
+from hug_plugins.longtail import (
+    SHOT_GROUPS,
+    dataset_targets,
+    group_accuracies,
+    make_longtail,
+    per_class_accuracy,
+    shot_groups,
+    shot_thresholds,
+)
+from hug_plugins.robustness import (
+    DATASET_STATS,
+    build_classifier,
+    checkpoint_file,
+    load_pixel_datasets,
+    train_or_load,
+)
+
+TASK = "longtail"
+METHODS = {"ce": "CE", "hug": "HUG"}
+
+PAPER_TOP1 = {
+    "cifar10": {
+        "CE": (90.29, 87.85, 79.17, 74.11),
+        "HUG": (90.41, 88.20, 79.88, 75.14),
+    },
+    "cifar100": {
+        "CE": (66.74, 62.31, 48.79, 43.82),
+        "HUG": (67.83, 63.33, 50.48, 45.63),
+    },
+}
+"""Paper top-1 accuracy % at ratios 0.2, 0.1, 0.02, 0.01 (ResNet, LDAM construction)."""
+
+
+def run_one(
+    method: str,
+    ratio: float,
+    seed: int,
+    cfg: DictConfig,
+    data: tuple[Any, Any, tuple[int, ...]],
+) -> dict[str, Any]:
+    """Trains (or reloads) one (method, ratio, seed) and returns its accuracies."""
+    train_full, test, shape = data
+    name = str(cfg.data.name)
+    mean, std, num_classes = DATASET_STATS[name]
+    n_max = None if cfg.longtail_n_max is None else int(cfg.longtail_n_max)
+    train = make_longtail(
+        train_full, ratio, num_classes=num_classes, n_max=n_max, seed=int(cfg.longtail_seed)
+    )
+    seed_everything(seed)
+    model = build_classifier(
+        method,
+        str(cfg.model.arch),
+        shape,
+        num_classes,
+        feature_dim=int(cfg.model.feature_dim),
+        hidden=int(cfg.model.hidden),
+        mean=mean,
+        std=std,
+        proxy_mode=str(cfg.hug.proxy_mode),
+        scale=float(cfg.hug.scale),
+        seed=seed,
+    )
+    ckpt = checkpoint_file(cfg.checkpoint_dir, name, str(cfg.model.arch), method, seed, ratio=ratio)
+    overrides = {k: v for k, v in to_dict(cfg.hug.loss).items() if v is not None}
+    info = train_or_load(
+        model,
+        method,
+        train,
+        to_dict(cfg.trainer),
+        seed=seed,
+        checkpoint=ckpt,
+        hug_preset=str(cfg.hug.preset),
+        hug_overrides=overrides,
+        eval_only=bool(cfg.eval_only),
+    )
+    accuracy, support = per_class_accuracy(
+        model, test, num_classes, batch_size=int(cfg.eval_batch_size)
+    )
+    many, few = shot_thresholds(
+        max(train.class_counts),
+        float(cfg.shots.many),
+        float(cfg.shots.few),
+        int(cfg.shots.reference_n_max),
+    )
+    groups = shot_groups(train.class_counts, many, few)
+    accs = group_accuracies(accuracy, support, groups)
+    out: dict[str, Any] = {f"{k}_acc": 100.0 * v for k, v in accs.items()}
+    out.update({f"n_{g}": len(groups[g]) for g in SHOT_GROUPS})
+    out.update(info)
+    out["train_size"] = len(train)
+    out["counts"] = " ".join(str(n) for n in train.class_counts)
+    out["thresholds"] = (many, few)
+    return out
+
+
+def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
+    """Runs every (ratio, method, seed), writes the tables and returns rows, runs and paths."""
+    methods = [str(m) for m in cfg.methods]
+    ratios = [float(r) for r in cfg.ratios]
+    seeds = [int(s) for s in cfg.seeds]
+    if not methods or any(m not in METHODS for m in methods):
+        raise ValueError(f"methods must be a non-empty subset of {sorted(METHODS)}, got {methods}")
+    if not ratios or any(not 0 < r <= 1 for r in ratios):
+        raise ValueError(f"ratios must be a non-empty list of numbers in (0, 1], got {ratios}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct integers, got {seeds}")
+    if str(cfg.data.name) not in DATASET_STATS:
+        raise ValueError(f"data.name must be one of {sorted(DATASET_STATS)}")
+    TrainerConfig.from_mapping(to_dict(cfg.trainer))  # fail fast
+
+    previous_threads = torch.get_num_threads()
+    if cfg.num_threads is not None:
+        torch.set_num_threads(int(cfg.num_threads))
+    started = time.perf_counter()
+    runs: list[dict[str, Any]] = []
+    try:
+        data = load_pixel_datasets(
+            str(cfg.data.name),
+            cfg.data.root,
+            split_seed=int(cfg.data.split_seed),
+            test_fraction=float(cfg.data.test_fraction),
+            augment=bool(cfg.data.augment),
+        )
+        total = len(ratios) * len(methods) * len(seeds)
+        with tqdm(total=total, desc=TASK, unit="run", disable=not bool(cfg.progress)) as bar:
+            for ratio in ratios:
+                for method in methods:
+                    for seed in seeds:
+                        bar.set_postfix(ratio=ratio, method=method, seed=seed)
+                        result = run_one(method, ratio, seed, cfg, data)
+                        runs.append(
+                            {"ratio": ratio, "method": METHODS[method], "seed": seed, **result}
+                        )
+                        bar.update(1)
+    finally:
+        torch.set_num_threads(previous_threads)
+    seconds = time.perf_counter() - started
+
+    columns = ["top1_acc", *(f"{g}_acc" for g in SHOT_GROUPS)]
+    paper = PAPER_TOP1.get(str(cfg.data.name), {})
+    rows: list[dict[str, Any]] = []
+    for ratio in ratios:
+        for method in methods:
+            mine = [r for r in runs if r["ratio"] == ratio and r["method"] == METHODS[method]]
+            row: dict[str, Any] = {"ratio": ratio, "method": METHODS[method]}
+            for col in columns:
+                values = [r[col] for r in mine if not math.isnan(r[col])]
+                row[col] = summarize(values) if values else None
+            row["classes many/med/few"] = "/".join(str(mine[0][f"n_{g}"]) for g in SHOT_GROUPS)
+            row["train size"] = mine[0]["train_size"]
+            ref = paper.get(METHODS[method])
+            if ref is not None and ratio in (0.2, 0.1, 0.02, 0.01):
+                row["paper top1"] = ref[(0.2, 0.1, 0.02, 0.01).index(ratio)]
+            rows.append(row)
+
+    t = cfg.trainer
+    many, few = runs[0]["thresholds"]
+    header = [
+        *standard_header_lines(argv),
+        f"Data: {cfg.data.name} (LDAM long-tail construction of the training set, shuffle seed "
+        f"{cfg.longtail_seed}; balanced test set of {len(dataset_targets(data[1]))}); "
+        f"model {cfg.model.arch} "
+        f"(hidden {cfg.model.hidden}, features {cfg.model.feature_dim}); CE = linear head + "
+        f"cross-entropy, HUG = ProxyHead({cfg.hug.proxy_mode}, scale {cfg.hug.scale}) + "
+        f"{cfg.hug.preset.upper()}-HUG. Same trainer for both: {t.epochs} epochs, batch "
+        f"{t.batch_size}, {t.optimizer} lr {t.lr}, weight decay {t.weight_decay}, "
+        f"{t.scheduler} schedule. Seeds {seeds}. Wall time {seconds:.1f} s.",
+        f"Columns: test accuracy % (mean ± std over seeds): top-1 and per shot group of the "
+        f"classes by training images: many > {many:g}, medium {few:g}..{many:g}, few < {few:g} "
+        f"(the usual 100 / 20 scaled by min(1, n_max / {cfg.shots.reference_n_max})). "
+        "Empty group: blank. 'paper top1': the HUG paper's ResNet result on CIFAR-10-LT for "
+        "the same ratio, when this is that data set.",
+    ]
+    stem = Path(str(cfg.output_dir)) / str(cfg.output_name)
+    md, csv_path = write_tables(
+        rows, stem, header, digits=2, title=f"Long-tail {cfg.data.name}: CE vs. HUG"
+    )
+    run_cols = [
+        "ratio",
+        "method",
+        "seed",
+        *columns,
+        "train_loss",
+        "epochs_trained",
+        "train_size",
+        "counts",
+    ]
+    runs_md, runs_csv = write_tables(
+        runs,
+        stem.with_name(stem.name + "_runs"),
+        header,
+        columns=run_cols,
+        digits=3,
+        title=f"Long-tail {cfg.data.name}: every run",
+    )
+    print(md.read_text(encoding="utf-8"))
+    return {
+        "rows": rows,
+        "runs": runs,
+        "seconds": seconds,
+        "paths": {"md": md, "csv": csv_path, "runs_md": runs_md, "runs_csv": runs_csv},
+    }
+
+
+def split_data_root(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """Removes ``--data-root PATH`` from ``argv``; returns ``(path or None, rest)``."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--data-root", default=None)
+    known, rest = parser.parse_known_args(list(argv))
+    return known.data_root, rest
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Entry point: ``[--preset NAME] [--data-root PATH] [key=value ...]``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    data_root, rest = split_data_root(args)
+    if data_root is not None:
+        rest.append(f"data.root={data_root}")
+    cfg = parse_cli(rest, TASK, description=__doc__.splitlines()[0] if __doc__ else None)
+    return run(cfg, ["-m", "integrations.longtail", *args])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Tests of the PGD robust-accuracy evaluator and integrations/robustness.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from hug_plugins.config import available_presets, load_config
+from hug_plugins.io import atomic_torch_save
+from hug_plugins.robustness import (
+    Classifier,
+    LogitsOnly,
+    Normalize,
+    build_classifier,
+    evaluate_robustness,
+    load_checkpoint_weights,
+    make_pgd,
+    pgd_attack,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _trained(method: str) -> tuple[nn.Module, TensorDataset]:
+    """A small classifier fitted for a few steps on separable [0, 1] data."""
+    torch.manual_seed(0)
+    centres = torch.rand(3, 12)
+    y = torch.arange(3).repeat(40)
+    x = (centres[y] + 0.08 * torch.randn(120, 12)).clamp(0, 1)
+    model = build_classifier(
+        method, "mlp", (12,), 3, feature_dim=8, hidden=32, mean=[0.5], std=[0.3]
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x)[1], y).backward()  # type: ignore[no-untyped-call]
+        opt.step()
+    return model, TensorDataset(x, y)
+
+
+@pytest.mark.parametrize("method", ["ce", "hug"])
+@pytest.mark.parametrize("loss", ["ce", "margin"])
+def test_adversarial_inputs_stay_in_ball_and_box(method: str, loss: str) -> None:
+    model, data = _trained(method)
+    x, y = data.tensors
+    for eps in (2 / 255, 8 / 255, 0.2):
+        adv = pgd_attack(model, x, y, eps, steps=5, loss=loss, seed=1)  # type: ignore[arg-type]
+        assert adv.shape == x.shape
+        assert float((adv - x).abs().max()) <= eps + 1e-6
+        assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+
+
+@pytest.mark.parametrize("method", ["ce", "hug"])
+def test_robust_never_exceeds_clean_and_eps0_is_clean(method: str) -> None:
+    model, data = _trained(method)
+    result = evaluate_robustness(model, data, [0.0, 2 / 255, 0.05, 0.3], steps=10, batch_size=50)
+    clean = result.clean_accuracy
+    assert clean > 0.9 and result.num_samples == 120
+    assert result.robust_accuracy[0.0] == clean  # exactly, not approximately
+    assert all(acc <= clean for acc in result.robust_accuracy.values())
+    assert result.robust_accuracy[0.3] < clean  # a large ball breaks the model
+    # same answer when clean accuracy is measured independently
+    with torch.no_grad():
+        preds = LogitsOnly(model)(data.tensors[0]).argmax(1)
+    assert (preds == data.tensors[1]).float().mean().item() == pytest.approx(clean)
+
+
+def test_torchattacks_pgd_at_eps0_returns_the_inputs() -> None:
+    model, data = _trained("hug")
+    x, y = data.tensors
+    attack = make_pgd(model, 0.0, steps=3)
+    assert torch.equal(attack(x, y), x)
+    assert torch.equal(pgd_attack(model, x, y, 0.0), x)
+
+
+def test_attack_is_seeded_and_restores_mode() -> None:
+    model, data = _trained("ce")
+    x, y = data.tensors
+    model.train()
+    a = pgd_attack(model, x, y, 8 / 255, steps=3, seed=5)
+    b = pgd_attack(model, x, y, 8 / 255, steps=3, seed=5)
+    assert torch.equal(a, b) and model.training
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        pgd_attack(model, x + 2.0, y, 8 / 255)
+    with pytest.raises(ValueError, match="loss"):
+        make_pgd(model, 0.1, loss="hinge")  # type: ignore[arg-type]
+
+
+def test_normalize_and_logits_only() -> None:
+    norm = Normalize([0.5, 0.25, 0.0], [0.5, 0.5, 1.0])
+    img = torch.ones(2, 3, 4, 4)
+    assert norm(img)[0, :, 0, 0].tolist() == [1.0, 1.5, 1.0]
+    assert Normalize(0.5, 0.5)(torch.ones(1, 4)).tolist() == [[1.0] * 4]
+    with pytest.raises(ValueError):
+        Normalize(0.0, 0.0)
+    net = Classifier(nn.Identity(), nn.Linear(3, 2))
+    assert LogitsOnly(net)(torch.zeros(5, 3)).dtype == torch.float32
+
+
+def test_load_checkpoint_weights(tmp_path: Path) -> None:
+    model, _ = _trained("hug")
+    path = tmp_path / "m.pt"
+    atomic_torch_save({"model": model.state_dict(), "epoch": 3, "history": []}, path)
+    fresh = build_classifier(
+        "hug", "mlp", (12,), 3, feature_dim=8, hidden=32, mean=[0.5], std=[0.3]
+    )
+    meta = load_checkpoint_weights(fresh, path)
+    assert meta["epoch"] == 3
+    x = torch.rand(4, 12)
+    assert torch.equal(fresh(x)[1], model(x)[1])
+    with pytest.raises(ValueError, match="does not exist"):
+        load_checkpoint_weights(fresh, tmp_path / "missing.pt")
+    wrong = build_classifier("ce", "mlp", (12,), 3, feature_dim=8, hidden=32)
+    with pytest.raises(ValueError, match="does not fit"):
+        load_checkpoint_weights(wrong, path)
+
+
+def _load_job() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "robustness_job", ROOT / "integrations/robustness.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["robustness_job"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_presets_share_keys() -> None:
+    assert {"quick", "mnist", "cifar10"} <= set(available_presets("robustness"))
+    quick = load_config("robustness", "quick")
+    for name in ("mnist", "cifar10"):
+        other = load_config("robustness", name)
+        assert set(other) == set(quick) and set(other.attack) == set(quick.attack)
+        assert list(other.attack.eps_255) == [2, 4, 8] and other.attack.steps == 20
+
+
+def test_job_trains_once_then_evaluates_from_checkpoints(tmp_path: Path) -> None:
+    job = _load_job()
+    args = [
+        "--preset",
+        "quick",
+        f"output_dir={tmp_path / 'out'}",
+        f"checkpoint_dir={tmp_path / 'ck'}",
+        "seeds=[0]",
+        "trainer.epochs=2",
+        "trainer.device=cpu",
+        "attack.steps=3",
+        "attack.max_samples=100",
+        "attack.losses=[ce]",
+        "progress=false",
+    ]
+    first = job.main(args)
+    assert first["paths"]["md"].is_file() and first["paths"]["csv"].is_file()
+    for run in first["runs"]:
+        assert run["epochs_trained"] == 2 and run["n"] == 100
+        clean = run["clean_acc"]
+        for key, value in run.items():
+            if key.startswith("robust@"):
+                assert 0.0 <= value <= clean
+    second = job.main([*args, "eval_only=true"])
+    for a, b in zip(first["runs"], second["runs"], strict=True):
+        assert b["epochs_trained"] == 0 and a["clean_acc"] == b["clean_acc"]
+        assert a["robust@8/255"] == b["robust@8/255"]  # seeded attack, same weights
+    with pytest.raises(ValueError, match="does not exist"):
+        job.main([*args, f"checkpoint_dir={tmp_path / 'none'}", "eval_only=true"])
