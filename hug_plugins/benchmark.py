@@ -24,12 +24,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from hug_plugins._checks import set_validation, validation_enabled
 from hug_plugins.losses import HUGLoss
 from hug_plugins.reference import authors_hug_loss, cross_entropy_head_loss
 
-METHODS = ("ce", "hug", "hug_full", "naive")
+METHODS = ("ce", "hug", "hug_unchecked", "hug_full", "naive")
 """``ce``: nn.Linear + cross-entropy; ``hug``: MHE-HUG in its default (auto) energy mode;
-``hug_full``: MHE-HUG with the full O(C^2) energy; ``naive``: the authors' formula as written."""
+``hug_unchecked``: the same with value validation off (no device read per step, see
+:func:`hug_plugins.set_validation`); ``hug_full``: MHE-HUG with the full O(C^2) energy;
+``naive``: the authors' formula as written."""
 
 
 def _sync(device: torch.device) -> None:
@@ -61,15 +64,21 @@ def _make_step(
             authors_hug_loss(features, labels, proxies).backward()  # type: ignore[no-untyped-call]
 
         return naive_step
-    if method not in ("hug", "hug_full"):
+    if method not in ("hug", "hug_unchecked", "hug_full"):
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     mode = "full" if method == "hug_full" else "auto"
     loss_fn = HUGLoss.preset("mhe", energy_mode=mode)
+    validate = method != "hug_unchecked"
 
     def hug_step() -> None:
         features.grad = None
         proxies.grad = None
-        loss_fn(features, labels, proxies).backward()
+        previous = validation_enabled()
+        set_validation(validate)
+        try:
+            loss_fn(features, labels, proxies).backward()
+        finally:
+            set_validation(previous)
 
     return hug_step
 

@@ -1,0 +1,73 @@
+"""Tests of the loss-step benchmark harness and its script (no timing thresholds)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from hug_plugins._checks import validation_enabled
+from hug_plugins.benchmark import METHODS, measure_loss_step
+from hug_plugins.losses import HUGLoss
+from hug_plugins.reference import authors_hug_loss
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_measures(method: str) -> None:
+    result = measure_loss_step(method, num_classes=12, batch_size=8, dim=4, repeats=2, warmup=1)
+    assert result["ms"] > 0 and result["ms_min"] <= result["ms"]
+    assert result["peak_mib"] >= 0
+    assert validation_enabled()  # hug_unchecked restores the global switch
+
+
+def test_unknown_method_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown method"):
+        measure_loss_step("focal", num_classes=4, batch_size=4, dim=2, repeats=1, warmup=0)
+
+
+def test_naive_reference_matches_library_on_its_valid_domain() -> None:
+    features = torch.randn(16, 5, dtype=torch.float64)
+    labels = torch.randint(0, 6, (16,))
+    proxies = torch.randn(6, 5, dtype=torch.float64)
+    torch.testing.assert_close(
+        authors_hug_loss(features, labels, proxies),
+        HUGLoss.preset("authors")(features, labels, proxies),
+    )
+
+
+def test_reference_shows_the_documented_flaws() -> None:
+    proxies = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    features = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    labels = torch.tensor([0, 2])
+    assert torch.isnan(authors_hug_loss(features, labels, proxies))  # zero feature
+    collapsed = authors_hug_loss(features[:1], labels[:1], proxies)
+    assert torch.isfinite(collapsed)  # the coincident proxy pair is silently dropped
+    assert torch.isfinite(HUGLoss.preset("authors")(features, labels, proxies))
+
+
+def test_bench_script_writes_tables(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parent.parent / "integrations" / "bench_loss.py"
+    spec = importlib.util.spec_from_file_location("bench_loss_script", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.main(
+        [
+            "--preset",
+            "quick",
+            f"out_dir={tmp_path}",
+            "classes=[16,64]",
+            "batch_size=8",
+            "dim=4",
+            "repeats=1",
+            "warmup=0",
+            "naive_max_classes=16",
+        ]
+    )
+    assert [row["C"] for row in rows] == [16, 64]
+    assert "naive/hug" in rows[0] and "extrap." in str(rows[1]["naive_peak_mib"])
+    text = (tmp_path / "bench_loss.md").read_text()
+    assert "Command:" in text and "| C |" in text
+    assert (tmp_path / "bench_loss.csv").read_text().count("\n") >= 3
