@@ -309,8 +309,10 @@ class ProxyHead(nn.Module):
         if self.mode == "partial":
             residual: Tensor = self.residual
             norm = residual.norm(dim=1, keepdim=True)
-            direction = residual / norm.clamp_min(1e-12)
-            partial: Tensor = base + self.partial_radius * torch.tanh(norm) * direction
+            # tanh(n) / n, with its series near 0 so the zero-initialized residual gets gradient.
+            safe = norm.clamp_min(1e-4)
+            ratio = torch.where(norm < 1e-4, 1.0 - norm * norm / 3.0, torch.tanh(safe) / safe)
+            partial: Tensor = base + self.partial_radius * ratio * residual
             return partial
         return base
 

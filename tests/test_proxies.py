@@ -97,6 +97,9 @@ def test_proxy_head_modes(mode: str) -> None:
 def test_partial_head_stays_within_radius_of_base() -> None:
     head = ProxyHead(6, 3, mode="partial", partial_radius=0.3)
     torch.testing.assert_close(head.proxies, head.base)
+    head(torch.randn(4, 3)).sum().backward()
+    assert head.residual.grad is not None and head.residual.grad.abs().sum() > 0  # learns from 0
+    head.residual.grad = None
     with torch.no_grad():
         head.residual.normal_(0.0, 100.0)
     assert (head.proxies - head.base).norm(dim=1).max() <= 0.3 + 1e-6

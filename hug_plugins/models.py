@@ -1,0 +1,412 @@
+"""Image classifiers for the CE vs. HUG benchmarks: ``model(x) -> (features, logits)``.
+
+Every model is a :class:`FeatureClassifier`: an input normalization (uint8 or float images in,
+per-channel standardized floats out), a backbone that maps an image batch to a vector per image,
+an optional linear *neck* to ``feature_dim`` (the features the losses and the neural-collapse
+metrics see) and a swappable *head*: ``nn.Linear`` for cross-entropy or a
+:class:`~hug_plugins.proxies.ProxyHead` for HUG (:func:`make_head`). The backbone and neck are
+identical for both, so a comparison changes only the head and the objective.
+
+Backbones (:func:`build_backbone`), all adapted to small (CIFAR-sized) images the usual way:
+
+* ``"resnet18"`` -- torchvision ResNet-18 with a 3x3 stride-1 stem and no stem max-pool.
+* ``"vgg16"`` -- torchvision VGG-16 with batch norm; the max-pools use ``ceil_mode`` (so inputs
+  smaller than 32x32 still work) and the 7x7 adaptive pool and 3-layer classifier are replaced
+  by a global average pool.
+* ``"densenet121"`` -- torchvision DenseNet-121 with a 3x3 stride-1 stem and no stem max-pool.
+* ``"cnn"`` -- :class:`SmallCNN`, a few conv-BN-ReLU stages for CPU budgets.
+
+A neck is used by default because the pooled outputs of these backbones come right after a
+ReLU: they are non-negative, so they cannot reach proxies spread over the whole sphere, which
+would handicap HUG. ``feature_dim=None`` drops the neck (the raw pooled features are used).
+
+Example:
+    >>> import torch
+    >>> model = build_classifier("cnn", num_classes=10, in_channels=3, feature_dim=16, width=8)
+    >>> images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    >>> features, logits = model(images)
+    >>> tuple(features.shape), tuple(logits.shape)
+    ((2, 16), (2, 10))
+    >>> hug = build_classifier("cnn", 10, 3, feature_dim=16, head="proxy", width=8)
+    >>> type(hug.head).__name__, tuple(classifier_weight(hug).shape)
+    ('ProxyHead', (10, 16))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from hug_plugins.proxies import ProxyHead
+
+__all__ = [
+    "ARCHITECTURES",
+    "FeatureClassifier",
+    "InputNormalize",
+    "SmallCNN",
+    "build_backbone",
+    "build_classifier",
+    "classifier_weight",
+    "make_head",
+]
+
+ARCHITECTURES = ("cnn", "resnet18", "vgg16", "densenet121")
+"""Backbone names accepted by :func:`build_backbone`."""
+
+_HEADS = ("linear", "proxy")
+
+
+class InputNormalize(nn.Module):
+    """Turns images into standardized floats: ``(x / 255 if uint8 else x - mean) / std``.
+
+    uint8 input is scaled to ``[0, 1]`` first; floating-point input is taken as already in
+    ``[0, 1]``. The statistics are buffers (saved with the model, moved with it).
+
+    Args:
+        mean: Per-channel means (in ``[0, 1]`` units).
+        std: Per-channel standard deviations (> 0).
+
+    Raises:
+        ValueError: If the lengths differ, are zero, or a std is not positive.
+
+    Example:
+        >>> norm = InputNormalize([0.5], [0.5])
+        >>> norm(torch.tensor([[[[0, 255]]]], dtype=torch.uint8)).flatten().tolist()
+        [-1.0, 1.0]
+    """
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        mean_t = torch.as_tensor(list(mean), dtype=torch.float32)
+        std_t = torch.as_tensor(list(std), dtype=torch.float32)
+        if mean_t.ndim != 1 or mean_t.numel() == 0 or mean_t.shape != std_t.shape:
+            raise ValueError(f"mean and std must be equal-length lists, got {mean} and {std}")
+        if not bool((std_t > 0).all()):
+            raise ValueError(f"std must be positive, got {std}")
+        self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
+        self.register_buffer("std", std_t.view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Returns the standardized float32 batch ``(N, C, H, W)``."""
+        if x.ndim != 4 or x.shape[1] != self.mean.shape[1]:
+            raise ValueError(
+                f"expected images (N, {self.mean.shape[1]}, H, W), got {tuple(x.shape)}"
+            )
+        y = x.float()
+        if x.dtype == torch.uint8:
+            y = y / 255.0
+        return (y - self.mean) / self.std
+
+
+class SmallCNN(nn.Module):
+    """A small CNN for CPU budgets: per stage conv3x3-BN-ReLU (x ``convs_per_stage``), max-pool.
+
+    Stage ``k`` has ``width * 2**k`` channels; the output is the global average of the last
+    stage, of size :attr:`out_dim`. The max-pools use ``ceil_mode``, so tiny inputs (8x8) work.
+
+    Args:
+        in_channels: Image channels.
+        width: Channels of the first stage (>= 1).
+        stages: Number of stages (>= 1).
+        convs_per_stage: Convolutions per stage (>= 1).
+
+    Example:
+        >>> net = SmallCNN(1, width=4, stages=2)
+        >>> net(torch.randn(3, 1, 8, 8)).shape, net.out_dim
+        (torch.Size([3, 8]), 8)
+    """
+
+    def __init__(
+        self, in_channels: int, width: int = 32, stages: int = 3, convs_per_stage: int = 1
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("in_channels", in_channels),
+            ("width", width),
+            ("stages", stages),
+            ("convs_per_stage", convs_per_stage),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for stage in range(stages):
+            out = width * 2**stage
+            for _ in range(convs_per_stage):
+                layers += [
+                    nn.Conv2d(channels, out, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(out),
+                    nn.ReLU(inplace=True),
+                ]
+                channels = out
+            layers.append(nn.MaxPool2d(2, ceil_mode=True))
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.body = nn.Sequential(*layers)
+        self.out_dim = channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Returns ``(N, out_dim)`` pooled features."""
+        out: Tensor = self.body(x)
+        return out
+
+
+class _TorchvisionBody(nn.Module):
+    """Wraps a torchvision trunk (ending in a pooled, flattened vector) with its output size."""
+
+    def __init__(self, body: nn.Module, out_dim: int) -> None:
+        super().__init__()
+        self.body = body
+        self.out_dim = out_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.body(x)
+        return out
+
+
+def _resnet18(in_channels: int) -> _TorchvisionBody:
+    from torchvision.models import resnet18
+
+    net = resnet18(weights=None)
+    net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    return _TorchvisionBody(net, 512)
+
+
+def _vgg16(in_channels: int) -> _TorchvisionBody:
+    from torchvision.models import vgg16_bn
+
+    net = vgg16_bn(weights=None)
+    features = net.features
+    first = features[0]
+    assert isinstance(first, nn.Conv2d)
+    features[0] = nn.Conv2d(in_channels, first.out_channels, 3, padding=1)
+    for index, layer in enumerate(features):
+        if isinstance(layer, nn.MaxPool2d):
+            features[index] = nn.MaxPool2d(2, ceil_mode=True)
+    body = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return _TorchvisionBody(body, 512)
+
+
+def _densenet121(in_channels: int) -> _TorchvisionBody:
+    from torchvision.models import densenet121
+
+    net = densenet121(weights=None)
+    net.features.conv0 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.features.pool0 = nn.Identity()
+    net.classifier = nn.Identity()
+    # DenseNet.forward: features -> ReLU -> global average pool -> flatten -> classifier.
+    return _TorchvisionBody(net, 1024)
+
+
+def build_backbone(arch: str, in_channels: int = 3, *, width: int = 32) -> nn.Module:
+    """Builds a CIFAR-adapted backbone mapping ``(N, C, H, W)`` floats to ``(N, out_dim)``.
+
+    Args:
+        arch: One of :data:`ARCHITECTURES`.
+        in_channels: Image channels (1 for MNIST/digits, 3 for CIFAR).
+        width: First-stage width of ``"cnn"`` (ignored by the torchvision models).
+
+    Returns:
+        The backbone; its ``out_dim`` attribute is the output size.
+
+    Raises:
+        ValueError: For an unknown architecture or a bad ``in_channels``.
+
+    Example:
+        >>> build_backbone("resnet18").out_dim
+        512
+    """
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be an integer >= 1, got {in_channels!r}")
+    if arch == "cnn":
+        return SmallCNN(in_channels, width=width)
+    if arch == "resnet18":
+        return _resnet18(in_channels)
+    if arch == "vgg16":
+        return _vgg16(in_channels)
+    if arch == "densenet121":
+        return _densenet121(in_channels)
+    raise ValueError(f"unknown architecture {arch!r}; choose from {list(ARCHITECTURES)}")
+
+
+def make_head(
+    kind: str,
+    num_classes: int,
+    dim: int,
+    *,
+    proxy_mode: str = "learnable",
+    scale: float = 16.0,
+    seed: int = 0,
+) -> nn.Module:
+    """Builds a classification head: ``"linear"`` (``nn.Linear``) or ``"proxy"`` (ProxyHead).
+
+    Args:
+        kind: ``"linear"`` (cross-entropy) or ``"proxy"`` (HUG).
+        num_classes: Number of classes.
+        dim: Feature dimension.
+        proxy_mode: :class:`~hug_plugins.proxies.ProxyHead` mode (``"learnable"``,
+            ``"static_random"``, ``"static_optimized"``, ``"partial"``).
+        scale: ProxyHead logit scale.
+        seed: Seed of the proxy initialization.
+
+    Returns:
+        The head, mapping ``(N, dim)`` features to ``(N, num_classes)`` logits.
+
+    Raises:
+        ValueError: For an unknown kind (other arguments are checked by the heads).
+
+    Example:
+        >>> make_head("linear", 3, 4)
+        Linear(in_features=4, out_features=3, bias=True)
+    """
+    if kind == "linear":
+        return nn.Linear(dim, num_classes)
+    if kind == "proxy":
+        return ProxyHead(num_classes, dim, mode=proxy_mode, scale=scale, seed=seed)  # type: ignore[arg-type]
+    raise ValueError(f"head must be one of {list(_HEADS)}, got {kind!r}")
+
+
+class FeatureClassifier(nn.Module):
+    """``normalize -> backbone -> neck -> head``; ``forward`` returns ``(features, logits)``.
+
+    Args:
+        backbone: Maps normalized images to ``(N, backbone_dim)``; needs an ``out_dim``
+            attribute unless ``backbone_dim`` is given.
+        head: Maps ``(N, feature_dim)`` features to logits (replaceable: assign ``.head``).
+        normalize: Input normalization (e.g. :class:`InputNormalize`); ``None``: identity.
+        feature_dim: Size of the linear neck; ``None``: no neck.
+        backbone_dim: Output size of the backbone (default: ``backbone.out_dim``).
+        channels_last: Feed the backbone channels-last tensors (faster convolutions on CPUs
+            and tensor-core GPUs; convert the model with ``.to(memory_format=...)`` too).
+
+    Attributes:
+        feature_dim: The size of the returned features.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        *,
+        normalize: nn.Module | None = None,
+        feature_dim: int | None = None,
+        backbone_dim: int | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.channels_last = bool(channels_last)
+        if backbone_dim is None:
+            backbone_dim = int(getattr(backbone, "out_dim", 0))
+        if backbone_dim < 1:
+            raise ValueError("backbone_dim must be given when the backbone has no out_dim")
+        if feature_dim is not None and (isinstance(feature_dim, bool) or feature_dim < 1):
+            raise ValueError(f"feature_dim must be >= 1 or None, got {feature_dim!r}")
+        self.normalize = normalize if normalize is not None else nn.Identity()
+        self.backbone = backbone
+        self.neck: nn.Module = (
+            nn.Linear(backbone_dim, feature_dim) if feature_dim is not None else nn.Identity()
+        )
+        self.feature_dim = feature_dim if feature_dim is not None else backbone_dim
+        self.head = head
+
+    def features(self, x: Tensor) -> Tensor:
+        """Returns the ``(N, feature_dim)`` features of a batch of images."""
+        x = self.normalize(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out: Tensor = self.neck(self.backbone(x))
+        return out
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns ``(features, logits)``."""
+        features = self.features(x)
+        logits: Tensor = self.head(features)
+        return features, logits
+
+
+def classifier_weight(model: nn.Module) -> Tensor:
+    """The ``(C, d)`` classifier rows (linear head) or proxies (ProxyHead) of a model's head.
+
+    Args:
+        model: A model with a ``head`` attribute (e.g. :class:`FeatureClassifier`).
+
+    Returns:
+        The weight (a live view; detach before storing).
+
+    Raises:
+        ValueError: If the head is neither ``nn.Linear`` nor a ProxyHead.
+    """
+    head = getattr(model, "head", None)
+    if isinstance(head, ProxyHead):
+        return head.proxies
+    if isinstance(head, nn.Linear):
+        return head.weight
+    raise ValueError(f"model.head must be nn.Linear or ProxyHead, got {type(head).__name__}")
+
+
+def build_classifier(
+    arch: str,
+    num_classes: int,
+    in_channels: int = 3,
+    *,
+    feature_dim: int | None = 128,
+    head: str = "linear",
+    proxy_mode: str = "learnable",
+    scale: float = 16.0,
+    seed: int = 0,
+    width: int = 32,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    channels_last: bool = False,
+) -> FeatureClassifier:
+    """Builds a :class:`FeatureClassifier` from names.
+
+    Args:
+        arch: Backbone name (:data:`ARCHITECTURES`).
+        num_classes: Number of classes.
+        in_channels: Image channels.
+        feature_dim: Neck size; ``None`` uses the backbone output directly.
+        head: ``"linear"`` or ``"proxy"``.
+        proxy_mode: ProxyHead mode for ``head="proxy"``.
+        scale: ProxyHead logit scale.
+        seed: Proxy initialization seed (the weights use the global torch RNG: seed first).
+        width: First-stage width of ``"cnn"``.
+        mean: Per-channel input means (default 0.5 each).
+        std: Per-channel input stds (default 0.25 each).
+        channels_last: Build the model in channels-last memory format (see
+            :class:`FeatureClassifier`).
+
+    Returns:
+        The model (on the CPU, in training mode).
+
+    Example:
+        >>> build_classifier("vgg16", 100, feature_dim=None).feature_dim
+        512
+    """
+    backbone = build_backbone(arch, in_channels, width=width)
+    backbone_dim = int(getattr(backbone, "out_dim"))  # noqa: B009 - typed as nn.Module
+    dim = feature_dim if feature_dim is not None else backbone_dim
+    normalize = InputNormalize(
+        mean if mean is not None else [0.5] * in_channels,
+        std if std is not None else [0.25] * in_channels,
+    )
+    model = FeatureClassifier(
+        backbone,
+        nn.Identity(),
+        normalize=normalize,
+        feature_dim=feature_dim,
+        backbone_dim=backbone_dim,
+        channels_last=channels_last,
+    )
+    # The head is made last, so the backbone and neck draw the same random numbers whatever
+    # the head: CE and HUG models built after the same seed start from identical weights.
+    model.head = make_head(head, num_classes, dim, proxy_mode=proxy_mode, scale=scale, seed=seed)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model

@@ -1,0 +1,525 @@
+"""Image classification: cross-entropy vs. HUG, the paper's two headline tables.
+
+Table "proxies": CE against HUG with fully learnable, static random, static optimized and
+partially learnable class proxies (the paper: ResNet-18). Table "architectures": CE against HUG
+across backbones (the paper: ResNet-18, VGG-16, DenseNet-121). Both on every dataset listed in
+``data.names`` (the paper: CIFAR-10 and CIFAR-100).
+
+Every run trains on the shared loop (:class:`hug_plugins.engine.Trainer`) with the same
+backbone, optimizer, schedule, epochs, augmentation and seeds; CE and HUG differ only in the
+head (``nn.Linear`` vs. :class:`~hug_plugins.proxies.ProxyHead`) and the objective
+(:class:`~hug_plugins.objectives.CrossEntropyObjective` vs.
+:class:`~hug_plugins.objectives.HUGObjective` with :class:`~hug_plugins.losses.HUGLoss`).
+Images are decoded once into memory (:mod:`hug_plugins.datasets`) and augmented per batch on
+the training device (random crop with padding, horizontal flip). After every
+``trainer.eval_every`` epochs each run logs the test error and NC1 / GNC2 / NC3 / NC4 on (a
+stratified subset of) the un-augmented training set; the job draws them per epoch
+(:mod:`hug_plugins.plots`).
+
+Usage::
+
+    python -m integrations.classification --preset quick        # embedded digits, CPU, minutes
+    python -m integrations.classification --preset cpu-cifar10 --data-root /work/shared/data
+    python -m integrations.classification --preset paper --data-root /data   # GPU
+    python -m integrations.classification --preset quick seeds=[0] trainer.epochs=2
+
+Writes, under ``output_dir``: ``<name>.md`` (both tables and the plots), ``<name>_<table>.md`` /
+``.csv`` (mean ± std over seeds), ``<name>_runs.md`` / ``.csv`` (one row per run),
+``<name>_epochs.csv`` (per-epoch history) and ``<name>_nc_<dataset>_<arch>.png``. With
+``checkpoint_dir`` set, every run is checkpointed after each epoch and a re-launched job resumes
+(finished runs are only reloaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from hug_plugins.config import parse_cli, to_dict
+from hug_plugins.datasets import (
+    BatchAugment,
+    DatasetInfo,
+    ImageTensorDataset,
+    load_image_dataset,
+    subset,
+)
+from hug_plugins.engine import (
+    SupervisedLoss,
+    Trainer,
+    TrainerConfig,
+    evaluate_classifier,
+    evaluate_collapse,
+    init_distributed_from_env,
+    is_main_process,
+    seed_everything,
+)
+from hug_plugins.io import atomic_write_text, standard_header_lines, summarize, write_tables
+from hug_plugins.losses import HUGLoss
+from hug_plugins.models import ARCHITECTURES, build_classifier, classifier_weight
+from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
+from hug_plugins.plots import plot_collapse
+
+TASK = "classification"
+
+METHODS = {
+    "ce": "CE",
+    "learnable": "HUG (learnable)",
+    "static_random": "HUG (static random)",
+    "static_optimized": "HUG (static optimized)",
+    "partial": "HUG (partially learnable)",
+}
+"""Method keys (``ce`` or a ProxyHead mode) and their display names."""
+
+TABLES = {
+    "proxies": "CE vs. HUG with learnable, static and partially learnable proxies",
+    "architectures": "CE vs. HUG across architectures",
+}
+"""Table keys accepted under ``tables`` and their titles."""
+
+PAPER_ERROR = {
+    ("cifar10", "resnet18", "ce"): 5.45,
+    ("cifar100", "resnet18", "ce"): 24.90,
+    ("cifar10", "resnet18", "learnable"): 5.03,
+    ("cifar100", "resnet18", "learnable"): 23.50,
+    ("cifar10", "resnet18", "static_random"): 5.19,
+    ("cifar100", "resnet18", "static_random"): 24.23,
+    ("cifar10", "resnet18", "static_optimized"): 5.12,
+    ("cifar100", "resnet18", "static_optimized"): 24.02,
+    ("cifar10", "resnet18", "partial"): 5.08,
+    ("cifar100", "resnet18", "partial"): 23.89,
+    ("cifar10", "vgg16", "ce"): 5.28,
+    ("cifar100", "vgg16", "ce"): 22.99,
+    ("cifar10", "vgg16", "learnable"): 5.19,
+    ("cifar100", "vgg16", "learnable"): 22.77,
+    ("cifar10", "densenet121", "ce"): 5.04,
+    ("cifar100", "densenet121", "ce"): 21.47,
+    ("cifar10", "densenet121", "learnable"): 4.85,
+    ("cifar100", "densenet121", "learnable"): 21.30,
+}
+"""The poster's test errors (%) by (dataset, architecture, method); HUG = learnable in table 2."""
+
+METRICS = {
+    "nc1": "nc1",
+    "gnc2": "gnc2_ratio",
+    "nc3": "nc3_dist",
+    "nc4": "nc4_mismatch",
+}
+"""Reported collapse column -> key in the history entries."""
+
+
+class AugmentedLoss(nn.Module):
+    """``loss_fn(model, batch)`` for the trainer: augments the batch inputs, then the objective.
+
+    Args:
+        objective: ``objective(features, logits, labels)``.
+        augment: Batch augmentation (e.g. :class:`~hug_plugins.datasets.BatchAugment`).
+    """
+
+    def __init__(self, objective: Objective, augment: nn.Module) -> None:
+        super().__init__()
+        self.supervised = SupervisedLoss(objective)
+        self.augment = augment
+
+    def forward(self, model: nn.Module, batch: Any) -> Tensor:
+        """Returns the objective on the augmented ``(inputs, labels)`` batch."""
+        loss: Tensor = self.supervised(model, (self.augment(batch[0]), batch[1], *batch[2:]))
+        return loss
+
+
+def build_model(
+    method: str, arch: str, info: DatasetInfo, seed: int, cfg: DictConfig
+) -> tuple[nn.Module, Objective]:
+    """Builds the seeded model and its objective (same backbone init for every method)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
+    seed_everything(seed)
+    m = cfg.model
+    model = build_classifier(
+        arch,
+        info.num_classes,
+        info.in_channels,
+        feature_dim=None if m.feature_dim is None else int(m.feature_dim),
+        head="linear" if method == "ce" else "proxy",
+        proxy_mode="learnable" if method == "ce" else method,
+        scale=float(cfg.hug.scale),
+        seed=seed,
+        width=int(m.width),
+        mean=info.mean,
+        std=info.std,
+        channels_last=bool(m.channels_last),
+    )
+    if method == "ce":
+        return model, CrossEntropyObjective(label_smoothing=float(cfg.ce.label_smoothing))
+    overrides = {k: v for k, v in to_dict(cfg.hug.loss).items() if v is not None}
+    return model, HUGObjective(HUGLoss.preset(str(cfg.hug.preset), **overrides), model.head)
+
+
+def _settings_hash(cfg: DictConfig, dataset: str, arch: str) -> str:
+    """Short hash of everything that changes a run's result except the method and the seed."""
+    data = to_dict(cfg.data)
+    data.pop("root", None)  # the same data under another path is the same run
+    relevant: dict[str, Any] = {
+        "dataset": dataset,
+        "arch": arch,
+        "data": data,
+        "augment": to_dict(cfg.augment),
+        "model": to_dict(cfg.model),
+        "hug": to_dict(cfg.hug),
+        "ce": to_dict(cfg.ce),
+        "collapse_samples": cfg.metrics.collapse_samples,  # what the logged history measured
+        "trainer": {
+            k: v
+            for k, v in to_dict(cfg.trainer).items()
+            if k not in ("progress", "device", "num_workers", "eval_every")
+        },
+    }
+    text = json.dumps(relevant, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+
+
+_DATA_MEMO: dict[str, Any] = {}
+
+
+def load_data(
+    name: str, cfg: DictConfig
+) -> tuple[ImageTensorDataset, ImageTensorDataset, ImageTensorDataset, DatasetInfo]:
+    """Returns ``(train, test, collapse_set, info)`` of a dataset (decoded once per process)."""
+    key = json.dumps(
+        [name, to_dict(cfg.data), cfg.metrics.collapse_samples], sort_keys=True, default=str
+    )
+    if key not in _DATA_MEMO:
+        _DATA_MEMO.clear()  # keep one dataset's subsets at a time
+        _DATA_MEMO[key] = _load_data(name, cfg)
+    out: tuple[ImageTensorDataset, ImageTensorDataset, ImageTensorDataset, DatasetInfo]
+    out = _DATA_MEMO[key]
+    return out
+
+
+def _load_data(
+    name: str, cfg: DictConfig
+) -> tuple[ImageTensorDataset, ImageTensorDataset, ImageTensorDataset, DatasetInfo]:
+    d = cfg.data
+    train, test, info = load_image_dataset(
+        name,
+        None if d.root is None else str(d.root),
+        image_size=None if d.image_size is None else [int(v) for v in d.image_size],
+        split_seed=int(d.split_seed),
+        test_fraction=float(d.test_fraction),
+    )
+    train = subset(train, None if d.train_subset is None else int(d.train_subset), seed=0)
+    test = subset(test, None if d.test_subset is None else int(d.test_subset), seed=0)
+    samples = cfg.metrics.collapse_samples
+    collapse = subset(train, None if samples is None else int(samples), seed=1)
+    return train, test, collapse, info
+
+
+def run_one(
+    dataset: str,
+    arch: str,
+    method: str,
+    seed: int,
+    cfg: DictConfig,
+    trainer_cfg: dict[str, Any],
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Trains (or resumes / reloads) one run; returns its final metrics and per-epoch history."""
+    train, test, collapse, info = load_data(dataset, cfg)
+    model, objective = build_model(method, arch, info, seed, cfg)
+    checkpoint = None
+    if cfg.checkpoint_dir:
+        tag = _settings_hash(cfg, dataset, arch)
+        checkpoint = str(
+            Path(str(cfg.checkpoint_dir)) / f"{dataset}_{arch}_{method}_seed{seed}_{tag}.pt"
+        )
+    trainer = Trainer(
+        TrainerConfig.from_mapping(trainer_cfg, seed=seed, checkpoint_path=checkpoint)
+    )
+    batch = int(cfg.metrics.batch_size)
+    device = trainer.device
+    num_classes = info.num_classes
+
+    def eval_fn(inner: nn.Module) -> dict[str, float]:
+        out = evaluate_classifier(inner, test, batch_size=batch, device=device, prefix="test_")
+        out.update(
+            evaluate_collapse(
+                inner,
+                collapse,
+                num_classes,
+                classifier_weight=classifier_weight(inner).detach(),
+                batch_size=batch,
+                device=device,
+            )
+        )
+        return out
+
+    def log_epoch(epoch: int, entry: Mapping[str, float]) -> None:
+        if not (bool(cfg.progress) and is_main_process()):
+            return
+        shown = ("loss", "test_error", *METRICS.values())
+        text = "  ".join(f"{k} {entry[k]:.4g}" for k in shown if k in entry)
+        print(f"    epoch {epoch + 1}/{trainer.config.epochs}: {text}", file=sys.stderr, flush=True)
+
+    augment = BatchAugment(int(cfg.augment.crop_padding), bool(cfg.augment.flip))
+    start = time.perf_counter()
+    result = trainer.fit(
+        model, train, AugmentedLoss(objective, augment), eval_fn, on_epoch_end=log_epoch
+    )
+    seconds = time.perf_counter() - start
+    final = dict(result.final)
+    final["seconds"] = seconds
+    final["resumed_from_epoch"] = float(result.start_epoch)
+    return final, [dict(entry) for entry in result.history]
+
+
+def _table_runs(cfg: DictConfig, names: list[str]) -> dict[str, list[tuple[str, str, str]]]:
+    """``table -> [(dataset, arch, method), ...]`` for every enabled table."""
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    for table, spec in cfg.tables.items():
+        table = str(table)
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}; choose from {sorted(TABLES)}")
+        if spec is None or not spec.archs or not spec.methods:
+            continue
+        archs = [str(a) for a in spec.archs]
+        methods = [str(m) for m in spec.methods]
+        bad_archs = [a for a in archs if a not in ARCHITECTURES]
+        bad_methods = [m for m in methods if m not in METHODS]
+        if bad_archs or bad_methods:
+            raise ValueError(
+                f"tables.{table}: unknown archs {bad_archs} / methods {bad_methods}; "
+                f"archs: {list(ARCHITECTURES)}, methods: {list(METHODS)}"
+            )
+        out[table] = [(d, a, m) for d in names for a in archs for m in methods]
+    if not out:
+        raise ValueError("no table has both archs and methods; nothing to run")
+    return out
+
+
+def _summary_rows(
+    combos: list[tuple[str, str, str]], runs: dict[tuple[str, str, str, int], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for dataset, arch, method in combos:
+        mine = {s: r for (d, a, m, s), r in runs.items() if (d, a, m) == (dataset, arch, method)}
+        if not mine:
+            continue
+        errors = [100.0 * r["test_error"] for r in mine.values()]
+        row: dict[str, Any] = {
+            "dataset": dataset,
+            "arch": arch,
+            "method": METHODS[method],
+            "seeds": len(mine),
+            "test_error_%": summarize(errors),
+        }
+        ce = {s: r for (d, a, m, s), r in runs.items() if (d, a, m) == (dataset, arch, "ce")}
+        paired = [100.0 * (mine[s]["test_error"] - ce[s]["test_error"]) for s in mine if s in ce]
+        row["vs_CE_pp"] = summarize(paired) if method != "ce" and paired else None
+        row["paper_error_%"] = PAPER_ERROR.get((dataset, arch, method))
+        for column, key in METRICS.items():
+            values = [r[key] for r in mine.values() if key in r]
+            row[column] = summarize(values) if values else None
+        row["train_loss"] = summarize([r["loss"] for r in mine.values()])
+        rows.append(row)
+    return rows
+
+
+def _epochs_csv(histories: dict[tuple[str, str, str, int], list[dict[str, float]]]) -> str:
+    keys: dict[str, None] = {}
+    for history in histories.values():
+        for entry in history:
+            for key in entry:
+                keys.setdefault(key, None)
+    columns = ["dataset", "arch", "method", "seed", *keys]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for (dataset, arch, method, seed), history in histories.items():
+        for entry in history:
+            writer.writerow([dataset, arch, method, seed, *(entry.get(k, "") for k in keys)])
+    return buffer.getvalue()
+
+
+def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
+    """Runs every (dataset, arch, method, seed) once, writes tables and plots (rank 0)."""
+    names = [str(n) for n in cfg.data.names]
+    seeds = [int(s) for s in cfg.seeds]
+    if not names:
+        raise ValueError("data.names must list at least one dataset")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+    tables = _table_runs(cfg, names)
+    combos = list(dict.fromkeys(c for combos in tables.values() for c in combos))
+    trainer_cfg = to_dict(cfg.trainer)
+    TrainerConfig.from_mapping(trainer_cfg)  # fail fast on a bad trainer section
+
+    previous_threads = torch.get_num_threads()
+    if cfg.num_threads is not None:
+        if int(cfg.num_threads) < 1:
+            raise ValueError(f"num_threads must be >= 1 or null, got {cfg.num_threads}")
+        torch.set_num_threads(int(cfg.num_threads))
+    runs: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    histories: dict[tuple[str, str, str, int], list[dict[str, float]]] = {}
+    infos: dict[str, DatasetInfo] = {}
+    started = time.perf_counter()
+    try:
+        total = len(combos) * len(seeds)
+        for dataset, arch, method in combos:
+            infos[dataset] = load_data(dataset, cfg)[3]
+            for seed in seeds:
+                key = (dataset, arch, method, seed)
+                if bool(cfg.progress) and is_main_process():
+                    print(
+                        f"[{len(runs) + 1}/{total}] {dataset} {arch} {METHODS[method]} seed {seed}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                runs[key], histories[key] = run_one(dataset, arch, method, seed, cfg, trainer_cfg)
+    finally:
+        torch.set_num_threads(previous_threads)
+    total_seconds = time.perf_counter() - started
+
+    t, m, d = cfg.trainer, cfg.model, cfg.data
+    data_lines = []
+    for name, info in infos.items():
+        train_size = d.train_subset if d.train_subset is not None else "all"
+        data_lines.append(
+            f"{name} ({info.source}; {info.num_classes} classes, "
+            f"{info.in_channels}x{info.image_size[0]}x{info.image_size[1]}; "
+            f"training subset: {train_size}; test subset: "
+            f"{d.test_subset if d.test_subset is not None else 'all'})"
+        )
+    loss_overrides = {k: v for k, v in to_dict(cfg.hug.loss).items() if v is not None}
+    header = [
+        *standard_header_lines(argv),
+        f"Data: {'; '.join(data_lines)}. Augmentation: random crop (zero padding "
+        f"{cfg.augment.crop_padding}), horizontal flip {bool(cfg.augment.flip)}.",
+        f"Training (identical for every method): {len(seeds)} seeds {seeds}; {t.epochs} epochs, "
+        f"batch {t.batch_size}, {t.optimizer} lr {t.lr} momentum {t.momentum} weight decay "
+        f"{t.weight_decay}, {t.scheduler} schedule, {t.warmup_epochs} warm-up epochs, "
+        f"amp {t.amp}. Models: CIFAR-adapted backbones + linear neck to {m.feature_dim} "
+        f"features (cnn width {m.width}); CE: linear head + cross-entropy; HUG: "
+        f"ProxyHead(mode = the method, scale {cfg.hug.scale}) + HUGLoss preset "
+        f"'{cfg.hug.preset}' with {loss_overrides or 'its default weights'}, prediction = "
+        f"nearest proxy. Wall time {total_seconds:.1f} s ({total_seconds / 60:.1f} min).",
+        "Columns: test error % (mean ± std over seeds, ddof 1); vs_CE_pp = paired per-seed "
+        "difference to CE in percentage points (negative: HUG better); paper_error_% = the "
+        "poster's number for this dataset/architecture (ResNet-18/VGG-16/DenseNet-121, 200-epoch "
+        "scale training; not comparable to reduced budgets). Collapse metrics after the last "
+        "epoch, on "
+        f"{cfg.metrics.collapse_samples or 'all'} un-augmented training images: NC1 = "
+        "tr(Σ_W Σ_B⁺)/C; GNC2 = hyperspherical energy of the normalized centred class means "
+        "relative to the optimum (1 = uniform); NC3 = ‖W/‖W‖ − M/‖M‖‖ (W: classifier rows or "
+        "proxies); NC4 = rate at which the classifier disagrees with the nearest class mean.",
+    ]
+    stem = Path(str(cfg.output_dir)) / str(cfg.output_name)
+    paths: dict[str, Path] = {}
+    table_rows: dict[str, list[dict[str, Any]]] = {}
+    digits = {
+        "test_error_%": 2,
+        "vs_CE_pp": 2,
+        "paper_error_%": 2,
+        "nc1": 3,
+        "gnc2": 3,
+        "nc3": 3,
+        "nc4": 4,
+        "train_loss": 4,
+    }
+    for table, table_combos in tables.items():
+        table_rows[table] = _summary_rows(table_combos, runs)
+    if is_main_process():
+        sections: list[str] = []
+        for table, rows in table_rows.items():
+            md, csv_path = write_tables(
+                rows,
+                stem.with_name(f"{stem.name}_{table}"),
+                header,
+                digits=digits,
+                title=f"Classification: {TABLES[table]}",
+            )
+            paths[f"{table}_md"], paths[f"{table}_csv"] = md, csv_path
+            sections.append(md.read_text(encoding="utf-8"))
+        run_rows = [
+            {
+                "dataset": k[0],
+                "arch": k[1],
+                "method": METHODS[k[2]],
+                "seed": k[3],
+                "test_error_%": 100.0 * r["test_error"],
+                **{c: r.get(key) for c, key in METRICS.items()},
+                "train_loss": r["loss"],
+                "seconds": r["seconds"],
+                "resumed_from_epoch": int(r["resumed_from_epoch"]),
+            }
+            for k, r in runs.items()
+        ]
+        paths["runs_md"], paths["runs_csv"] = write_tables(
+            run_rows,
+            stem.with_name(stem.name + "_runs"),
+            header,
+            digits=digits,
+            title="Classification: every run",
+        )
+        paths["epochs_csv"] = atomic_write_text(
+            stem.with_name(stem.name + "_epochs.csv"), _epochs_csv(histories)
+        )
+        plots: list[Path] = []
+        for dataset, arch in dict.fromkeys((c[0], c[1]) for c in combos):
+            per_method = {
+                METHODS[k[2]]: [h for kk, h in histories.items() if kk[:3] == k[:3]]
+                for k in histories
+                if k[:2] == (dataset, arch)
+            }
+            png = stem.with_name(f"{stem.name}_nc_{dataset}_{arch}.png")
+            plots.append(
+                plot_collapse(
+                    per_method,
+                    png,
+                    title=f"Neural collapse per epoch: {dataset}, {arch} (train features)",
+                )
+            )
+            paths[f"plot_{dataset}_{arch}"] = png
+        images = "\n".join(f"![{p.stem}]({p.name})" for p in plots)
+        combined = "\n\n".join(sections) + "\n## Collapse per epoch\n\n" + images + "\n"
+        paths["md"] = atomic_write_text(stem.with_name(stem.name + ".md"), combined)
+        print(combined)
+    return {
+        "tables": table_rows,
+        "runs": runs,
+        "histories": histories,
+        "paths": paths,
+        "seconds": total_seconds,
+    }
+
+
+def split_data_root(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """Removes ``--data-root PATH`` from ``argv``; returns ``(path or None, rest)``."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--data-root", default=None)
+    known, rest = parser.parse_known_args(list(argv))
+    return known.data_root, rest
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Entry point: ``[--preset NAME] [--data-root PATH] [key=value ...]``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    data_root, rest = split_data_root(args)
+    if data_root is not None:
+        rest.append(f"data.root={data_root}")
+    init_distributed_from_env()
+    cfg = parse_cli(rest, TASK, description=__doc__.splitlines()[0] if __doc__ else None)
+    return run(cfg, ["-m", "integrations.classification", *args])
+
+
+if __name__ == "__main__":
+    main()

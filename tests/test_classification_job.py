@@ -1,0 +1,115 @@
+"""End-to-end tests of integrations/classification.py on the quick preset with a tiny budget."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from hug_plugins.config import available_presets, load_config
+from integrations import classification as job
+
+TINY = [
+    "seeds=[0,1]",
+    "trainer.epochs=2",
+    "trainer.batch_size=128",
+    "data.train_subset=400",
+    "tables.architectures.archs=[cnn]",
+    "model.width=8",
+    "model.feature_dim=16",
+    "progress=false",
+]
+
+
+def _run(tmp_path: Path, *extra: str) -> dict[str, Any]:
+    return job.main(["--preset", "quick", *TINY, f"output_dir={tmp_path}", *extra])
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("classification")
+    return {"out": out, **_run(out, f"checkpoint_dir={out / 'ckpt'}")}
+
+
+def test_presets_exist_and_share_keys() -> None:
+    assert {"quick", "cpu-cifar10", "paper"} <= set(available_presets("classification"))
+    quick = load_config("classification", "quick")
+    for name in ("cpu-cifar10", "paper"):
+        other = load_config("classification", name)
+        assert set(other) == set(quick) and set(other.trainer) == set(quick.trainer)
+        assert len(other.seeds) >= 3 and other.trainer.optimizer == "sgd"
+        assert other.augment.crop_padding == 4 and other.augment.flip is True
+    paper = load_config("classification", "paper")
+    assert list(paper.data.names) == ["cifar10", "cifar100"]
+    assert list(paper.tables.architectures.archs) == ["resnet18", "vgg16", "densenet121"]
+    assert list(paper.tables.proxies.methods) == list(job.METHODS)
+
+
+def test_both_tables_are_written_with_mean_std_and_provenance(result: dict[str, Any]) -> None:
+    out: Path = result["out"]
+    proxies = result["tables"]["proxies"]
+    assert [r["method"] for r in proxies] == list(job.METHODS.values())
+    assert [r["method"] for r in result["tables"]["architectures"]] == ["CE", "HUG (learnable)"]
+    for row in proxies:
+        mean, std = row["test_error_%"]
+        assert 0.0 <= mean <= 100.0 and std >= 0.0 and row["seeds"] == 2
+        assert (row["vs_CE_pp"] is None) == (row["method"] == "CE")
+        assert all(math.isfinite(row[c][0]) for c in ("nc1", "gnc2", "nc3", "nc4"))
+    md = (out / "classification_quick.md").read_text(encoding="utf-8")
+    assert "Command: `python -m integrations.classification --preset quick" in md
+    assert "Hardware: CPU" in md and "Wall time" in md and " ± " in md
+    assert "![classification_quick_nc_digits_cnn](classification_quick_nc_digits_cnn.png)" in md
+    with open(out / "classification_quick_proxies.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 5 and {"test_error_%_mean", "test_error_%_std", "nc1_mean"} <= set(rows[0])
+    assert (out / "classification_quick_runs.csv").is_file()
+    assert (out / "classification_quick_nc_digits_cnn.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_collapse_metrics_are_logged_every_epoch(result: dict[str, Any]) -> None:
+    with open(result["out"] / "classification_quick_epochs.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 5 * 2 * 2  # 5 methods (cnn runs shared by both tables) x 2 seeds x 2 epochs
+    for row in rows:
+        for key in ("test_error", "nc1", "gnc2_ratio", "nc3_dist", "nc4_mismatch"):
+            assert math.isfinite(float(row[key])), key
+    assert {row["epoch"] for row in rows} == {"1", "2"}
+
+
+def test_rerun_resumes_from_checkpoints(result: dict[str, Any], tmp_path: Path) -> None:
+    out: Path = result["out"]
+    assert len(list((out / "ckpt").glob("digits_cnn_*_seed*_*.pt"))) == 10
+    again = _run(tmp_path, f"checkpoint_dir={out / 'ckpt'}")
+    for key, run in again["runs"].items():
+        assert run["resumed_from_epoch"] == 2.0  # nothing retrained
+        assert run["test_error"] == result["runs"][key]["test_error"]
+        assert run["nc1"] == result["runs"][key]["nc1"]
+
+
+def test_ce_and_hug_share_initial_backbone_weights() -> None:
+    cfg = load_config("classification", "quick", ["model.width=8"])
+    _, _, _, info = job.load_data("digits", cfg)
+    ce, _ = job.build_model("ce", "cnn", info, 5, cfg)
+    hug, objective = job.build_model("static_optimized", "cnn", info, 5, cfg)
+    assert type(objective).__name__ == "HUGObjective"
+    ce_state, hug_state = ce.state_dict(), hug.state_dict()
+    shared = [k for k in ce_state if not k.startswith("head.")]
+    assert shared and all(torch.equal(ce_state[k], hug_state[k]) for k in shared)
+
+
+def test_data_root_option_maps_to_the_config() -> None:
+    root, rest = job.split_data_root(["--preset", "quick", "--data-root", "/data", "seeds=[0]"])
+    assert root == "/data" and rest == ["--preset", "quick", "seeds=[0]"]
+
+
+def test_bad_tables_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown archs"):
+        _run(tmp_path, "tables.proxies.archs=[alexnet]")
+    with pytest.raises(ValueError, match="nothing to run"):
+        _run(tmp_path, "tables.proxies.archs=[]", "tables.architectures.archs=[]")
+    with pytest.raises(ValueError, match="seeds"):
+        _run(tmp_path, "seeds=[1,1]")

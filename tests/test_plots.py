@@ -1,0 +1,64 @@
+"""Tests of hug_plugins.plots: per-epoch NC1/GNC2/NC3/NC4 figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hug_plugins.plots import COLLAPSE_METRICS, collapse_curves, plot_collapse
+
+
+def _history(offset: float, epochs: int = 4) -> list[dict[str, float]]:
+    return [
+        {
+            "epoch": e,
+            "loss": 1.0 / e,
+            "nc1": 2.0 / e + offset,
+            "gnc2_ratio": 1.0 + 0.5 / e,
+            "nc3_dist": 1.0 / e,
+            "nc4_mismatch": 0.2 / e,
+        }
+        for e in range(1, epochs + 1)
+    ]
+
+
+def test_collapse_curves_mean_and_band_over_seeds() -> None:
+    epochs, mean, low, high = collapse_curves([_history(0.0), _history(1.0)], "nc1")
+    assert epochs == [1.0, 2.0, 3.0, 4.0]
+    assert mean[0] == pytest.approx(2.5) and low[0] == 2.0 and high[0] == 3.0
+
+
+def test_collapse_curves_skip_missing_and_nonfinite_values() -> None:
+    history = [
+        {"epoch": 1, "loss": 1.0},
+        {"epoch": 2, "nc1": float("nan")},
+        {"epoch": 3, "nc1": 1.0},
+    ]
+    assert collapse_curves([history], "nc1") == ([3.0], [1.0], [1.0], [1.0])
+
+
+def test_plot_collapse_writes_a_png(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "nc.png"
+    out = plot_collapse(
+        {"CE": [_history(0.0), _history(0.5)], "HUG": [_history(-0.5)]}, path, title="t"
+    )
+    assert out == path and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > 5000
+    assert not list(path.parent.glob(".*.tmp"))  # atomic write leaves no temporary file
+
+
+def test_plot_collapse_with_partial_metrics_and_custom_panels(tmp_path: Path) -> None:
+    only_nc1 = [[{"epoch": 1, "nc1": 1.0}, {"epoch": 2, "nc1": 0.5}]]
+    plot_collapse({"CE": only_nc1}, tmp_path / "a.png")
+    plot_collapse({"CE": only_nc1}, tmp_path / "b.png", metrics={"nc1": "NC1"})
+    assert (tmp_path / "a.png").is_file() and (tmp_path / "b.png").is_file()
+    assert set(COLLAPSE_METRICS) == {"nc1", "gnc2_ratio", "nc3_dist", "nc4_mismatch"}
+
+
+def test_plot_collapse_rejects_empty_input(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least one method"):
+        plot_collapse({}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="no history entry"):
+        plot_collapse({"CE": [[{"epoch": 1, "loss": 1.0}]]}, tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
