@@ -214,7 +214,7 @@ def parse_cli(
     root: str | os.PathLike[str] | None = None,
     description: str | None = None,
 ) -> DictConfig:
-    """Parses a job's command line: ``[--preset NAME|PATH] [key=value ...]``.
+    """Parses a job's command line: ``[--preset NAME|PATH] [--data-root PATH] [key=value ...]``.
 
     Args:
         argv: The arguments without the program name; ``None`` reads ``sys.argv[1:]``.
@@ -241,7 +241,15 @@ def parse_cli(
         help=f"preset name in configs/{task}/ or a path to a YAML file (default: %(default)s)",
     )
     parser.add_argument(
+        "--data-root",
+        default=None,
+        help="dataset folder; shorthand for the override data.root=PATH",
+    )
+    parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="OmegaConf dot-list overrides"
     )
     args = parser.parse_args(None if argv is None else list(argv))
-    return load_config(task, args.preset, args.overrides, root=root)
+    overrides = list(args.overrides)
+    if args.data_root is not None:
+        overrides.append(f"data.root={args.data_root}")
+    return load_config(task, args.preset, overrides, root=root)

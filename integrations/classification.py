@@ -32,7 +32,6 @@ Writes, under ``output_dir``: ``<name>.md`` (both tables and the plots), ``<name
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
@@ -502,22 +501,11 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def split_data_root(argv: Sequence[str]) -> tuple[str | None, list[str]]:
-    """Removes ``--data-root PATH`` from ``argv``; returns ``(path or None, rest)``."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--data-root", default=None)
-    known, rest = parser.parse_known_args(list(argv))
-    return known.data_root, rest
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point: ``[--preset NAME] [--data-root PATH] [key=value ...]``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    data_root, rest = split_data_root(args)
-    if data_root is not None:
-        rest.append(f"data.root={data_root}")
     init_distributed_from_env()
-    cfg = parse_cli(rest, TASK, description=__doc__.splitlines()[0] if __doc__ else None)
+    cfg = parse_cli(args, TASK, description=__doc__.splitlines()[0] if __doc__ else None)
     return run(cfg, ["-m", "integrations.classification", *args])
 
 

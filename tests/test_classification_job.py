@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from hug_plugins.config import available_presets, load_config
+from hug_plugins.config import available_presets, load_config, parse_cli
 from integrations import classification as job
 
 TINY = [
@@ -102,8 +102,8 @@ def test_ce_and_hug_share_initial_backbone_weights() -> None:
 
 
 def test_data_root_option_maps_to_the_config() -> None:
-    root, rest = job.split_data_root(["--preset", "quick", "--data-root", "/data", "seeds=[0]"])
-    assert root == "/data" and rest == ["--preset", "quick", "seeds=[0]"]
+    cfg = parse_cli(["--preset", "quick", "--data-root", "/data", "seeds=[0]"], "classification")
+    assert cfg.data.root == "/data" and list(cfg.seeds) == [0]
 
 
 def test_bad_tables_are_rejected(tmp_path: Path) -> None:
