@@ -44,6 +44,7 @@ __all__ = [
     "hardware_summary",
     "standard_header_lines",
     "summarize",
+    "write_result_tables",
     "write_tables",
 ]
 
@@ -396,3 +397,60 @@ def write_tables(
         writer.writerow(out)
     atomic_write_text(csv_path, buffer.getvalue())
     return md_path, csv_path
+
+
+def write_result_tables(
+    rows: Sequence[Mapping[str, object]],
+    runs: Sequence[Mapping[str, object]],
+    path_stem: PathLike,
+    header_lines: Sequence[str] | None,
+    *,
+    title: str,
+    digits: int | Mapping[str, int] = 2,
+    run_digits: int | Mapping[str, int] = 3,
+    run_columns: Sequence[str] | None = None,
+) -> dict[str, Path]:
+    """Writes a benchmark's summary table and its every-run table, both via :func:`write_tables`.
+
+    The summary goes to ``<stem>.md`` / ``<stem>.csv`` under the heading ``title``; the runs go
+    to ``<stem>_runs.md`` / ``<stem>_runs.csv`` under ``"<title>: every run"``. Both share the
+    header lines (command, hardware, settings).
+
+    Args:
+        rows: Summary rows (mean ± std cells from :func:`summarize`).
+        runs: One row per (method, seed, ...) run.
+        path_stem: Output path without extension, e.g. ``"results/longtail_quick"``.
+        header_lines: Lines above both tables (``None``: :func:`standard_header_lines`).
+        title: Heading of the summary table.
+        digits: Markdown digits of the summary table.
+        run_digits: Markdown digits of the runs table.
+        run_columns: Column order of the runs table (default: order of first appearance).
+
+    Returns:
+        ``{"md", "csv", "runs_md", "runs_csv"}`` to the written paths.
+
+    Raises:
+        ValueError: If ``rows`` or ``runs`` is empty (see :func:`write_tables`).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> stem = pathlib.Path(tempfile.mkdtemp()) / "res"
+        >>> paths = write_result_tables(
+        ...     [{"method": "CE", "error": summarize([1.0, 2.0])}],
+        ...     [{"method": "CE", "seed": s, "error": e} for s, e in [(0, 1.0), (1, 2.0)]],
+        ...     stem, ["demo"], title="Demo",
+        ... )
+        >>> sorted(p.name for p in paths.values())
+        ['res.csv', 'res.md', 'res_runs.csv', 'res_runs.md']
+    """
+    stem = Path(path_stem)
+    md, csv_path = write_tables(rows, stem, header_lines, digits=digits, title=title)
+    runs_md, runs_csv = write_tables(
+        runs,
+        stem.with_name(stem.name + "_runs"),
+        header_lines,
+        columns=run_columns,
+        digits=run_digits,
+        title=f"{title}: every run",
+    )
+    return {"md": md, "csv": csv_path, "runs_md": runs_md, "runs_csv": runs_csv}

@@ -30,7 +30,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import sys
@@ -288,20 +287,10 @@ def run_one(
 # ---------------------------------------------------------------------------- main
 
 
-def _split_data_root(argv: list[str]) -> tuple[str | None, list[str]]:
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--data-root", default=None)
-    known, rest = parser.parse_known_args(argv)
-    return known.data_root, rest
-
-
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Runs the benchmark; returns the summary rows."""
     args = list(sys.argv[1:] if argv is None else argv)
-    data_root, rest = _split_data_root(args)
-    if data_root is not None:
-        rest.append(f"data.root={data_root}")
-    cfg = parse_cli(rest, TASK, description=__doc__.splitlines()[0] if __doc__ else None)
+    cfg = parse_cli(args, TASK, description=__doc__.splitlines()[0] if __doc__ else None)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     train, test, shape = load_data(cfg)

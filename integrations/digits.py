@@ -44,7 +44,7 @@ from hug_plugins.engine import (
     is_main_process,
     seed_everything,
 )
-from hug_plugins.io import standard_header_lines, summarize, write_tables
+from hug_plugins.io import standard_header_lines, summarize, write_result_tables
 from hug_plugins.losses import HUGLoss
 from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
 from hug_plugins.proxies import ProxyHead
@@ -203,20 +203,17 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     paths: dict[str, Path] = {}
     if is_main_process():
         digits = {"test_error": 4, "nc1": 3, "gnc2": 3, "nc3": 3, "nc4": 4}
-        md, csv_path = write_tables(
-            rows, stem, header, digits=digits, title="Digits: cross-entropy vs. HUG"
-        )
-        run_columns = ["method", "seed", *METRICS.values(), "train_loss", "seconds"]
-        runs_md, runs_csv = write_tables(
+        paths = write_result_tables(
+            rows,
             runs,
-            stem.with_name(stem.name + "_runs"),
+            stem,
             header,
-            columns=run_columns,
-            digits=4,
-            title="Digits: every run",
+            title="Digits: cross-entropy vs. HUG",
+            digits=digits,
+            run_digits=4,
+            run_columns=["method", "seed", *METRICS.values(), "train_loss", "seconds"],
         )
-        paths = {"md": md, "csv": csv_path, "runs_md": runs_md, "runs_csv": runs_csv}
-        print(md.read_text(encoding="utf-8"))
+        print(paths["md"].read_text(encoding="utf-8"))
     return {"rows": rows, "runs": runs, "paths": paths, "seconds": total_seconds}
 
 

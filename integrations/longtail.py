@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from hug_plugins.config import parse_cli, to_dict
 from hug_plugins.engine import TrainerConfig, seed_everything
-from hug_plugins.io import standard_header_lines, summarize, write_tables
+from hug_plugins.io import standard_header_lines, summarize, write_result_tables
 from hug_plugins.longtail import (
     SHOT_GROUPS,
     dataset_targets,
@@ -210,33 +210,29 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         "the same ratio, when this is that data set.",
     ]
     stem = Path(str(cfg.output_dir)) / str(cfg.output_name)
-    md, csv_path = write_tables(
-        rows, stem, header, digits=2, title=f"Long-tail {cfg.data.name}: CE vs. HUG"
-    )
-    run_cols = [
-        "ratio",
-        "method",
-        "seed",
-        *columns,
-        "train_loss",
-        "epochs_trained",
-        "train_size",
-        "counts",
-    ]
-    runs_md, runs_csv = write_tables(
+    paths = write_result_tables(
+        rows,
         runs,
-        stem.with_name(stem.name + "_runs"),
+        stem,
         header,
-        columns=run_cols,
-        digits=3,
-        title=f"Long-tail {cfg.data.name}: every run",
+        title=f"Long-tail {cfg.data.name}: CE vs. HUG",
+        run_columns=[
+            "ratio",
+            "method",
+            "seed",
+            *columns,
+            "train_loss",
+            "epochs_trained",
+            "train_size",
+            "counts",
+        ],
     )
-    print(md.read_text(encoding="utf-8"))
+    print(paths["md"].read_text(encoding="utf-8"))
     return {
         "rows": rows,
         "runs": runs,
         "seconds": seconds,
-        "paths": {"md": md, "csv": csv_path, "runs_md": runs_md, "runs_csv": runs_csv},
+        "paths": paths,
     }
 
 

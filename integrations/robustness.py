@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from hug_plugins.config import parse_cli, to_dict
 from hug_plugins.engine import TrainerConfig, resolve_device, seed_everything
-from hug_plugins.io import standard_header_lines, summarize, write_tables
+from hug_plugins.io import standard_header_lines, summarize, write_result_tables
 from hug_plugins.robustness import (
     DATASET_STATS,
     autoattack_accuracy,
@@ -234,22 +234,15 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         "input gradient is exactly 0 (gradient masking). Mean ± std over seeds.",
     ]
     stem = Path(str(cfg.output_dir)) / str(cfg.output_name)
-    md, csv_path = write_tables(
-        rows, stem, header, digits=2, title=f"Robustness {cfg.data.name}: CE vs. HUG"
+    paths = write_result_tables(
+        rows, runs, stem, header, title=f"Robustness {cfg.data.name}: CE vs. HUG"
     )
-    runs_md, runs_csv = write_tables(
-        runs,
-        stem.with_name(stem.name + "_runs"),
-        header,
-        digits=3,
-        title=f"Robustness {cfg.data.name}: every run",
-    )
-    print(md.read_text(encoding="utf-8"))
+    print(paths["md"].read_text(encoding="utf-8"))
     return {
         "rows": rows,
         "runs": runs,
         "seconds": seconds,
-        "paths": {"md": md, "csv": csv_path, "runs_md": runs_md, "runs_csv": runs_csv},
+        "paths": paths,
     }
 
 

@@ -41,7 +41,6 @@ the criteria gather the features of all ranks (``gather_distributed=True``).
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -455,20 +454,10 @@ def run_one(
     }
 
 
-def _split_data_root(argv: Sequence[str]) -> list[str]:
-    """Turns ``--data-root PATH`` into the override ``data.root=PATH``."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--data-root", default=None)
-    known, rest = parser.parse_known_args(list(argv))
-    if known.data_root is not None:
-        rest.append(f"data.root={known.data_root}")
-    return rest
-
-
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Runs the benchmark; returns the summary rows."""
     args = list(sys.argv[1:] if argv is None else argv)
-    cfg = parse_cli(_split_data_root(args), "ssl", description=__doc__.splitlines()[0])
+    cfg = parse_cli(args, "ssl", description=__doc__.splitlines()[0])
     if int(cfg.threads) > 0:
         torch.set_num_threads(int(cfg.threads))
     unknown = [c for c in cfg.criteria if c not in CRITERIA]
