@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 __all__ = [
@@ -137,7 +137,9 @@ def load_config(
     Args:
         task: The job name, e.g. ``"digits"``.
         preset: A preset name or a path to a YAML file (see :func:`resolve_preset_path`).
-        overrides: Dot-list entries such as ``"trainer.epochs=5"`` or ``"seeds=[0,1]"``.
+        overrides: Dot-list entries such as ``"trainer.epochs=5"`` or ``"seeds=[0,1]"``; a
+            leading ``+`` (``"+hug.loss.intra=squared_distance"``) adds a key that the preset
+            does not list, inside an existing section.
         root: The configs directory; defaults to :func:`default_config_root`.
 
     Returns:
@@ -146,7 +148,8 @@ def load_config(
     Raises:
         ValueError: If the preset is missing (the message lists the available ones), the file is
             not a YAML mapping, an override is not of the form ``key=value``, names an unknown
-            key, or has a value of the wrong type.
+            key, or has a value of the wrong type, or a ``+key`` exists already or has no
+            parent section.
     """
     path = resolve_preset_path(task, preset, root)
     try:
@@ -159,8 +162,10 @@ def load_config(
         raise ValueError(f"config {str(path)!r} must be a YAML mapping, got a list")
     overrides = list(overrides)
     for item in overrides:
-        if not isinstance(item, str) or "=" not in item or item.startswith("="):
-            raise ValueError(f"override {item!r} must have the form key=value")
+        if not isinstance(item, str) or "=" not in item or item.lstrip("+").startswith("="):
+            raise ValueError(f"override {item!r} must have the form key=value or +key=value")
+    additions = [item[1:] for item in overrides if item.startswith("+")]
+    overrides = [item for item in overrides if not item.startswith("+")]
     OmegaConf.set_struct(base, True)
     for item in overrides:
         key = item.split("=", 1)[0].strip()
@@ -184,12 +189,30 @@ def load_config(
         ) from None
     if not isinstance(merged, DictConfig):  # pragma: no cover - merge of two dicts is a dict
         raise ValueError(f"config {str(path)!r} must be a YAML mapping")
+    for item in additions:
+        _add_key(merged, item, path)
     try:
         OmegaConf.resolve(merged)
     except OmegaConfBaseException as exc:
         raise ValueError(f"could not resolve config {str(path)!r}: {exc}") from None
     OmegaConf.set_struct(merged, True)
     return merged
+
+
+def _add_key(cfg: DictConfig, item: str, path: Path) -> None:
+    """Applies one ``+key=value`` override: adds a key the preset does not list."""
+    key = item.split("=", 1)[0].strip()
+    parent_key, _, name = key.rpartition(".")
+    parent = cfg if not parent_key else OmegaConf.select(cfg, parent_key, default=None)
+    if not isinstance(parent, DictConfig):
+        raise ValueError(
+            f"override '+{item}': {parent_key!r} is not a section of preset {str(path)!r}"
+        )
+    if name in parent:
+        raise ValueError(f"override '+{item}': {key!r} already exists; drop the '+' to set it")
+    value = OmegaConf.select(OmegaConf.from_dotlist([item]), key, default=None)
+    with open_dict(parent):
+        parent[name] = value
 
 
 def to_dict(cfg: DictConfig) -> dict[str, Any]:
@@ -215,6 +238,9 @@ def parse_cli(
     description: str | None = None,
 ) -> DictConfig:
     """Parses a job's command line: ``[--preset NAME|PATH] [--data-root PATH] [key=value ...]``.
+
+    ``key=value`` sets a key the preset has; ``+key=value`` (Hydra's spelling) adds one it does
+    not list, e.g. ``+hug.loss.intra=squared_distance``; the consumer validates it.
 
     Args:
         argv: The arguments without the program name; ``None`` reads ``sys.argv[1:]``.
@@ -246,7 +272,10 @@ def parse_cli(
         help="dataset folder; shorthand for the override data.root=PATH",
     )
     parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="OmegaConf dot-list overrides"
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="OmegaConf dot-list overrides; +key=value adds a key the preset does not list",
     )
     args = parser.parse_args(None if argv is None else list(argv))
     overrides = list(args.overrides)

@@ -69,7 +69,25 @@ def test_struct_mode_rejects_unknown_keys(root: Path) -> None:
         _ = cfg.not_there
 
 
-@pytest.mark.parametrize("bad", ["epochs", "=3", "trainer=5"])
+def test_plus_override_adds_a_key(root: Path) -> None:
+    cfg = load_config(
+        "demo", overrides=["+trainer.nesterov=true", "+model.act=gelu", "+extra=3"], root=root
+    )
+    assert cfg.trainer.nesterov is True and cfg.model.act == "gelu" and cfg.extra == 3
+    assert cfg.trainer.epochs == 3  # the rest of the section is untouched
+    with pytest.raises(Exception):  # noqa: B017 - struct mode is back on afterwards
+        _ = cfg.trainer.not_there
+    cfg = parse_cli(["+trainer.momentum=0.9", "trainer.epochs=2"], "demo", root=root)
+    assert cfg.trainer.momentum == 0.9 and cfg.trainer.epochs == 2
+    with pytest.raises(ValueError, match="already exists; drop the"):
+        load_config("demo", overrides=["+trainer.epochs=2"], root=root)
+    with pytest.raises(ValueError, match="is not a section"):
+        load_config("demo", overrides=["+nowhere.x=1"], root=root)
+    with pytest.raises(ValueError, match="is not a section"):
+        load_config("demo", overrides=["+output_dir.x=1"], root=root)
+
+
+@pytest.mark.parametrize("bad", ["epochs", "=3", "trainer=5", "+=3", "+epochs"])
 def test_malformed_overrides(root: Path, bad: str) -> None:
     with pytest.raises(ValueError, match="override"):
         load_config("demo", overrides=[bad], root=root)
