@@ -34,6 +34,8 @@ __all__ = [
     "CONFIG_DIR_ENV",
     "DEFAULT_PRESET",
     "available_presets",
+    "check_choices",
+    "check_seeds",
     "default_config_root",
     "load_config",
     "parse_cli",
@@ -213,6 +215,59 @@ def _add_key(cfg: DictConfig, item: str, path: Path) -> None:
     value = OmegaConf.select(OmegaConf.from_dotlist([item]), key, default=None)
     with open_dict(parent):
         parent[name] = value
+
+
+def check_seeds(values: Sequence[Any]) -> list[int]:
+    """Returns a job's ``seeds`` as ints; they must be a non-empty list of distinct integers.
+
+    Args:
+        values: The configured seeds.
+
+    Returns:
+        The seeds as a list of ``int``.
+
+    Raises:
+        ValueError: If the list is empty, holds a non-integer or repeats a seed.
+
+    Example:
+        >>> check_seeds([0, 1, 2])
+        [0, 1, 2]
+    """
+    seeds = list(values)
+    if not seeds or any(isinstance(s, bool) or int(s) != s for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+    out = [int(s) for s in seeds]
+    if len(set(out)) != len(out):
+        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+    return out
+
+
+def check_choices(name: str, values: Sequence[Any], allowed: Sequence[str]) -> list[str]:
+    """Returns ``values`` as strings; they must be a non-empty subset of ``allowed``.
+
+    Args:
+        name: The config key, used in the error message (e.g. ``"methods"``).
+        values: The configured values.
+        allowed: The valid choices.
+
+    Returns:
+        The values as a list of ``str``, in their order.
+
+    Raises:
+        ValueError: If the list is empty or names a value not in ``allowed``.
+
+    Example:
+        >>> check_choices("methods", ["ce", "hug"], ["ce", "hug", "naive"])
+        ['ce', 'hug']
+    """
+    out = [str(v) for v in values]
+    unknown = [v for v in out if v not in allowed]
+    if unknown or not out:
+        raise ValueError(
+            f"{name} must be a non-empty subset of {sorted(allowed)}, got {out}"
+            + (f" (unknown: {unknown})" if unknown else "")
+        )
+    return out
 
 
 def to_dict(cfg: DictConfig) -> dict[str, Any]:

@@ -57,7 +57,8 @@ import math
 import os
 import random
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,7 @@ __all__ = [
     "move_to_device",
     "resolve_device",
     "seed_everything",
+    "torch_threads",
     "unwrap_model",
 ]
 
@@ -300,6 +302,35 @@ class TrainerConfig:
 
 
 # --------------------------------------------------------------------------- environment
+
+
+@contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Runs the ``with`` block with ``torch.set_num_threads(num_threads)``, then restores it.
+
+    Args:
+        num_threads: Intra-op CPU threads; ``None`` leaves torch's setting alone.
+
+    Raises:
+        ValueError: If ``num_threads`` is not ``None`` and below 1.
+
+    Example:
+        >>> before = torch.get_num_threads()
+        >>> with torch_threads(1):
+        ...     torch.get_num_threads()
+        1
+        >>> torch.get_num_threads() == before
+        True
+    """
+    if num_threads is not None and (isinstance(num_threads, bool) or int(num_threads) < 1):
+        raise ValueError(f"num_threads must be >= 1 or null, got {num_threads!r}")
+    previous = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(int(num_threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def seed_everything(seed: int) -> None:

@@ -42,11 +42,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from hug_plugins.config import parse_cli, to_dict
+from hug_plugins.config import check_seeds, parse_cli, to_dict
 from hug_plugins.datasets import (
     BatchAugment,
     DatasetInfo,
@@ -63,6 +62,7 @@ from hug_plugins.engine import (
     init_distributed_from_env,
     is_main_process,
     seed_everything,
+    torch_threads,
 )
 from hug_plugins.io import atomic_write_text, standard_header_lines, summarize, write_tables
 from hug_plugins.losses import HUGLoss
@@ -352,26 +352,19 @@ def _epochs_csv(histories: dict[tuple[str, str, str, int], list[dict[str, float]
 def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     """Runs every (dataset, arch, method, seed) once, writes tables and plots (rank 0)."""
     names = [str(n) for n in cfg.data.names]
-    seeds = [int(s) for s in cfg.seeds]
+    seeds = check_seeds(cfg.seeds)
     if not names:
         raise ValueError("data.names must list at least one dataset")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
     tables = _table_runs(cfg, names)
     combos = list(dict.fromkeys(c for combos in tables.values() for c in combos))
     trainer_cfg = to_dict(cfg.trainer)
     TrainerConfig.from_mapping(trainer_cfg)  # fail fast on a bad trainer section
 
-    previous_threads = torch.get_num_threads()
-    if cfg.num_threads is not None:
-        if int(cfg.num_threads) < 1:
-            raise ValueError(f"num_threads must be >= 1 or null, got {cfg.num_threads}")
-        torch.set_num_threads(int(cfg.num_threads))
     runs: dict[tuple[str, str, str, int], dict[str, Any]] = {}
     histories: dict[tuple[str, str, str, int], list[dict[str, float]]] = {}
     infos: dict[str, DatasetInfo] = {}
     started = time.perf_counter()
-    try:
+    with torch_threads(cfg.num_threads):
         total = len(combos) * len(seeds)
         for dataset, arch, method in combos:
             infos[dataset] = load_data(dataset, cfg)[3]
@@ -384,8 +377,6 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
                         flush=True,
                     )
                 runs[key], histories[key] = run_one(dataset, arch, method, seed, cfg, trainer_cfg)
-    finally:
-        torch.set_num_threads(previous_threads)
     total_seconds = time.perf_counter() - started
 
     t, m, d = cfg.trainer, cfg.model, cfg.data

@@ -28,12 +28,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from hug_plugins.config import parse_cli, to_dict
+from hug_plugins.config import check_choices, check_seeds, parse_cli, to_dict
 from hug_plugins.data import DIGITS_NUM_CLASSES, DIGITS_NUM_FEATURES, load_digits_split
 from hug_plugins.engine import (
     Trainer,
@@ -43,6 +42,7 @@ from hug_plugins.engine import (
     init_distributed_from_env,
     is_main_process,
     seed_everything,
+    torch_threads,
 )
 from hug_plugins.io import standard_header_lines, summarize, write_result_tables
 from hug_plugins.losses import HUGLoss
@@ -155,25 +155,12 @@ def _run_all(
 
 def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     """Runs every (method, seed), writes the tables (rank 0) and returns rows and paths."""
-    methods = [str(m) for m in cfg.methods]
-    seeds = [int(s) for s in cfg.seeds]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ValueError(f"methods must be a non-empty subset of {sorted(METHODS)}, got {methods}")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+    methods = check_choices("methods", cfg.methods, list(METHODS))
+    seeds = check_seeds(cfg.seeds)
     trainer_cfg = to_dict(cfg.trainer)
     TrainerConfig.from_mapping(trainer_cfg)  # fail fast on a bad trainer section
-
-    previous_threads = torch.get_num_threads()
-    if cfg.num_threads is not None:
-        if int(cfg.num_threads) < 1:
-            raise ValueError(f"num_threads must be >= 1 or null, got {cfg.num_threads}")
-        torch.set_num_threads(int(cfg.num_threads))
-    try:
+    with torch_threads(cfg.num_threads):
         runs, total_seconds = _run_all(methods, seeds, cfg, trainer_cfg)
-    finally:
-        torch.set_num_threads(previous_threads)
 
     rows: list[dict[str, Any]] = []
     for method in methods:

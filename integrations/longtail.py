@@ -29,12 +29,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from hug_plugins.config import parse_cli, to_dict
-from hug_plugins.engine import TrainerConfig, seed_everything
+from hug_plugins.config import check_choices, check_seeds, parse_cli, to_dict
+from hug_plugins.engine import TrainerConfig, seed_everything, torch_threads
 from hug_plugins.io import standard_header_lines, summarize, write_result_tables
 from hug_plugins.longtail import (
     SHOT_GROUPS,
@@ -133,25 +132,18 @@ def run_one(
 
 def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     """Runs every (ratio, method, seed), writes the tables and returns rows, runs and paths."""
-    methods = [str(m) for m in cfg.methods]
+    methods = check_choices("methods", cfg.methods, list(METHODS))
     ratios = [float(r) for r in cfg.ratios]
-    seeds = [int(s) for s in cfg.seeds]
-    if not methods or any(m not in METHODS for m in methods):
-        raise ValueError(f"methods must be a non-empty subset of {sorted(METHODS)}, got {methods}")
+    seeds = check_seeds(cfg.seeds)
     if not ratios or any(not 0 < r <= 1 for r in ratios):
         raise ValueError(f"ratios must be a non-empty list of numbers in (0, 1], got {ratios}")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct integers, got {seeds}")
     if str(cfg.data.name) not in DATASET_STATS:
         raise ValueError(f"data.name must be one of {sorted(DATASET_STATS)}")
     TrainerConfig.from_mapping(to_dict(cfg.trainer))  # fail fast
 
-    previous_threads = torch.get_num_threads()
-    if cfg.num_threads is not None:
-        torch.set_num_threads(int(cfg.num_threads))
     started = time.perf_counter()
     runs: list[dict[str, Any]] = []
-    try:
+    with torch_threads(cfg.num_threads):
         data = load_pixel_datasets(
             str(cfg.data.name),
             cfg.data.root,
@@ -170,8 +162,6 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
                             {"ratio": ratio, "method": METHODS[method], "seed": seed, **result}
                         )
                         bar.update(1)
-    finally:
-        torch.set_num_threads(previous_threads)
     seconds = time.perf_counter() - started
 
     columns = ["top1_acc", *(f"{g}_acc" for g in SHOT_GROUPS)]

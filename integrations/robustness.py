@@ -32,12 +32,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from hug_plugins.config import parse_cli, to_dict
-from hug_plugins.engine import TrainerConfig, resolve_device, seed_everything
+from hug_plugins.config import check_choices, check_seeds, parse_cli, to_dict
+from hug_plugins.engine import TrainerConfig, resolve_device, seed_everything, torch_threads
 from hug_plugins.io import standard_header_lines, summarize, write_result_tables
 from hug_plugins.robustness import (
     DATASET_STATS,
@@ -152,12 +151,8 @@ def run_one(
 
 def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     """Runs every (method, seed), writes the tables and returns rows, runs and paths."""
-    methods = [str(m) for m in cfg.methods]
-    seeds = [int(s) for s in cfg.seeds]
-    if not methods or any(m not in METHODS for m in methods):
-        raise ValueError(f"methods must be a non-empty subset of {sorted(METHODS)}, got {methods}")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct integers, got {seeds}")
+    methods = check_choices("methods", cfg.methods, list(METHODS))
+    seeds = check_seeds(cfg.seeds)
     if str(cfg.data.name) not in DATASET_STATS:
         raise ValueError(f"data.name must be one of {sorted(DATASET_STATS)}")
     bad = [x for x in cfg.attack.losses if x not in ("ce", "margin")]
@@ -165,12 +160,9 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         raise ValueError(f"attack.losses must be a non-empty subset of [ce, margin], got {bad}")
     TrainerConfig.from_mapping(to_dict(cfg.trainer))
 
-    previous_threads = torch.get_num_threads()
-    if cfg.num_threads is not None:
-        torch.set_num_threads(int(cfg.num_threads))
     started = time.perf_counter()
     runs: list[dict[str, Any]] = []
-    try:
+    with torch_threads(cfg.num_threads):
         data = load_pixel_datasets(
             str(cfg.data.name),
             cfg.data.root,
@@ -185,8 +177,6 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
                     bar.set_postfix(method=method, seed=seed)
                     runs.extend(run_one(method, seed, cfg, data))
                     bar.update(1)
-    finally:
-        torch.set_num_threads(previous_threads)
     seconds = time.perf_counter() - started
 
     metric_cols: list[str] = []

@@ -9,6 +9,8 @@ import pytest
 from hug_plugins.config import (
     CONFIG_DIR_ENV,
     available_presets,
+    check_choices,
+    check_seeds,
     default_config_root,
     load_config,
     parse_cli,
@@ -147,3 +149,19 @@ def test_to_dict_and_env_root(root: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert load_config("demo", "quick").trainer.epochs == 1
     monkeypatch.delenv(CONFIG_DIR_ENV)
     assert default_config_root().name == "configs"
+
+
+def test_check_seeds() -> None:
+    assert check_seeds([3, 1]) == [3, 1]
+    assert check_seeds((0,)) == [0]
+    for bad in ([], [1, 1], [0.5], [True]):
+        with pytest.raises(ValueError, match="distinct integers"):
+            check_seeds(bad)
+
+
+def test_check_choices() -> None:
+    assert check_choices("methods", ["hug", "ce"], ["ce", "hug"]) == ["hug", "ce"]
+    with pytest.raises(ValueError, match=r"methods must be .*unknown: \['mse'\]"):
+        check_choices("methods", ["ce", "mse"], ["ce", "hug"])
+    with pytest.raises(ValueError, match="non-empty"):
+        check_choices("methods", [], ["ce", "hug"])

@@ -25,6 +25,7 @@ from hug_plugins.engine import (
     move_to_device,
     resolve_device,
     seed_everything,
+    torch_threads,
     unwrap_model,
 )
 from hug_plugins.objectives import CrossEntropyObjective, HUGObjective
@@ -437,3 +438,18 @@ def test_progress_bar_and_unwrap(blobs: TensorDataset, capsys: pytest.CaptureFix
     assert "train" in capsys.readouterr().err
     assert unwrap_model(model) is model
     assert unwrap_model(nn.DataParallel(model)) is model
+
+
+def test_torch_threads_sets_and_restores() -> None:
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):  # restored on an exception too
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+    for bad in (0, -2, True):
+        with pytest.raises(ValueError, match="num_threads"), torch_threads(bad):
+            pass
