@@ -218,12 +218,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         ],
     )
     print(paths["md"].read_text(encoding="utf-8"))
-    return {
-        "rows": rows,
-        "runs": runs,
-        "seconds": seconds,
-        "paths": paths,
-    }
+    return {"rows": rows, "runs": runs, "seconds": seconds, "paths": paths}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -25,6 +22,7 @@ from hug_plugins.longtail import (
     shot_groups,
     shot_thresholds,
 )
+from integrations import longtail as job
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,15 +133,6 @@ def test_per_class_and_group_accuracy() -> None:
     assert np.isnan(out["medium"])
 
 
-def _load_job() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("longtail_job", ROOT / "integrations/longtail.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["longtail_job"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_presets_share_keys() -> None:
     assert {"quick", "mnist", "cifar10"} <= set(available_presets("longtail"))
     quick = load_config("longtail", "quick")
@@ -154,7 +143,6 @@ def test_presets_share_keys() -> None:
 
 
 def test_job_writes_tables_and_reuses_checkpoints(tmp_path: Path) -> None:
-    job = _load_job()
     args = [
         "--preset",
         "quick",

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
@@ -24,6 +21,7 @@ from hug_plugins.robustness import (
     make_pgd,
     pgd_attack,
 )
+from integrations import robustness as job
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,17 +120,6 @@ def test_load_checkpoint_weights(tmp_path: Path) -> None:
         load_checkpoint_weights(wrong, path)
 
 
-def _load_job() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "robustness_job", ROOT / "integrations/robustness.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["robustness_job"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_presets_share_keys() -> None:
     assert {"quick", "mnist", "cifar10"} <= set(available_presets("robustness"))
     quick = load_config("robustness", "quick")
@@ -143,7 +130,6 @@ def test_presets_share_keys() -> None:
 
 
 def test_job_trains_once_then_evaluates_from_checkpoints(tmp_path: Path) -> None:
-    job = _load_job()
     args = [
         "--preset",
         "quick",
