@@ -62,7 +62,9 @@ class InputNormalize(nn.Module):
     """Turns images into standardized floats: ``(x / 255 if uint8 else x - mean) / std``.
 
     uint8 input is scaled to ``[0, 1]`` first; floating-point input is taken as already in
-    ``[0, 1]``. The statistics are buffers (saved with the model, moved with it).
+    ``[0, 1]``. The statistics are buffers (saved with the model, moved with it). Images
+    ``(N, C, H, W)`` take one statistic per channel; flattened inputs ``(N, D)`` take one
+    statistic for all ``D`` features, or ``D`` of them.
 
     Args:
         mean: Per-channel means (in ``[0, 1]`` units).
@@ -75,6 +77,8 @@ class InputNormalize(nn.Module):
         >>> norm = InputNormalize([0.5], [0.5])
         >>> norm(torch.tensor([[[[0, 255]]]], dtype=torch.uint8)).flatten().tolist()
         [-1.0, 1.0]
+        >>> norm(torch.tensor([[0.0, 0.25, 1.0]])).tolist()
+        [[-1.0, -0.5, 1.0]]
     """
 
     mean: Tensor
@@ -92,15 +96,20 @@ class InputNormalize(nn.Module):
         self.register_buffer("std", std_t.view(1, -1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        """Returns the standardized float32 batch ``(N, C, H, W)``."""
-        if x.ndim != 4 or x.shape[1] != self.mean.shape[1]:
+        """Returns the standardized float32 batch ``(N, C, H, W)`` or ``(N, D)``."""
+        channels = self.mean.shape[1]
+        mean, std = self.mean, self.std
+        if x.ndim == 2 and channels in (1, x.shape[1]):
+            mean, std = mean.view(1, -1), std.view(1, -1)
+        elif x.ndim != 4 or x.shape[1] != channels:
             raise ValueError(
-                f"expected images (N, {self.mean.shape[1]}, H, W), got {tuple(x.shape)}"
+                f"expected images (N, {channels}, H, W), or flat inputs (N, D) when there is "
+                f"one statistic or D = {channels}; got {tuple(x.shape)}"
             )
         y = x.float()
         if x.dtype == torch.uint8:
             y = y / 255.0
-        return (y - self.mean) / self.std
+        return (y - mean) / std
 
 
 class SmallCNN(nn.Module):

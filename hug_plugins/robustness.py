@@ -2,9 +2,10 @@
 
 Threat model and protocol (the HUG paper's, no adversarial training):
 
-* inputs live in ``[0, 1]`` pixel space; the model normalizes internally (:class:`Normalize`
-  as its first layer, see :class:`Classifier`), so the eps-ball and the ``[0, 1]`` box are in
-  pixel units;
+* inputs live in ``[0, 1]`` pixel space; the model normalizes internally
+  (:class:`~hug_plugins.models.InputNormalize` as the first layer of a
+  :class:`~hug_plugins.models.FeatureClassifier`), so the eps-ball and the ``[0, 1]`` box are
+  in pixel units;
 * :func:`pgd_attack`: torchattacks' ``PGD``, L-infinity, ``eps`` in ``{2, 4, 8}/255``, 20
   steps, step size ``2.5 * eps / steps``, uniform random start in the eps-ball;
 * :func:`evaluate_robustness`: clean accuracy and, for every eps, robust accuracy on the *same*
@@ -33,7 +34,10 @@ Example:
     >>> import torch
     >>> from torch import nn
     >>> torch.manual_seed(0) and None
-    >>> model = Classifier(nn.Flatten(), nn.Linear(4, 3), mean=0.5, std=0.25)
+    >>> from hug_plugins.models import FeatureClassifier, InputNormalize
+    >>> model = FeatureClassifier(
+    ...     nn.Identity(), nn.Linear(4, 3), normalize=InputNormalize([0.5], [0.25]), backbone_dim=4
+    ... )
     >>> x, y = torch.rand(8, 4), torch.randint(0, 3, (8,))
     >>> adv = pgd_attack(model, x, y, eps=8 / 255, seed=0)
     >>> bool((adv - x).abs().max() <= 8 / 255 + 1e-6), bool(adv.min() >= 0 and adv.max() <= 1)
@@ -55,15 +59,15 @@ import torchattacks
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from hug_plugins.models import FeatureClassifier, InputNormalize, SmallCNN, make_head
+
 __all__ = [
     "DATASET_STATS",
     "PAPER_EPS",
     "AttackLoss",
     "AugmentedTensorDataset",
-    "Classifier",
     "LogitsOnly",
     "MarginPGD",
-    "Normalize",
     "RobustnessResult",
     "autoattack_accuracy",
     "build_classifier",
@@ -82,88 +86,13 @@ PAPER_EPS = (2 / 255, 4 / 255, 8 / 255)
 AttackLoss = Literal["ce", "margin"]
 
 
-class Normalize(nn.Module):
-    """``(x - mean) / std`` as a layer, so a model can take ``[0, 1]`` inputs.
-
-    ``mean`` and ``std`` are scalars or per-channel sequences; for inputs with more than two
-    dimensions (images ``(N, C, H, W)``) they broadcast over channel ``dim=1``, for flat
-    ``(N, D)`` inputs over the last dimension.
-
-    Args:
-        mean: Mean(s) subtracted.
-        std: Standard deviation(s) divided by (> 0).
-
-    Example:
-        >>> Normalize([0.5, 0.5], [0.5, 0.25])(torch.ones(1, 2, 1, 1)).flatten().tolist()
-        [1.0, 2.0]
-    """
-
-    mean: Tensor
-    std: Tensor
-
-    def __init__(self, mean: float | Sequence[float], std: float | Sequence[float]) -> None:
-        super().__init__()
-        mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
-        std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
-        if bool((std_t <= 0).any()):
-            raise ValueError(f"std must be > 0, got {std}")
-        self.register_buffer("mean", mean_t)
-        self.register_buffer("std", std_t)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Normalizes ``x``."""
-        shape = (1, -1, *([1] * (x.ndim - 2))) if x.ndim > 2 else (1, -1)
-        return (x - self.mean.view(shape)) / self.std.view(shape)
-
-
-class Classifier(nn.Module):
-    """``normalize -> body -> head``; returns ``(features, logits)``.
-
-    Works with the trainer (:mod:`hug_plugins.engine`) and, through :class:`LogitsOnly`, with
-    torchattacks. ``head`` is an ``nn.Linear`` (cross-entropy) or a
-    :class:`~hug_plugins.proxies.ProxyHead` (HUG: scaled-cosine logits).
-
-    Args:
-        body: Maps the normalized input to features.
-        head: Maps features to logits.
-        mean: Input mean (scalar or per channel); with ``std``, adds a :class:`Normalize`.
-        std: Input standard deviation.
-
-    Example:
-        >>> net = Classifier(nn.Identity(), nn.Linear(2, 3))
-        >>> [t.shape[1] for t in net(torch.zeros(4, 2))]
-        [2, 3]
-    """
-
-    def __init__(
-        self,
-        body: nn.Module,
-        head: nn.Module,
-        mean: float | Sequence[float] | None = None,
-        std: float | Sequence[float] | None = None,
-    ) -> None:
-        super().__init__()
-        if (mean is None) != (std is None):
-            raise ValueError("give both mean and std, or neither")
-        self.normalize: nn.Module = (
-            Normalize(mean, std) if mean is not None and std is not None else nn.Identity()
-        )
-        self.body = body
-        self.head = head
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns ``(features, logits)`` of a ``[0, 1]`` input batch."""
-        features = self.body(self.normalize(x))
-        return features, self.head(features)
-
-
 class LogitsOnly(nn.Module):
     """Wraps a model returning logits or ``(features, logits)`` so it returns float32 logits.
 
     torchattacks needs a model whose output is the logits tensor.
 
     Example:
-        >>> LogitsOnly(Classifier(nn.Identity(), nn.Linear(2, 3)))(torch.zeros(1, 2)).shape
+        >>> LogitsOnly(nn.Linear(2, 3))(torch.zeros(1, 2)).shape
         torch.Size([1, 3])
     """
 
@@ -371,7 +300,7 @@ def evaluate_robustness(
     Example:
         >>> from torch.utils.data import TensorDataset
         >>> _ = torch.manual_seed(0)
-        >>> net = Classifier(nn.Identity(), nn.Linear(2, 2))
+        >>> net = nn.Linear(2, 2)  # returning logits, or (features, logits)
         >>> ds = TensorDataset(torch.rand(16, 2), torch.randint(0, 2, (16,)))
         >>> r = evaluate_robustness(net, ds, [0.0, 0.1], steps=3)
         >>> r.robust_accuracy[0.0] == r.clean_accuracy >= r.robust_accuracy[0.1]
@@ -637,36 +566,14 @@ def load_pixel_datasets(
     return datasets[0], datasets[1], shape
 
 
-def _mlp(in_dim: int, hidden: int, feature_dim: int) -> nn.Module:
+def _mlp(in_dim: int, hidden: int) -> nn.Sequential:
+    """``flatten -> in_dim -> hidden -> hidden`` with ReLUs (the neck maps to the features)."""
     return nn.Sequential(
         nn.Flatten(),
         nn.Linear(in_dim, hidden),
         nn.ReLU(),
         nn.Linear(hidden, hidden),
         nn.ReLU(),
-        nn.Linear(hidden, feature_dim),
-    )
-
-
-def _cnn(channels: int, width: int, feature_dim: int) -> nn.Module:
-    def block(cin: int, cout: int) -> list[nn.Module]:
-        return [
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.ReLU(),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        ]
-
-    return nn.Sequential(
-        *block(channels, width),
-        *block(width, 2 * width),
-        *block(2 * width, 4 * width),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4 * width, feature_dim),
     )
 
 
@@ -683,14 +590,19 @@ def build_classifier(
     proxy_mode: str = "learnable",
     scale: float = 16.0,
     seed: int = 0,
-) -> Classifier:
-    """A :class:`Classifier` (normalization inside) with a CE or a HUG head.
+) -> FeatureClassifier:
+    """A :class:`~hug_plugins.models.FeatureClassifier` (normalization inside) with a CE or a
+    HUG head.
+
+    The backbone ends in ``hidden`` (MLP) or ``4 hidden`` (CNN) units; the classifier's linear
+    neck maps them to ``feature_dim`` features.
 
     Args:
         method: ``"ce"`` (``nn.Linear`` head) or ``"hug"`` (:class:`~hug_plugins.proxies.
             ProxyHead`, scaled-cosine logits).
-        arch: ``"mlp"`` (``in -> hidden -> hidden -> feature_dim``) or ``"cnn"`` (three
-            conv-BN-ReLU blocks of width ``hidden``, ``2 hidden``, ``4 hidden`` for images).
+        arch: ``"mlp"`` (``in -> hidden -> hidden -> feature_dim``) or ``"cnn"``
+            (:class:`~hug_plugins.models.SmallCNN`: three stages of two conv-BN-ReLU of width
+            ``hidden``, ``2 hidden``, ``4 hidden``, for images).
         input_shape: Shape of one input, ``(D,)`` or ``(C, H, W)``.
         num_classes: Classes.
         feature_dim: Feature dimension.
@@ -709,28 +621,42 @@ def build_classifier(
         >>> [tuple(t.shape) for t in net(torch.rand(2, 64))]
         [(2, 32), (2, 10)]
     """
-    from hug_plugins.proxies import ProxyHead
-
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std, or neither")
+    if method not in ("ce", "hug"):
+        raise ValueError(f"method must be 'ce' or 'hug', got {method!r}")
+    backbone: nn.Module
     if arch == "mlp":
-        body = _mlp(math.prod(input_shape), hidden, feature_dim)
+        backbone, backbone_dim = _mlp(math.prod(input_shape), hidden), hidden
     elif arch == "cnn":
         if len(input_shape) != 3:
             raise ValueError(f"arch 'cnn' needs (C, H, W) inputs, got {tuple(input_shape)}")
-        body = _cnn(int(input_shape[0]), hidden, feature_dim)
+        backbone = SmallCNN(int(input_shape[0]), width=hidden, stages=3, convs_per_stage=2)
+        backbone_dim = 4 * hidden
     else:
         raise ValueError(f"arch must be 'mlp' or 'cnn', got {arch!r}")
-    head: nn.Module
-    if method == "ce":
-        head = nn.Linear(feature_dim, num_classes)
-    elif method == "hug":
-        head = ProxyHead(num_classes, feature_dim, mode=proxy_mode, scale=scale, seed=seed)  # type: ignore[arg-type]
-    else:
-        raise ValueError(f"method must be 'ce' or 'hug', got {method!r}")
-    return Classifier(body, head, mean, std)
+    normalize = None if mean is None or std is None else InputNormalize(mean, std)
+    model = FeatureClassifier(
+        backbone,
+        nn.Identity(),
+        normalize=normalize,
+        feature_dim=feature_dim,
+        backbone_dim=backbone_dim,
+    )
+    # The head is made after the neck, so the weights draw the global RNG in layer order.
+    model.head = make_head(
+        "linear" if method == "ce" else "proxy",
+        num_classes,
+        feature_dim,
+        proxy_mode=proxy_mode,
+        scale=scale,
+        seed=seed,
+    )
+    return model
 
 
 def train_or_load(
-    model: Classifier,
+    model: FeatureClassifier,
     method: str,
     train_data: Dataset[Any],
     trainer_cfg: dict[str, Any],

@@ -104,6 +104,17 @@ def test_input_normalize_treats_uint8_and_unit_floats_alike() -> None:
         InputNormalize([0.0], [0.0])
 
 
+def test_input_normalize_flat_inputs() -> None:
+    one = InputNormalize([0.5], [0.25])
+    assert one(torch.ones(2, 5)).tolist() == [[2.0] * 5] * 2  # one statistic for all features
+    per = InputNormalize([0.0, 0.5, 1.0], [1.0, 0.5, 0.25])
+    assert per(torch.ones(1, 3)).tolist() == [[1.0, 1.0, 0.0]]  # one per feature
+    with pytest.raises(ValueError, match="flat inputs"):
+        per(torch.ones(1, 4))
+    with pytest.raises(ValueError, match="expected images"):
+        one(torch.ones(2, 1, 3))
+
+
 def test_bad_arguments_raise() -> None:
     with pytest.raises(ValueError, match="unknown architecture"):
         build_backbone("alexnet")

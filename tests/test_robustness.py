@@ -12,9 +12,7 @@ from torch.utils.data import TensorDataset
 from hug_plugins.config import available_presets, load_config
 from hug_plugins.io import atomic_torch_save
 from hug_plugins.robustness import (
-    Classifier,
     LogitsOnly,
-    Normalize,
     build_classifier,
     evaluate_robustness,
     load_checkpoint_weights,
@@ -91,15 +89,22 @@ def test_attack_is_seeded_and_restores_mode() -> None:
         make_pgd(model, 0.1, loss="hinge")  # type: ignore[arg-type]
 
 
-def test_normalize_and_logits_only() -> None:
-    norm = Normalize([0.5, 0.25, 0.0], [0.5, 0.5, 1.0])
-    img = torch.ones(2, 3, 4, 4)
-    assert norm(img)[0, :, 0, 0].tolist() == [1.0, 1.5, 1.0]
-    assert Normalize(0.5, 0.5)(torch.ones(1, 4)).tolist() == [[1.0] * 4]
-    with pytest.raises(ValueError):
-        Normalize(0.0, 0.0)
-    net = Classifier(nn.Identity(), nn.Linear(3, 2))
-    assert LogitsOnly(net)(torch.zeros(5, 3)).dtype == torch.float32
+def test_build_classifier_and_logits_only() -> None:
+    torch.manual_seed(0)
+    net = build_classifier(
+        "ce", "cnn", (3, 8, 8), 4, feature_dim=6, hidden=2, mean=[0.5] * 3, std=[0.25] * 3
+    )
+    features, logits = net(torch.rand(5, 3, 8, 8))
+    assert features.shape == (5, 6) and logits.shape == (5, 4)
+    assert LogitsOnly(net)(torch.rand(5, 3, 8, 8).double().float()).dtype == torch.float32
+    with pytest.raises(ValueError, match="both mean and std"):
+        build_classifier("ce", "mlp", (4,), 2, mean=[0.5])
+    with pytest.raises(ValueError, match="method"):
+        build_classifier("mse", "mlp", (4,), 2)
+    with pytest.raises(ValueError, match="needs \\(C, H, W\\)"):
+        build_classifier("ce", "cnn", (4,), 2)
+    with pytest.raises(ValueError, match="arch"):
+        build_classifier("ce", "vit", (4,), 2)
 
 
 def test_load_checkpoint_weights(tmp_path: Path) -> None:
