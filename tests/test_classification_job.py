@@ -113,3 +113,18 @@ def test_bad_tables_are_rejected(tmp_path: Path) -> None:
         _run(tmp_path, "tables.proxies.archs=[]", "tables.architectures.archs=[]")
     with pytest.raises(ValueError, match="seeds"):
         _run(tmp_path, "seeds=[1,1]")
+
+
+def test_plus_overrides_reach_the_hug_loss() -> None:
+    cfg = load_config(
+        "classification",
+        "quick",
+        ["model.width=8", "+hug.loss.intra=squared_distance", "+hug.loss.detach_proxies=false"],
+    )
+    _, _, _, info = job.load_data("digits", cfg)
+    _, objective = job.build_model("learnable", "cnn", info, 0, cfg)
+    config = objective.loss.config
+    assert config.intra == "squared_distance" and config.detach_proxies is False
+    bad = load_config("classification", "quick", ["+hug.loss.intra_kind=distance"])
+    with pytest.raises(ValueError, match="unknown HUGConfig field"):
+        job.build_model("learnable", "cnn", info, 0, bad)
