@@ -774,6 +774,7 @@ def evaluate_collapse(
     device: str | torch.device | None = None,
     num_workers: int = 0,
     prefix: str = "",
+    normalize: bool = False,
 ) -> dict[str, float]:
     """Neural-collapse metrics (NC1-NC4, GNC2) of a ``(features, logits)`` model on a dataset.
 
@@ -792,6 +793,10 @@ def evaluate_collapse(
         device: Where to run; defaults to the model's device.
         num_workers: DataLoader workers when ``data`` is a dataset.
         prefix: Prepended to the metric names.
+        normalize: Measure the L2-normalized features ``x / ||x||`` (the space a cosine or
+            proxy head such as HUG's decides in; the feature norm is then irrelevant to NC1 and
+            to the nearest-class-mean rule of NC4). Default: the raw features, as in the
+            neural-collapse literature for linear heads.
 
     Returns:
         Every metric of :class:`~hug_plugins.metrics.NeuralCollapseMetrics` (``nc1``,
@@ -823,6 +828,7 @@ def evaluate_collapse(
         for batch in loader:
             inputs, labels = _split_batch(batch)
             features, _ = _features_and_logits(model(move_to_device(inputs, target_device)))
+            features = _collapse_space(features, normalize)
             if collapse is None:
                 collapse = NeuralCollapseMetrics(num_classes=num_classes, dim=features.shape[1])
                 collapse = collapse.to(target_device)
@@ -839,11 +845,18 @@ def evaluate_collapse(
         for batch in loader:
             inputs, labels = _split_batch(batch)
             features, logits = _features_and_logits(model(move_to_device(inputs, target_device)))
+            features = _collapse_space(features, normalize)
             agreement.update(features.float(), labels.to(target_device), logits.argmax(dim=1))
         results.update({k: float(v) for k, v in agreement.compute().items()})
     finally:
         model.train(was_training)
     return {f"{prefix}{k}": v for k, v in results.items()}
+
+
+def _collapse_space(features: Tensor, normalize: bool) -> Tensor:
+    """The features the collapse metrics see: raw, or L2-normalized rows (float32)."""
+    features = features.float()
+    return torch.nn.functional.normalize(features, dim=1, eps=1e-12) if normalize else features
 
 
 # --------------------------------------------------------------------------- losses

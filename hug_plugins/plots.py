@@ -36,7 +36,7 @@ COLLAPSE_METRICS: dict[str, str] = {
 }
 """History key -> panel title of the metrics drawn by default."""
 
-_LOG_SCALE = {"nc1"}
+_LOG_SCALE = {"nc1", "unit_nc1"}
 
 History = Sequence[Mapping[str, float]]
 

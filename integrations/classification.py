@@ -68,7 +68,7 @@ from hug_plugins.io import atomic_write_text, standard_header_lines, summarize, 
 from hug_plugins.losses import HUGLoss
 from hug_plugins.models import ARCHITECTURES, build_classifier, classifier_weight
 from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
-from hug_plugins.plots import plot_collapse
+from hug_plugins.plots import COLLAPSE_METRICS, plot_collapse
 
 TASK = "classification"
 
@@ -114,8 +114,17 @@ METRICS = {
     "gnc2": "gnc2_ratio",
     "nc3": "nc3_dist",
     "nc4": "nc4_mismatch",
+    "nc1_unit": "unit_nc1",
+    "nc4_unit": "unit_nc4_mismatch",
 }
-"""Reported collapse column -> key in the history entries."""
+"""Reported collapse column -> key in the history entries (``unit_``: on ``x / ||x||``)."""
+
+PLOTTED = {
+    **COLLAPSE_METRICS,
+    "unit_nc1": "NC1 on x/‖x‖  (log)",
+    "unit_nc4_mismatch": "NC4 on x/‖x‖ (the space HUG predicts in)",
+}
+"""History key -> panel title of the per-epoch plot."""
 
 
 class AugmentedLoss(nn.Module):
@@ -178,6 +187,7 @@ def _settings_hash(cfg: DictConfig, dataset: str, arch: str) -> str:
         "hug": to_dict(cfg.hug),
         "ce": to_dict(cfg.ce),
         "collapse_samples": cfg.metrics.collapse_samples,  # what the logged history measured
+        "collapse_spaces": ["raw", "unit"],  # histories before the unit-space metrics differ
         "trainer": {
             k: v
             for k, v in to_dict(cfg.trainer).items()
@@ -250,16 +260,20 @@ def run_one(
 
     def eval_fn(inner: nn.Module) -> dict[str, float]:
         out = evaluate_classifier(inner, test, batch_size=batch, device=device, prefix="test_")
-        out.update(
-            evaluate_collapse(
-                inner,
-                collapse,
-                num_classes,
-                classifier_weight=classifier_weight(inner).detach(),
-                batch_size=batch,
-                device=device,
+        weight = classifier_weight(inner).detach()
+        for prefix, normalize in (("", False), ("unit_", True)):
+            out.update(
+                evaluate_collapse(
+                    inner,
+                    collapse,
+                    num_classes,
+                    classifier_weight=weight,
+                    batch_size=batch,
+                    device=device,
+                    prefix=prefix,
+                    normalize=normalize,
+                )
             )
-        )
         return out
 
     def log_epoch(epoch: int, entry: Mapping[str, float]) -> None:
@@ -410,7 +424,11 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         f"{cfg.metrics.collapse_samples or 'all'} un-augmented training images: NC1 = "
         "tr(Σ_W Σ_B⁺)/C; GNC2 = hyperspherical energy of the normalized centred class means "
         "relative to the optimum (1 = uniform); NC3 = ‖W/‖W‖ − M/‖M‖‖ (W: classifier rows or "
-        "proxies); NC4 = rate at which the classifier disagrees with the nearest class mean.",
+        "proxies); NC4 = rate at which the classifier disagrees with the nearest class mean. "
+        "nc1 / nc4: on the raw features (the literature's convention for linear heads); "
+        "nc1_unit / nc4_unit: on the L2-normalized features x/‖x‖, the space in which HUG's "
+        "proxy head decides (its loss ignores ‖x‖, so the raw-space NCM rule of NC4 is not "
+        "HUG's decision rule).",
     ]
     stem = Path(str(cfg.output_dir)) / str(cfg.output_name)
     paths: dict[str, Path] = {}
@@ -423,6 +441,8 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         "gnc2": 3,
         "nc3": 3,
         "nc4": 4,
+        "nc1_unit": 3,
+        "nc4_unit": 4,
         "train_loss": 4,
     }
     for table, table_combos in tables.items():
@@ -475,6 +495,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
                 plot_collapse(
                     per_method,
                     png,
+                    metrics=PLOTTED,
                     title=f"Neural collapse per epoch: {dataset}, {arch} (train features)",
                 )
             )

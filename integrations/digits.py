@@ -60,8 +60,10 @@ METRICS = {
     "gnc2": "gnc2_ratio",
     "nc3": "nc3_dist",
     "nc4": "nc4_mismatch",
+    "nc1_unit": "unit_nc1",
+    "nc4_unit": "unit_nc4_mismatch",
 }
-"""Reported column -> key in the evaluation results."""
+"""Reported column -> key in the evaluation results (``unit_``: on ``x / ||x||``)."""
 
 
 class MLP(nn.Module):
@@ -121,11 +123,18 @@ def run_one(
     out.update(evaluate_classifier(model, test, batch_size=batch, prefix="test_"))
     weight = model.head.proxies if isinstance(model.head, ProxyHead) else model.head.weight
     assert isinstance(weight, Tensor)
-    out.update(
-        evaluate_collapse(
-            model, train, DIGITS_NUM_CLASSES, classifier_weight=weight, batch_size=batch
+    for prefix, normalize in (("", False), ("unit_", True)):
+        out.update(
+            evaluate_collapse(
+                model,
+                train,
+                DIGITS_NUM_CLASSES,
+                classifier_weight=weight,
+                batch_size=batch,
+                prefix=prefix,
+                normalize=normalize,
+            )
         )
-    )
     return out
 
 
@@ -184,12 +193,22 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         "NC1 = tr(Σ_W Σ_B⁺)/C; GNC2 = hyperspherical energy of the normalized centred class "
         "means relative to the optimal configuration (1 = uniform); NC3 = ‖W/‖W‖ − M/‖M‖‖ "
         "(W: classifier rows or proxies); NC4 = rate at which the classifier disagrees with "
-        "the nearest class mean. Mean ± std (ddof = 1) over seeds.",
+        "the nearest class mean. nc1 / nc4 on the raw features; nc1_unit / nc4_unit on the "
+        "L2-normalized features x/‖x‖ (the space HUG's proxy head decides in). Mean ± std "
+        "(ddof = 1) over seeds.",
     ]
     stem = Path(str(cfg.output_dir)) / str(cfg.output_name)
     paths: dict[str, Path] = {}
     if is_main_process():
-        digits = {"test_error": 4, "nc1": 3, "gnc2": 3, "nc3": 3, "nc4": 4}
+        digits = {
+            "test_error": 4,
+            "nc1": 3,
+            "gnc2": 3,
+            "nc3": 3,
+            "nc4": 4,
+            "nc1_unit": 3,
+            "nc4_unit": 4,
+        }
         paths = write_result_tables(
             rows,
             runs,

@@ -59,6 +59,7 @@ def test_both_tables_are_written_with_mean_std_and_provenance(result: dict[str, 
         assert 0.0 <= mean <= 100.0 and std >= 0.0 and row["seeds"] == 2
         assert (row["vs_CE_pp"] is None) == (row["method"] == "CE")
         assert all(math.isfinite(row[c][0]) for c in ("nc1", "gnc2", "nc3", "nc4"))
+        assert 0.0 <= row["nc4_unit"][0] <= 1.0 and math.isfinite(row["nc1_unit"][0])
     md = (out / "classification_quick.md").read_text(encoding="utf-8")
     assert "Command: `python -m integrations.classification --preset quick" in md
     assert "Hardware: CPU" in md and "Wall time" in md and " ± " in md
@@ -75,7 +76,7 @@ def test_collapse_metrics_are_logged_every_epoch(result: dict[str, Any]) -> None
         rows = list(csv.DictReader(handle))
     assert len(rows) == 5 * 2 * 2  # 5 methods (cnn runs shared by both tables) x 2 seeds x 2 epochs
     for row in rows:
-        for key in ("test_error", "nc1", "gnc2_ratio", "nc3_dist", "nc4_mismatch"):
+        for key in ("test_error", "nc1", "gnc2_ratio", "nc3_dist", "nc4_mismatch", "unit_nc1"):
             assert math.isfinite(float(row[key])), key
     assert {row["epoch"] for row in rows} == {"1", "2"}
 

@@ -61,7 +61,7 @@ def test_quick_job_writes_tables(job: ModuleType, tmp_path: Path) -> None:
     text = md.read_text(encoding="utf-8")
     assert "Command: `python integrations/digits.py --preset quick" in text
     assert "Hardware: CPU:" in text
-    assert "| method | test_error | nc1 | gnc2 | nc3 | nc4 |" in text
+    assert "| method | test_error | nc1 | gnc2 | nc3 | nc4 | nc1_unit | nc4_unit |" in text
     for method in METHODS:
         assert f"| {method} | " in text
     assert " ± " in text
@@ -74,6 +74,8 @@ def test_quick_job_writes_tables(job: ModuleType, tmp_path: Path) -> None:
         assert 0.0 <= error <= 1.0
         assert float(row["test_error_std"]) >= 0.0
         assert 0.0 <= float(row["nc4_mean"]) <= 1.0
+        assert 0.0 <= float(row["nc4_unit_mean"]) <= 1.0
+        assert math.isfinite(float(row["nc1_unit_mean"]))
         for key in ("nc1_mean", "gnc2_mean", "nc3_mean"):
             assert math.isfinite(float(row[key])) and float(row[key]) >= 0.0
         assert float(row["gnc2_mean"]) >= 0.99  # the optimum of the energy ratio is 1

@@ -20,6 +20,7 @@ from hug_plugins.engine import (
     TrainerConfig,
     distributed_info,
     evaluate_classifier,
+    evaluate_collapse,
     extract_features,
     is_main_process,
     move_to_device,
@@ -453,3 +454,31 @@ def test_torch_threads_sets_and_restores() -> None:
     for bad in (0, -2, True):
         with pytest.raises(ValueError, match="num_threads"), torch_threads(bad):
             pass
+
+
+class _DirectionsModel(nn.Module):
+    """Features = (per-sample norm) * (unit direction of the class); a cosine head on them."""
+
+    def __init__(self, directions: Tensor) -> None:
+        super().__init__()
+        self.directions = directions
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        norms, labels = x[:, 0:1], x[:, 1].long()
+        features = norms * self.directions[labels]
+        return features, nn.functional.normalize(features, dim=1) @ self.directions.T
+
+
+def test_evaluate_collapse_normalize_measures_the_cosine_space() -> None:
+    torch.manual_seed(0)
+    directions = nn.functional.normalize(torch.randn(3, 5), dim=1)
+    labels = torch.arange(3).repeat(20)
+    norms = torch.where(labels == 0, 10.0, 1.0) * torch.rand(60).add(0.05)  # unequal norms
+    data = TensorDataset(torch.stack([norms, labels.float()], 1), labels)
+    model = _DirectionsModel(directions)
+    raw = evaluate_collapse(model, data, 3, batch_size=16)
+    unit = evaluate_collapse(model, data, 3, batch_size=16, normalize=True)
+    # on the sphere every class sits on one point: NC1 = 0 and the NCM rule agrees exactly
+    assert unit["nc1"] < 1e-8 and unit["nc4_mismatch"] == 0.0
+    assert raw["nc1"] > 1e-2  # the norm spread counts as within-class variability in raw space
+    assert unit["model_accuracy"] == raw["model_accuracy"] == 1.0
