@@ -46,6 +46,7 @@ __all__ = [
     "FeatureClassifier",
     "InputNormalize",
     "SmallCNN",
+    "assemble_classifier",
     "build_backbone",
     "build_classifier",
     "classifier_weight",
@@ -359,6 +360,59 @@ def classifier_weight(model: nn.Module) -> Tensor:
     raise ValueError(f"model.head must be nn.Linear or ProxyHead, got {type(head).__name__}")
 
 
+def assemble_classifier(
+    backbone: nn.Module,
+    backbone_dim: int,
+    num_classes: int,
+    *,
+    head: str,
+    normalize: nn.Module | None = None,
+    feature_dim: int | None = None,
+    proxy_mode: str = "learnable",
+    scale: float = 16.0,
+    seed: int = 0,
+    channels_last: bool = False,
+) -> FeatureClassifier:
+    """``normalize -> backbone -> neck -> head`` with the head made last.
+
+    The neck is created before the head, so the backbone and neck draw the same random numbers
+    whatever the head: CE and HUG models built after the same seed start from identical
+    weights.
+
+    Args:
+        backbone: Maps normalized inputs to ``(N, backbone_dim)``.
+        backbone_dim: Output size of the backbone.
+        num_classes: Number of classes.
+        head: ``"linear"`` or ``"proxy"`` (see :func:`make_head`).
+        normalize: Input normalization; ``None``: identity.
+        feature_dim: Size of the linear neck; ``None``: no neck.
+        proxy_mode: ProxyHead mode.
+        scale: ProxyHead logit scale.
+        seed: Seed of the proxy initialization.
+        channels_last: See :class:`FeatureClassifier`.
+
+    Returns:
+        The model.
+
+    Example:
+        >>> net = assemble_classifier(nn.Flatten(), 4, 3, head="proxy", feature_dim=2)
+        >>> [tuple(t.shape) for t in net(torch.zeros(5, 4))]
+        [(5, 2), (5, 3)]
+    """
+    model = FeatureClassifier(
+        backbone,
+        nn.Identity(),
+        normalize=normalize,
+        feature_dim=feature_dim,
+        backbone_dim=backbone_dim,
+        channels_last=channels_last,
+    )
+    model.head = make_head(
+        head, num_classes, model.feature_dim, proxy_mode=proxy_mode, scale=scale, seed=seed
+    )
+    return model
+
+
 def build_classifier(
     arch: str,
     num_classes: int,
@@ -400,22 +454,22 @@ def build_classifier(
     """
     backbone = build_backbone(arch, in_channels, width=width)
     backbone_dim = int(getattr(backbone, "out_dim"))  # noqa: B009 - typed as nn.Module
-    dim = feature_dim if feature_dim is not None else backbone_dim
     normalize = InputNormalize(
         mean if mean is not None else [0.5] * in_channels,
         std if std is not None else [0.25] * in_channels,
     )
-    model = FeatureClassifier(
+    model = assemble_classifier(
         backbone,
-        nn.Identity(),
+        backbone_dim,
+        num_classes,
+        head=head,
         normalize=normalize,
         feature_dim=feature_dim,
-        backbone_dim=backbone_dim,
+        proxy_mode=proxy_mode,
+        scale=scale,
+        seed=seed,
         channels_last=channels_last,
     )
-    # The head is made last, so the backbone and neck draw the same random numbers whatever
-    # the head: CE and HUG models built after the same seed start from identical weights.
-    model.head = make_head(head, num_classes, dim, proxy_mode=proxy_mode, scale=scale, seed=seed)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

@@ -59,7 +59,7 @@ import torchattacks
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from hug_plugins.models import FeatureClassifier, InputNormalize, SmallCNN, make_head
+from hug_plugins.models import FeatureClassifier, InputNormalize, SmallCNN, assemble_classifier
 
 __all__ = [
     "DATASET_STATS",
@@ -636,23 +636,17 @@ def build_classifier(
     else:
         raise ValueError(f"arch must be 'mlp' or 'cnn', got {arch!r}")
     normalize = None if mean is None or std is None else InputNormalize(mean, std)
-    model = FeatureClassifier(
+    return assemble_classifier(
         backbone,
-        nn.Identity(),
+        backbone_dim,
+        num_classes,
+        head="linear" if method == "ce" else "proxy",
         normalize=normalize,
         feature_dim=feature_dim,
-        backbone_dim=backbone_dim,
-    )
-    # The head is made after the neck, so the weights draw the global RNG in layer order.
-    model.head = make_head(
-        "linear" if method == "ce" else "proxy",
-        num_classes,
-        feature_dim,
         proxy_mode=proxy_mode,
         scale=scale,
         seed=seed,
     )
-    return model
 
 
 def train_or_load(
