@@ -774,7 +774,7 @@ def evaluate_collapse(
     device: str | torch.device | None = None,
     num_workers: int = 0,
     prefix: str = "",
-    normalize: bool = False,
+    spaces: Sequence[str] = ("raw",),
 ) -> dict[str, float]:
     """Neural-collapse metrics (NC1-NC4, GNC2) of a ``(features, logits)`` model on a dataset.
 
@@ -793,10 +793,11 @@ def evaluate_collapse(
         device: Where to run; defaults to the model's device.
         num_workers: DataLoader workers when ``data`` is a dataset.
         prefix: Prepended to the metric names.
-        normalize: Measure the L2-normalized features ``x / ||x||`` (the space a cosine or
-            proxy head such as HUG's decides in; the feature norm is then irrelevant to NC1 and
-            to the nearest-class-mean rule of NC4). Default: the raw features, as in the
-            neural-collapse literature for linear heads.
+        spaces: Which features to measure, from the same forward passes: ``"raw"`` (the
+            neural-collapse literature's convention for linear heads; keys ``<prefix><name>``)
+            and/or ``"unit"``, the L2-normalized features ``x / ||x||`` (the space a cosine or
+            proxy head such as HUG's decides in, where the feature norm is irrelevant to NC1
+            and to the nearest-class-mean rule of NC4; keys ``<prefix>unit_<name>``).
 
     Returns:
         Every metric of :class:`~hug_plugins.metrics.NeuralCollapseMetrics` (``nc1``,
@@ -818,45 +819,60 @@ def evaluate_collapse(
     """
     from hug_plugins.metrics import NCMAgreement, NeuralCollapseMetrics
 
+    chosen = list(dict.fromkeys(spaces))
+    if not chosen or any(space not in ("raw", "unit") for space in chosen):
+        raise ValueError(f"spaces must be a non-empty subset of ('raw', 'unit'), got {spaces}")
     model = unwrap_model(model)
     target_device = _model_device(model) if device is None else resolve_device(device)
     loader = _eval_loader(data, batch_size, num_workers, shard=True)
+    weight = None if classifier_weight is None else classifier_weight.detach()
     was_training = model.training
     model.eval()
-    collapse: NeuralCollapseMetrics | None = None
+    collapse: dict[str, NeuralCollapseMetrics] = {}
     try:
         for batch in loader:
             inputs, labels = _split_batch(batch)
             features, _ = _features_and_logits(model(move_to_device(inputs, target_device)))
-            features = _collapse_space(features, normalize)
-            if collapse is None:
-                collapse = NeuralCollapseMetrics(num_classes=num_classes, dim=features.shape[1])
-                collapse = collapse.to(target_device)
-                weight = None if classifier_weight is None else classifier_weight.detach()
-                collapse.update(features.float(), labels.to(target_device), weight)
-            else:
-                collapse.update(features.float(), labels.to(target_device))
-        if collapse is None:
+            labels = labels.to(target_device)
+            for space in chosen:
+                view = _collapse_space(features, space)
+                if space not in collapse:
+                    metric = NeuralCollapseMetrics(num_classes=num_classes, dim=view.shape[1])
+                    collapse[space] = metric.to(target_device)
+                    collapse[space].update(view, labels, weight)
+                else:
+                    collapse[space].update(view, labels)
+        if not collapse:
             raise ValueError("evaluate_collapse() got an empty dataset")
-        results = {k: float(v) for k, v in collapse.compute().items()}
-        with collapse.sync_context():
-            means, present = collapse.class_means()
-        agreement = NCMAgreement(means, present).to(target_device)
+        results = {s: {k: float(v) for k, v in m.compute().items()} for s, m in collapse.items()}
+        agreement: dict[str, NCMAgreement] = {}
+        for space, metric in collapse.items():
+            with metric.sync_context():
+                means, present = metric.class_means()
+            agreement[space] = NCMAgreement(means, present).to(target_device)
         for batch in loader:
             inputs, labels = _split_batch(batch)
             features, logits = _features_and_logits(model(move_to_device(inputs, target_device)))
-            features = _collapse_space(features, normalize)
-            agreement.update(features.float(), labels.to(target_device), logits.argmax(dim=1))
-        results.update({k: float(v) for k, v in agreement.compute().items()})
+            labels, predictions = labels.to(target_device), logits.argmax(dim=1)
+            for space in chosen:
+                agreement[space].update(_collapse_space(features, space), labels, predictions)
+        for space in chosen:
+            results[space].update({k: float(v) for k, v in agreement[space].compute().items()})
     finally:
         model.train(was_training)
-    return {f"{prefix}{k}": v for k, v in results.items()}
+    return {
+        f"{prefix}{'' if space == 'raw' else 'unit_'}{k}": v
+        for space in chosen
+        for k, v in results[space].items()
+    }
 
 
-def _collapse_space(features: Tensor, normalize: bool) -> Tensor:
+def _collapse_space(features: Tensor, space: str) -> Tensor:
     """The features the collapse metrics see: raw, or L2-normalized rows (float32)."""
     features = features.float()
-    return torch.nn.functional.normalize(features, dim=1, eps=1e-12) if normalize else features
+    if space == "unit":
+        return torch.nn.functional.normalize(features, dim=1, eps=1e-12)
+    return features
 
 
 # --------------------------------------------------------------------------- losses

@@ -260,20 +260,17 @@ def run_one(
 
     def eval_fn(inner: nn.Module) -> dict[str, float]:
         out = evaluate_classifier(inner, test, batch_size=batch, device=device, prefix="test_")
-        weight = classifier_weight(inner).detach()
-        for prefix, normalize in (("", False), ("unit_", True)):
-            out.update(
-                evaluate_collapse(
-                    inner,
-                    collapse,
-                    num_classes,
-                    classifier_weight=weight,
-                    batch_size=batch,
-                    device=device,
-                    prefix=prefix,
-                    normalize=normalize,
-                )
+        out.update(
+            evaluate_collapse(
+                inner,
+                collapse,
+                num_classes,
+                classifier_weight=classifier_weight(inner).detach(),
+                batch_size=batch,
+                device=device,
+                spaces=("raw", "unit"),
             )
+        )
         return out
 
     def log_epoch(epoch: int, entry: Mapping[str, float]) -> None:

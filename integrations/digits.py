@@ -123,18 +123,16 @@ def run_one(
     out.update(evaluate_classifier(model, test, batch_size=batch, prefix="test_"))
     weight = model.head.proxies if isinstance(model.head, ProxyHead) else model.head.weight
     assert isinstance(weight, Tensor)
-    for prefix, normalize in (("", False), ("unit_", True)):
-        out.update(
-            evaluate_collapse(
-                model,
-                train,
-                DIGITS_NUM_CLASSES,
-                classifier_weight=weight,
-                batch_size=batch,
-                prefix=prefix,
-                normalize=normalize,
-            )
+    out.update(
+        evaluate_collapse(
+            model,
+            train,
+            DIGITS_NUM_CLASSES,
+            classifier_weight=weight,
+            batch_size=batch,
+            spaces=("raw", "unit"),
         )
+    )
     return out
 
 

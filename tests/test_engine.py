@@ -477,8 +477,13 @@ def test_evaluate_collapse_normalize_measures_the_cosine_space() -> None:
     data = TensorDataset(torch.stack([norms, labels.float()], 1), labels)
     model = _DirectionsModel(directions)
     raw = evaluate_collapse(model, data, 3, batch_size=16)
-    unit = evaluate_collapse(model, data, 3, batch_size=16, normalize=True)
+    both = evaluate_collapse(model, data, 3, batch_size=16, spaces=("raw", "unit"))
     # on the sphere every class sits on one point: NC1 = 0 and the NCM rule agrees exactly
-    assert unit["nc1"] < 1e-8 and unit["nc4_mismatch"] == 0.0
+    assert both["unit_nc1"] < 1e-8 and both["unit_nc4_mismatch"] == 0.0
     assert raw["nc1"] > 1e-2  # the norm spread counts as within-class variability in raw space
-    assert unit["model_accuracy"] == raw["model_accuracy"] == 1.0
+    assert both["unit_model_accuracy"] == raw["model_accuracy"] == 1.0
+    assert all(both[k] == v for k, v in raw.items())  # the raw space is unchanged beside it
+    only_unit = evaluate_collapse(model, data, 3, batch_size=16, spaces=["unit"])
+    assert set(only_unit) == {k for k in both if k.startswith("unit_")}
+    with pytest.raises(ValueError, match="spaces"):
+        evaluate_collapse(model, data, 3, spaces=("sphere",))
