@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from hug_plugins._checks import set_validation, validation_enabled
 from hug_plugins.losses import HUGLoss
@@ -42,26 +42,30 @@ def _sync(device: torch.device) -> None:
 
 def _make_step(
     method: str, num_classes: int, batch_size: int, dim: int, device: torch.device, seed: int
-) -> Callable[[], None]:
+) -> Callable[[], Tensor]:
     gen = torch.Generator().manual_seed(seed)
     features = torch.randn(batch_size, dim, generator=gen).to(device).requires_grad_(True)
     labels = torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)
     if method == "ce":
         head = nn.Linear(dim, num_classes).to(device)
 
-        def step() -> None:
+        def step() -> Tensor:
             features.grad = None
             head.zero_grad(set_to_none=True)
-            cross_entropy_head_loss(features, labels, head).backward()  # type: ignore[no-untyped-call]
+            loss = cross_entropy_head_loss(features, labels, head)
+            loss.backward()  # type: ignore[no-untyped-call]
+            return loss.detach()
 
         return step
     proxies = nn.Parameter(torch.randn(num_classes, dim, generator=gen).to(device))
     if method == "naive":
 
-        def naive_step() -> None:
+        def naive_step() -> Tensor:
             features.grad = None
             proxies.grad = None
-            authors_hug_loss(features, labels, proxies).backward()  # type: ignore[no-untyped-call]
+            loss = authors_hug_loss(features, labels, proxies)
+            loss.backward()  # type: ignore[no-untyped-call]
+            return loss.detach()
 
         return naive_step
     if method not in ("hug", "hug_unchecked", "hug_full"):
@@ -70,13 +74,15 @@ def _make_step(
     loss_fn = HUGLoss.preset("mhe", energy_mode=mode)
     validate = method != "hug_unchecked"
 
-    def hug_step() -> None:
+    def hug_step() -> Tensor:
         features.grad = None
         proxies.grad = None
         previous = validation_enabled()
         set_validation(validate)
         try:
-            loss_fn(features, labels, proxies).backward()
+            loss: Tensor = loss_fn(features, labels, proxies)
+            loss.backward()
+            return loss.detach()
         finally:
             set_validation(previous)
 
@@ -108,7 +114,9 @@ def measure_loss_step(
         seed: Seed of the inputs.
 
     Returns:
-        ``{"ms": median ms, "ms_min": fastest ms, "peak_mib": extra peak MiB}``.
+        ``{"ms": median ms, "ms_min": fastest ms, "peak_mib": extra peak MiB, "steps": steps
+        run, "loss": loss value of the last step}`` (the last two let a caller check that the
+        intended loss was timed).
     """
     dev = torch.device(device)
     step = _make_step(method, num_classes, batch_size, dim, dev, seed)
@@ -118,13 +126,17 @@ def measure_loss_step(
         base = torch.cuda.memory_allocated(dev)
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    steps = 0
+    loss = torch.zeros(())
     for _ in range(warmup):
-        step()
+        loss = step()
+        steps += 1
     _sync(dev)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        step()
+        loss = step()
+        steps += 1
         _sync(dev)
         times.append((time.perf_counter() - start) * 1e3)
     if dev.type == "cuda":
@@ -135,6 +147,8 @@ def measure_loss_step(
         "ms": statistics.median(times),
         "ms_min": min(times),
         "peak_mib": max(peak, 0) / 2**20,
+        "steps": steps,
+        "loss": float(loss),
     }
 
 

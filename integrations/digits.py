@@ -119,7 +119,11 @@ def run_one(
     result = trainer.fit_classifier(model, train, objective)
     seconds = time.perf_counter() - start
     batch = int(cfg.metrics.batch_size)
-    out = {"train_loss": result.final["loss"], "seconds": seconds}
+    out = {
+        "train_loss": result.final["loss"],
+        "seconds": seconds,
+        "epochs_trained": float(result.epochs - result.start_epoch),
+    }
     out.update(evaluate_classifier(model, test, batch_size=batch, prefix="test_"))
     weight = model.head.proxies if isinstance(model.head, ProxyHead) else model.head.weight
     assert isinstance(weight, Tensor)

@@ -7,17 +7,38 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from hug_plugins._checks import validation_enabled
 from hug_plugins.benchmark import METHODS, measure_loss_step
 from hug_plugins.losses import HUGLoss
-from hug_plugins.reference import authors_hug_loss
+from hug_plugins.reference import authors_hug_loss, cross_entropy_head_loss
+
+
+def _expected_loss(method: str, num_classes: int, batch_size: int, dim: int, seed: int) -> float:
+    """The loss the harness should time, rebuilt from the same seeded inputs."""
+    gen = torch.Generator().manual_seed(seed)
+    features = torch.randn(batch_size, dim, generator=gen)
+    labels = torch.randint(0, num_classes, (batch_size,), generator=gen)
+    if method == "ce":
+        torch.manual_seed(1234)  # the Linear head is drawn from the global RNG
+        return float(cross_entropy_head_loss(features, labels, nn.Linear(dim, num_classes)))
+    proxies = torch.randn(num_classes, dim, generator=gen)
+    if method == "naive":
+        return float(authors_hug_loss(features, labels, proxies))
+    mode = "full" if method == "hug_full" else "auto"
+    return float(HUGLoss.preset("mhe", energy_mode=mode)(features, labels, proxies))
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_measures(method: str) -> None:
-    result = measure_loss_step(method, num_classes=12, batch_size=8, dim=4, repeats=2, warmup=1)
-    assert result["ms"] > 0 and result["ms_min"] <= result["ms"]
+def test_every_method_times_the_intended_loss(method: str) -> None:
+    torch.manual_seed(1234)
+    result = measure_loss_step(
+        method, num_classes=12, batch_size=8, dim=4, repeats=3, warmup=2, seed=7
+    )
+    assert result["steps"] == 5  # warmup + repeats, each a forward and backward
+    assert result["loss"] == pytest.approx(_expected_loss(method, 12, 8, 4, seed=7), rel=1e-6)
+    assert 0 < result["ms_min"] <= result["ms"]
     assert result["peak_mib"] >= 0
     assert validation_enabled()  # hug_unchecked restores the global switch
 

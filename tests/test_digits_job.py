@@ -100,8 +100,12 @@ def test_job_resumes_from_checkpoints(job: ModuleType, tmp_path: Path) -> None:
     ]
     first = job.main(args)
     assert (tmp_path / "ck" / "ce_seed0.pt").is_file()
+    assert first["runs"][0]["epochs_trained"] == 1
     again = job.main(args)  # finished run: restored, not retrained
+    assert again["runs"][0]["epochs_trained"] == 0
     assert again["runs"][0]["test_error"] == first["runs"][0]["test_error"]
+    longer = job.main([*args, "trainer.epochs=2"])  # a longer budget trains only the new epoch
+    assert longer["runs"][0]["epochs_trained"] == 1
 
 
 def test_job_rejects_bad_config(job: ModuleType, tmp_path: Path) -> None:

@@ -435,8 +435,11 @@ def test_bad_loss_and_data_are_reported(blobs: TensorDataset) -> None:
 def test_progress_bar_and_unwrap(blobs: TensorDataset, capsys: pytest.CaptureFixture[str]) -> None:
     seed_everything(0)
     model = Net()
-    Trainer(_config(epochs=1, progress=True)).fit_classifier(model, blobs, CrossEntropyObjective())
-    assert "train" in capsys.readouterr().err
+    Trainer(_config(epochs=2, progress=True)).fit_classifier(model, blobs, CrossEntropyObjective())
+    err = capsys.readouterr().err
+    assert "train: 100%" in err and "2/2" in err  # the epoch bar ran to its end
+    Trainer(_config(epochs=2, progress=False)).fit_classifier(model, blobs, CrossEntropyObjective())
+    assert capsys.readouterr().err == ""  # and is off when asked
     assert unwrap_model(model) is model
     assert unwrap_model(nn.DataParallel(model)) is model
 

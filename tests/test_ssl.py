@@ -117,10 +117,20 @@ def test_memory_bank_negatives_enter_inter_term_as_constants() -> None:
 
 def test_memory_bank_mhs_runs_and_pushes_apart() -> None:
     criterion = HUGCriterion(uniformity="mhs", memory_bank_size=(16, 3))
-    out0 = torch.randn(4, 3, requires_grad=True)
-    loss = criterion(out0, out0 + 0.01 * torch.randn(4, 3))
-    loss.backward()
+    past = torch.nn.functional.normalize(torch.randn(4, 3), dim=1).requires_grad_(True)
+    criterion(past, past)  # fills the bank with these instances (inputs require grad)
+    current = torch.nn.functional.normalize(torch.randn(4, 3), dim=1)
+    current[0] = torch.nn.functional.normalize(past[0].detach() + 0.02 * torch.randn(3), dim=0)
+    out0 = current.clone().requires_grad_(True)
+    with_bank = criterion(out0, out0)
+    with_bank.backward()
+    # the bank entry at distance ~0.02 is the nearest pair: it dominates the separation term
+    assert float(with_bank) > float(HUGCriterion(uniformity="mhs")(current, current)) + 0.1
     assert out0.grad is not None and torch.isfinite(out0.grad).all()
+    stepped = torch.nn.functional.normalize(out0.detach() - 1e-3 * out0.grad, dim=1)
+    before = float((current[0] - past[0].detach()).norm())
+    after = float((stepped[0] - past[0].detach()).norm())
+    assert after > before  # the nearest pair is a batch-bank pair: the step widens it
 
 
 def test_memory_bank_errors() -> None:
