@@ -81,7 +81,7 @@ def _make_step(
         set_validation(validate)
         try:
             loss: Tensor = loss_fn(features, labels, proxies)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             return loss.detach()
         finally:
             set_validation(previous)
