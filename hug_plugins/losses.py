@@ -13,7 +13,28 @@ As a loss to minimize (``alpha`` weights the inter term, ``beta`` the intra term
     MHS-HUG: -alpha * softmin_sep({w_hat_c}) + beta * mean_c max_{i in A_c} ||x_hat_i - w_hat_c||
     MGD-HUG: -alpha * log det G({w_hat_c})   + beta * mean_c mean_{i in A_c} ||x_hat_i - w_hat_c||
 
-The means run over the classes present in the batch, as in the authors' code. The whole loss
+The means run over the classes present in the batch, as in the authors' code
+(``reduction="mean"``). The paper's poster writes the same losses with **sums**
+(``reduction="sum"``), and its weights alpha = 0.15, beta = 0.015 (0.03 for MGD) belong to that
+form::
+
+    MHE-HUG: alpha * sum_{c != c'} K(w_hat_c, w_hat_c') + beta * sum_i ||x_hat_i - w_hat_{y_i}||
+    MHS-HUG: -alpha * softmin_sep({w_hat_c})          + beta * sum_c max_{i in A_c} ||...||
+    MGD-HUG: -alpha * log det G({w_hat_c})            + beta * sum_i ||x_hat_i - w_hat_{y_i}||
+
+The two reductions differ by exact factors: with ``n`` uniformity points (``C`` proxies, or
+the classes present for class means), ``B`` samples and ``m`` classes present,
+
+* MHE inter: ``sum = n (n - 1) * mean`` (ordered pairs); for the log-mean-exp Gaussian kernel
+  ``sum = mean + log(n (n - 1))`` (a log-sum-exp: same gradient);
+* MHS and MGD inter: one value, not a sum over pairs: identical in both reductions;
+* intra ``"distance"`` / ``"squared_distance"``: ``sum = B * sample_mean``;
+  ``"max_distance"``: ``sum = m * class_mean``.
+
+In sum form the gradient a sample receives does not shrink with the batch size, like a
+summed cross-entropy. With ``ce_weight > 0`` the loss adds ``ce_weight`` times the
+cross-entropy of the scaled-cosine logits ``logit_scale * <x_hat_i, w_hat_c>`` (those of
+:class:`hug_plugins.proxies.ProxyHead`; mean over the batch): the hybrid form. The whole loss
 is vectorized: no Python loop over classes and no host synchronisation (value checks aside,
 see :func:`hug_plugins.set_validation`).
 
@@ -65,6 +86,7 @@ InterMeasure = Literal["mhe", "mhs", "mgd"]
 IntraMeasure = Literal["distance", "squared_distance", "max_distance"]
 EnergyMode = Literal["auto", "full", "rows"]
 IntraReduction = Literal["class_mean", "sample_mean"]
+Reduction = Literal["mean", "sum"]
 
 PAPER_WEIGHTS: dict[str, tuple[float, float]] = {
     "mhe": (0.15, 0.015),
@@ -75,11 +97,20 @@ PAPER_WEIGHTS: dict[str, tuple[float, float]] = {
 
 
 class HUGTerms(NamedTuple):
-    """The loss and its two terms (already multiplied by ``alpha`` and ``beta``)."""
+    """The loss and its terms (already multiplied by ``alpha``, ``beta`` and ``ce_weight``).
+
+    ``ce`` is the hybrid cross-entropy term (``None`` where a loss has none).
+    """
 
     loss: Tensor
     inter: Tensor
     intra: Tensor
+    ce: Tensor | None = None
+
+    def detached(self) -> HUGTerms:
+        """The same terms, detached from the graph (for logging)."""
+        ce = None if self.ce is None else self.ce.detach()
+        return HUGTerms(self.loss.detach(), self.inter.detach(), self.intra.detach(), ce)
 
 
 @dataclass(frozen=True)
@@ -99,8 +130,15 @@ class HUGConfig:
         mgd_jitter: Diagonal jitter of that Gram matrix.
         intra: ``"distance"`` (authors' code), ``"squared_distance"`` or ``"max_distance"``
             (per-class maximum, the paper's MHS-HUG).
-        intra_reduction: ``"class_mean"`` (mean over present classes of the per-class mean, as
-            the authors' code) or ``"sample_mean"`` (mean over samples).
+        intra_reduction: With ``reduction="mean"``: ``"class_mean"`` (mean over present
+            classes of the per-class mean, as the authors' code) or ``"sample_mean"`` (mean
+            over samples). Ignored with ``reduction="sum"``.
+        reduction: ``"mean"`` (the authors' code: means over pairs, samples and classes) or
+            ``"sum"`` (the poster's formulas: sums); see the module docstring for the factors.
+        ce_weight: Weight of the hybrid cross-entropy term on the scaled-cosine logits, >= 0
+            (0: pure HUG).
+        logit_scale: Scale of those logits (the :class:`~hug_plugins.proxies.ProxyHead`
+            default is 16), > 0.
         detach_proxies: Whether proxies get no gradient from the intra term (authors' code).
         energy_mode: ``"full"``, ``"rows"`` or ``"auto"``; see the module docstring.
         eps: Distance floor used by every distance and kernel.
@@ -118,6 +156,9 @@ class HUGConfig:
     mgd_jitter: float = 1e-4
     intra: IntraMeasure = "distance"
     intra_reduction: IntraReduction = "class_mean"
+    reduction: Reduction = "mean"
+    ce_weight: float = 0.0
+    logit_scale: float = 16.0
     detach_proxies: bool = True
     energy_mode: EnergyMode = "auto"
     eps: float = DEFAULT_EPS
@@ -129,7 +170,7 @@ class HUGConfig:
         Raises:
             ValueError: On any invalid value, naming the field.
         """
-        for name in ("alpha", "beta"):
+        for name in ("alpha", "beta", "ce_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
@@ -145,6 +186,10 @@ class HUGConfig:
                 "intra_reduction must be 'class_mean' or 'sample_mean', "
                 f"got {self.intra_reduction!r}"
             )
+        if self.reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {self.reduction!r}")
+        if not (math.isfinite(self.logit_scale) and self.logit_scale > 0):
+            raise ValueError(f"logit_scale must be > 0, got {self.logit_scale}")
         if self.energy_mode not in ("auto", "full", "rows"):
             raise ValueError(
                 f"energy_mode must be 'auto', 'full' or 'rows', got {self.energy_mode!r}"
@@ -171,6 +216,8 @@ def preset_config(name: str, **overrides: Any) -> HUGConfig:
     * ``"mgd"``: MGD-HUG, Gaussian Gram log-det, alpha 0.15, beta 0.03.
     * ``"authors"``: the authors' published loss exactly: full Riesz ``s = 2`` energy, mean
       per-class distance to detached proxies.
+    * ``"mhe_sum"``, ``"mhs_sum"``, ``"mgd_sum"``: the same three variants in the poster's sum
+      form (``reduction="sum"``), where the paper's weights belong.
 
     Args:
         name: Preset name.
@@ -188,6 +235,8 @@ def preset_config(name: str, **overrides: Any) -> HUGConfig:
         "mgd": HUGConfig(inter="mgd", alpha=0.15, beta=0.03, energy_mode="full"),
         "authors": HUGConfig(inter="mhe", kernel="riesz", s=2.0, energy_mode="full"),
     }
+    for variant in ("mhe", "mhs", "mgd"):
+        presets[f"{variant}_sum"] = replace(presets[variant], reduction="sum")
     if name not in presets:
         raise ValueError(f"unknown HUG preset {name!r}; available: {sorted(presets)}")
     valid = {f.name for f in fields(HUGConfig)}
@@ -228,9 +277,13 @@ def _intra_term(
         per_class = torch.zeros_like(counts).scatter_reduce(
             0, labels, dist, reduce="amax", include_self=False
         )
+        if config.reduction == "sum":
+            return (per_class * present).sum()
         if config.intra_reduction == "sample_mean":
             return (per_class * counts).sum() / counts.sum()
         return (per_class * present).sum() / num_present
+    if config.reduction == "sum":
+        return dist.sum()
     if config.intra_reduction == "sample_mean":
         return dist.mean()
     return (dist / counts[labels]).sum() / num_present
@@ -285,6 +338,12 @@ def _inter_term(
         num_pairs = (num * (num - 1) / 2).clamp_min(1.0)
         # -soft_separation = t * (log mean exp(-d/t) + log #pairs)
         return config.separation_t * (value + torch.log(num_pairs.to(value)))
+    if config.reduction == "sum":
+        num = present.sum() if present is not None else value.new_tensor(float(num_points))
+        ordered_pairs = (num * (num - 1)).clamp_min(1.0).to(value)
+        if pair_kernel.log_mean_exp:
+            return value + torch.log(ordered_pairs)
+        return value * ordered_pairs
     return value
 
 
@@ -320,24 +379,32 @@ class _HUGBase(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return f"inter={c.inter!r}, intra={c.intra!r}, alpha={c.alpha}, beta={c.beta}"
+        text = f"inter={c.inter!r}, intra={c.intra!r}, alpha={c.alpha}, beta={c.beta}"
+        if c.reduction != "mean":
+            text += f", reduction={c.reduction!r}"
+        if c.ce_weight > 0:
+            text += f", ce_weight={c.ce_weight}, logit_scale={c.logit_scale}"
+        return text
 
-    def _finish(self, inter: Tensor, intra: Tensor) -> HUGTerms:
-        terms = HUGTerms(
-            self.config.alpha * inter + self.config.beta * intra,
-            self.config.alpha * inter,
-            self.config.beta * intra,
-        )
-        self.last_terms = HUGTerms(*(t.detach() for t in terms))
+    def _finish(self, inter: Tensor, intra: Tensor, ce: Tensor | None = None) -> HUGTerms:
+        c = self.config
+        loss = c.alpha * inter + c.beta * intra
+        weighted_ce = None
+        if ce is not None:
+            weighted_ce = c.ce_weight * ce
+            loss = loss + weighted_ce
+        terms = HUGTerms(loss, c.alpha * inter, c.beta * intra, weighted_ce)
+        self.last_terms = terms.detached()
         return terms
 
 
 class HUGLoss(_HUGBase):
     """Proxy-based HUG loss (P-HUG): uniform proxies, features pulled to their proxy.
 
-    ``loss = alpha * inter(w_hat) + beta * intra(x_hat, w_hat)``, see the module docstring for
-    the measures and energy modes. Features and proxies are L2-normalized inside; the loss is
-    computed in float32 (float64 input stays float64) under autocast.
+    ``loss = alpha * inter(w_hat) + beta * intra(x_hat, w_hat)``
+    ``[+ ce_weight * CE(logit_scale * x_hat w_hat^T, y)]``, see the module docstring for the
+    measures, reductions and energy modes. Features and proxies are L2-normalized inside; the
+    loss is computed in float32 (float64 input stays float64) under autocast.
 
     Reference:
         Liu et al. "Generalizing and Decoupling Neural Collapse via Hyperspherical Uniformity
@@ -358,7 +425,10 @@ class HUGLoss(_HUGBase):
         >>> loss = loss_fn(features, torch.tensor([0, 0, 1, 1, 2, 2]), proxies)
         >>> loss.backward()
         >>> sorted(loss_fn.last_terms._asdict())
-        ['inter', 'intra', 'loss']
+        ['ce', 'inter', 'intra', 'loss']
+        >>> hybrid = HUGLoss.preset("mhe_sum", ce_weight=1.0)  # paper sum form + CE on the logits
+        >>> float(hybrid(features, torch.tensor([0, 0, 1, 1, 2, 2]), proxies)) > 0
+        True
     """
 
     @classmethod
@@ -394,7 +464,11 @@ class HUGLoss(_HUGBase):
             targets = (w_hat.detach() if self.config.detach_proxies else w_hat)[labels]
             intra = _intra_term(x_hat, targets, labels, counts, self.config)
             inter = _inter_term(w_hat, labels, counts, None, self.config, self._kernel, True)
-        return self._finish(inter, intra)
+            ce = None
+            if self.config.ce_weight > 0:
+                logits = self.config.logit_scale * (x_hat @ w_hat.T)
+                ce = nn.functional.cross_entropy(logits, labels)
+        return self._finish(inter, intra, ce)
 
     def forward(self, features: Tensor, labels: Tensor, proxies: Tensor) -> Tensor:
         """Returns the scalar loss; the terms are kept in ``last_terms`` (detached)."""
@@ -434,6 +508,11 @@ class ClassMeanHUGLoss(_HUGBase):
         if not (isinstance(num_classes, int) and num_classes >= 1):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         super().__init__(config, **kwargs)
+        if self.config.ce_weight > 0:
+            raise ValueError(
+                "ce_weight > 0 needs class proxies (the hybrid's logits); ClassMeanHUGLoss has "
+                "none: use HUGLoss with a ProxyHead"
+            )
         self.num_classes = num_classes
         self.center = center
 

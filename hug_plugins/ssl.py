@@ -156,7 +156,7 @@ class HUGCriterion(nn.Module):
         >>> views = torch.randn(16, 4, 8)  # or k = 4 views as a (B, k, d) tensor
         >>> loss = loss_fn(views, labels=torch.arange(16) % 5)  # supervised classes
         >>> sorted(loss_fn.last_terms._asdict())
-        ['inter', 'intra', 'loss']
+        ['ce', 'inter', 'intra', 'loss']
         >>> bank_fn = HUGCriterion(memory_bank_size=(64, 8))  # extra negatives
         >>> loss = bank_fn(out0, out1)
     """
@@ -381,7 +381,7 @@ class HUGCriterion(nn.Module):
         terms = HUGTerms(
             config.alpha * inter + config.beta * intra, config.alpha * inter, config.beta * intra
         )
-        self.last_terms = HUGTerms(*(t.detach() for t in terms))
+        self.last_terms = terms.detached()
         return terms
 
     def _inter_with_bank(self, mu_hat: Tensor, bank: Tensor) -> Tensor:
