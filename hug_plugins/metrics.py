@@ -1,10 +1,29 @@
 """Streaming neural-collapse (NC1-NC4) and generalized neural-collapse (GNC2) metrics.
 
 Both metrics are :class:`torchmetrics.Metric` subclasses: ``update`` per batch, ``compute`` at
-the end, ``reset`` between epochs; under DDP their sum states are all-reduced by torchmetrics.
-States are float64 sums: per-class feature sums ``(C, d)``, counts ``(C,)`` and the feature
-second moment ``(d, d)`` -- memory ``O(C d + d^2)``, never ``C x C`` or ``C x d x d``. Classes
-that received no sample are left out of every statistic.
+the end, ``reset`` between epochs; under DDP every rank gets the statistics of the union of the
+shards. :class:`NCMAgreement` has plain sum states (all-reduced by torchmetrics).
+:class:`NeuralCollapseMetrics` keeps float64 states -- per-class counts ``n_c`` ``(C,)``,
+per-class means ``mu_c`` ``(C, d)`` and the pooled within-class scatter
+``S_W = sum_i (x_i - mu_{y_i})(x_i - mu_{y_i})^T`` ``(d, d)`` -- memory ``O(C d + d^2)``, never
+``C x C`` or ``C x d x d``. Classes that received no sample are left out of every statistic.
+
+``S_W`` is never formed as "second moment minus class-mean part" (which cancels catastrophically
+when the features share a large offset). Each batch is centred on its own class means
+(two-pass, float64), and two partial states ``A``, ``B`` (the running state and a batch, or two
+ranks) are combined with the parallel-variance formula of Chan, Golub and LeVeque applied per
+class and summed over classes::
+
+    n_c     = n_Ac + n_Bc
+    mu_c    = mu_Ac + (n_Bc / n_c) (mu_Bc - mu_Ac)
+    S_W     = S_WA + S_WB + D^T diag(w) D,   D_c = mu_Bc - mu_Ac,   w_c = n_Ac n_Bc / n_c
+
+(the sum of one rank-1 matrix per class present in both parts, ``O(C d^2)`` time, no
+``C x d x d`` memory). No step subtracts two large second moments -- a common offset cancels
+only in ``x - mu`` and ``mu_B - mu_A`` -- so ``S_W`` is as accurate as a two-pass computation
+whatever the offset. The merge is not a plain sum: under
+DDP the states are all-gathered and folded rank by rank with this formula (an override of
+torchmetrics' ``_sync_dist``), and ``forward``/``merge_state`` use it too (``_reduce_states``).
 
 Notation: ``N`` samples, ``C`` classes present, ``mu_c`` class means, ``mu_G`` global mean,
 ``M~`` the ``(C, d)`` matrix of rows ``mu_c - mu_G``, ``mu_hat_c`` its normalized rows, ``W`` the
@@ -45,12 +64,14 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from hug_plugins._checks import check_labels, check_matrix
 from hug_plugins.uniformity import KernelName, hyperspherical_energy
@@ -107,9 +128,9 @@ class NeuralCollapseMetrics(Metric):
     higher_is_better = False
     full_state_update = False
 
-    class_sums: Tensor
     class_counts: Tensor
-    second_moment: Tensor
+    class_centroids: Tensor
+    within_scatter: Tensor
 
     def __init__(
         self,
@@ -140,9 +161,13 @@ class NeuralCollapseMetrics(Metric):
         self.chunk_size = chunk_size
         self.classifier_weight: Tensor | None = None
         f64 = torch.float64
-        self.add_state("class_sums", torch.zeros(num_classes, dim, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("class_counts", torch.zeros(num_classes, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("second_moment", torch.zeros(dim, dim, dtype=f64), dist_reduce_fx="sum")
+        # No torchmetrics reduction: the states are merged by _merge_states (Chan's formula) in
+        # _sync_dist and _reduce_states, not summed.
+        self.add_state("class_counts", torch.zeros(num_classes, dtype=f64), dist_reduce_fx=None)
+        self.add_state(
+            "class_centroids", torch.zeros(num_classes, dim, dtype=f64), dist_reduce_fx=None
+        )
+        self.add_state("within_scatter", torch.zeros(dim, dim, dtype=f64), dist_reduce_fx=None)
 
     def update(
         self, features: Tensor, labels: Tensor, classifier_weight: Tensor | None = None
@@ -158,10 +183,21 @@ class NeuralCollapseMetrics(Metric):
         check_matrix(features, "features", dim=self.dim)
         check_labels(labels, features.shape[0], self.num_classes)
         x = features.detach().to(torch.float64)
-        labels = labels.long()
-        self.class_sums.index_put_((labels,), x, accumulate=True)
-        self.class_counts += torch.bincount(labels, minlength=self.num_classes).to(torch.float64)
-        self.second_moment += x.T @ x
+        classes, inverse = torch.unique(labels.long(), return_inverse=True)
+        counts = torch.bincount(inverse, minlength=classes.shape[0]).to(torch.float64)
+        # Two-pass batch statistics: class means, then a correction from the centred rows.
+        means = torch.zeros(classes.shape[0], self.dim, dtype=x.dtype, device=x.device)
+        means.index_add_(0, inverse, x).div_(counts[:, None])
+        centred = x - means[inverse]
+        correction = torch.zeros_like(means).index_add_(0, inverse, centred) / counts[:, None]
+        means += correction
+        centred -= correction[inverse]
+        merged_counts, merged_means, self.within_scatter = _merge_states(
+            (self.class_counts[classes], self.class_centroids[classes], self.within_scatter),
+            (counts, means, centred.T @ centred),
+        )
+        self.class_counts[classes] = merged_counts
+        self.class_centroids[classes] = merged_means
         if classifier_weight is not None:
             check_matrix(classifier_weight, "classifier_weight", dim=self.dim)
             if classifier_weight.shape[0] != self.num_classes:
@@ -176,25 +212,58 @@ class NeuralCollapseMetrics(Metric):
         ``(C,)`` boolean mask of classes with at least one sample (after DDP sync if inside
         ``compute``)."""
         present = self.class_counts > 0
-        means = self.class_sums / self.class_counts.clamp_min(1.0)[:, None]
-        return means, present
+        means = torch.where(present[:, None], self.class_centroids, 0.0)
+        return means.clone(), present
+
+    def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
+        """Merges ``incoming_state`` into this one with Chan's formula (``forward`` and
+        ``merge_state`` call this; torchmetrics' default would stack the unreduced states)."""
+        missing = [name for name in self._defaults if name not in incoming_state]
+        if missing:
+            raise ValueError(f"Expected state variables {missing} in the incoming state")
+        (self.class_counts, self.class_centroids, self.within_scatter) = _merge_states(
+            (
+                incoming_state["class_counts"],
+                incoming_state["class_centroids"],
+                incoming_state["within_scatter"],
+            ),
+            (self.class_counts, self.class_centroids, self.within_scatter),
+        )
+
+    def _sync_dist(
+        self,
+        dist_sync_fn: Callable[..., Any] = gather_all_tensors,
+        process_group: Any | None = None,
+    ) -> None:
+        """All-gathers the states (torchmetrics stacks them, as ``dist_reduce_fx=None``) and
+        folds the ranks in order with Chan's formula, so every rank holds the same merged
+        state: the one of the concatenated shards."""
+        super()._sync_dist(dist_sync_fn, process_group=process_group)
+        counts: Tensor = self.class_counts
+        centroids: Tensor = self.class_centroids
+        scatter: Tensor = self.within_scatter
+        if counts.ndim == 1:  # nothing was stacked (e.g. a custom dist_sync_fn)
+            return
+        state = (counts[0], centroids[0], scatter[0])
+        for rank in range(1, counts.shape[0]):
+            state = _merge_states(state, (counts[rank], centroids[rank], scatter[rank]))
+        self.class_counts, self.class_centroids, self.within_scatter = state
 
     def compute(self) -> dict[str, Tensor]:
         """Returns the metrics as float64 scalars (see the module docstring)."""
-        means_all, present = self.class_means()
-        counts = self.class_counts[present]
+        present = self.class_counts > 0
         if int(present.sum()) < 2:
             raise ValueError("neural-collapse metrics need samples of at least 2 classes")
-        means = means_all[present]
-        sums = self.class_sums[present]
+        counts = self.class_counts[present]
+        means = self.class_centroids[present]
         num = counts.sum()
         num_classes = means.shape[0]
-        global_mean = sums.sum(0) / num
+        # mu_G = mu_1 + sum_c n_c (mu_c - mu_1) / N: no large offset enters the sum.
+        global_mean = means[0] + (counts[:, None] * (means - means[0])).sum(0) / num
         centred = means - global_mean  # M~, (C, d)
 
         # NC1: tr(Sigma_W Sigma_B^+) / C.
-        scaled = sums / counts.sqrt()[:, None]
-        sigma_w = (self.second_moment - scaled.T @ scaled) / num
+        sigma_w = self.within_scatter / num
         sigma_b = centred.T @ centred / num_classes
         eigval, eigvec = torch.linalg.eigh(sigma_b)
         keep = eigval > self.pinv_rtol * eigval.max().clamp_min(1e-300)
@@ -223,6 +292,41 @@ class NeuralCollapseMetrics(Metric):
             out["nc3_dist"] = (weight / weight.norm() - centred / centred.norm()).norm()
             out["nc3_cos"] = F.cosine_similarity(weight, centred, dim=1).mean()
         return out
+
+
+_ClassStats = tuple[Tensor, Tensor, Tensor]
+
+
+def _merge_states(first: _ClassStats, second: _ClassStats) -> _ClassStats:
+    """Chan's parallel merge of two ``(counts, means, within_scatter)`` partial states.
+
+    Args:
+        first: ``(n_A, mu_A, S_A)``: ``(K,)`` counts, ``(K, d)`` class means (any value where
+            the count is 0) and the ``(d, d)`` within-class scatter summed over the classes.
+        second: ``(n_B, mu_B, S_B)``, same shapes (same ``K`` classes, in the same order).
+
+    Returns:
+        ``(n, mu, S)`` of the union: ``n = n_A + n_B``,
+        ``mu = mu_A + (n_B / n) (mu_B - mu_A)`` (exactly ``mu_A`` or ``mu_B`` when the other
+        count is 0, and 0 when both are) and ``S = S_A + S_B + D^T diag(w) D`` with
+        ``D = mu_B - mu_A`` and ``w = n_A n_B / n`` over the classes present in both.
+    """
+    counts_a, means_a, scatter_a = first
+    counts_b, means_b, scatter_b = second
+    counts = counts_a + counts_b
+    # Zero-count rows may hold anything (e.g. a gathered default): pin them to 0 first.
+    means_a = torch.where((counts_a > 0)[:, None], means_a, 0.0)
+    means_b = torch.where((counts_b > 0)[:, None], means_b, 0.0)
+    delta = means_b - means_a
+    share = torch.where(counts > 0, counts_b / counts.clamp_min(1.0), 0.0)
+    means = means_a + share[:, None] * delta
+    both = torch.nonzero((counts_a > 0) & (counts_b > 0)).squeeze(1)
+    scatter = scatter_a + scatter_b
+    if both.numel() > 0:
+        shared = delta[both]
+        weight = counts_a[both] * counts_b[both] / counts[both]
+        scatter = scatter + (shared * weight[:, None]).T @ shared
+    return counts, means, scatter
 
 
 def _ratio(energy: Tensor, reference: float) -> Tensor:
@@ -300,6 +404,10 @@ class NCMAgreement(Metric):
         if present.shape != (class_means.shape[0],):
             raise ValueError(f"present must have shape ({class_means.shape[0]},)")
         self.penalty = torch.where(present.bool(), 0.0, math.inf).to(torch.float64)
+        # ||x - mu_c||^2 is expanded about the mean of the present class means (the argmin is
+        # shift-invariant), so a large common offset does not swamp the class differences.
+        kept = self.means[present.bool()]
+        self.origin = kept.mean(0) if kept.shape[0] > 0 else torch.zeros_like(self.means[0])
         for name in ("agree", "total", "correct_model", "correct_ncm"):
             self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
@@ -310,7 +418,9 @@ class NCMAgreement(Metric):
         check_labels(labels, features.shape[0], num_classes)
         check_labels(predictions, features.shape[0], num_classes, name="predictions")
         x = features.detach().to(torch.float64)
-        means = self.means.to(x.device)
+        origin = self.origin.to(x.device)
+        means = self.means.to(x.device) - origin
+        x = x - origin
         dist2 = (means * means).sum(1)[None, :] - 2.0 * x @ means.T + self.penalty.to(x.device)
         ncm = dist2.argmin(dim=1)
         self.agree += (ncm == predictions).sum()

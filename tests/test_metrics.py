@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from hug_plugins.losses import HUGLoss
-from hug_plugins.metrics import NCMAgreement, NeuralCollapseMetrics
+from hug_plugins.metrics import NCMAgreement, NeuralCollapseMetrics, reference_energy
 from hug_plugins.proxies import cross_polytope, simplex_etf
 from hug_plugins.uniformity import riesz_energy
 
@@ -98,7 +98,122 @@ def test_equiangular_std_matches_pairwise_loop() -> None:
 def test_state_memory_is_linear_in_classes() -> None:
     metric = NeuralCollapseMetrics(5000, 16)
     shapes = {name: tuple(getattr(metric, name).shape) for name in metric._defaults}
-    assert shapes == {"class_sums": (5000, 16), "class_counts": (5000,), "second_moment": (16, 16)}
+    assert shapes == {
+        "class_counts": (5000,),
+        "class_centroids": (5000, 16),
+        "within_scatter": (16, 16),
+    }
+
+
+def two_pass_reference(
+    features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor
+) -> dict[str, float]:
+    """Every output of NeuralCollapseMetrics, straight from the definitions (float64, two-pass)."""
+    x = features.double()
+    classes = labels.unique()
+    means = torch.stack([x[labels == c].mean(0) for c in classes])
+    global_mean = x.mean(0)
+    within = sum(
+        (x[labels == c] - means[k]).T @ (x[labels == c] - means[k]) for k, c in enumerate(classes)
+    )
+    num_classes, dim = len(classes), x.shape[1]
+    sigma_w = within / x.shape[0]
+    centred = means - global_mean
+    sigma_b = centred.T @ centred / num_classes
+    pinv = torch.linalg.pinv(sigma_b, rtol=1e-6, hermitian=True)
+    unit = F.normalize(centred, dim=1)
+    cos = (unit @ unit.T)[~torch.eye(num_classes, dtype=torch.bool)]
+    norms = centred.norm(dim=1)
+    w = weight.double()[classes]
+    energy = float(riesz_energy(unit, s=1.0))
+    return {
+        "nc1": float(torch.trace(sigma_w @ pinv)) / num_classes,
+        "nc2_equinorm_means": float(norms.std(unbiased=False) / norms.mean()),
+        "nc2_equiangular_std": float(cos.std(unbiased=False)),
+        "nc2_equiangular_etf": float((cos + 1 / (num_classes - 1)).abs().mean()),
+        "gnc2_energy": energy,
+        "gnc2_ratio": energy / reference_energy(num_classes, dim, "riesz", 1.0),
+        "nc2_equinorm_w": float(w.norm(dim=1).std(unbiased=False) / w.norm(dim=1).mean()),
+        "nc3_dist": float((w / w.norm() - centred / centred.norm()).norm()),
+        "nc3_cos": float(F.cosine_similarity(w, centred, dim=1).mean()),
+    }
+
+
+# Batches of unequal sizes; each draws its labels from its own subset of classes 0-4, so most
+# classes are missing from some batches (class 5 of 6 never occurs).
+BATCHES = (
+    (3, (0, 1)),
+    (50, (0, 1, 2, 3, 4)),
+    (17, (2,)),
+    (1, (4,)),
+    (89, (0, 1, 2, 3, 4)),
+    (40, (1, 3)),
+)
+
+
+def offset_batches(
+    offset: float, noise: float, seed: int, batches: tuple[tuple[int, tuple[int, ...]], ...]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Float64 batches ``offset + centre_y + noise * N(0, I)`` in dimension 6."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    out = []
+    for size, allowed in batches:
+        pick = torch.randint(0, len(allowed), (size,), generator=gen)
+        labels = torch.tensor(allowed)[pick]
+        noise_rows = torch.randn(size, 6, generator=gen, dtype=torch.float64)
+        out.append((offset + centres[labels] + noise * noise_rows, labels))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("offset", "noise"), [(0.0, 1e-4), (10.0, 1e-4), (1000.0, 1e-4), (3.0, 0.5)]
+)
+def test_matches_two_pass_reference_under_a_large_offset(offset: float, noise: float) -> None:
+    # The former one-pass Sigma_W (second moment minus class-mean part) read nc1 1.7e-2 off
+    # here at offset 1000 and ~3e-6 off at offset 10 (cancellation of ~offset^2 against a
+    # within-class scatter ~1e-8); the merged two-pass states stay within ~3e-11.
+    batches = offset_batches(offset, noise, seed=7, batches=BATCHES)
+    weight = torch.randn(6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    metric = NeuralCollapseMetrics(6, 6)
+    for features, labels in batches:
+        metric.update(features, labels, classifier_weight=weight)
+    out = metric.compute()
+    features = torch.cat([f for f, _ in batches])
+    labels = torch.cat([y for _, y in batches])
+    expected = two_pass_reference(features, labels, weight)
+    assert set(out) == set(expected)
+    for key, value in expected.items():
+        assert float(out[key]) == pytest.approx(value, rel=1e-8, abs=0.0), key
+    means, present = metric.class_means()
+    assert present.tolist() == [True] * 5 + [False]
+    for c in range(5):
+        torch.testing.assert_close(means[c], features[labels == c].mean(0), rtol=0, atol=1e-12)
+    assert means[5].abs().max() == 0.0
+
+
+def test_merge_state_and_forward_equal_one_stream() -> None:
+    batches = offset_batches(1000.0, 1e-4, seed=3, batches=BATCHES)
+    streamed = NeuralCollapseMetrics(6, 6)
+    for features, labels in batches:
+        streamed.update(features, labels)
+    first, second = NeuralCollapseMetrics(6, 6), NeuralCollapseMetrics(6, 6)
+    for k, (features, labels) in enumerate(batches):
+        (first if k % 2 else second).update(features, labels)
+    first.merge_state(second)
+    forwarded = NeuralCollapseMetrics(6, 6)
+    for features, labels in batches:
+        if labels.unique().numel() >= 2:  # forward also computes the batch's own metrics
+            forwarded(features, labels)
+        else:
+            forwarded.update(features, labels)
+    expected = streamed.compute()
+    for other in (first.compute(), forwarded.compute()):
+        for key, value in expected.items():
+            torch.testing.assert_close(other[key], value, rtol=1e-9, atol=1e-15)
+    streamed.reset()
+    assert float(streamed.class_counts.sum()) == 0.0
+    assert float(streamed.within_scatter.abs().sum()) == 0.0
 
 
 def test_absent_classes_are_ignored() -> None:
@@ -140,6 +255,23 @@ def test_bad_metric_inputs() -> None:
     metric.update(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="at least 2 classes"):
         metric.compute()
+
+
+def test_ncm_agreement_is_exact_under_a_large_offset() -> None:
+    gen = torch.Generator().manual_seed(5)
+    means = 1e-2 * torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    labels = torch.arange(200) % 5
+    features = means[labels] + 4e-3 * torch.randn(200, 4, generator=gen, dtype=torch.float64)
+    predictions = torch.randint(0, 5, (200,), generator=gen)
+    present = torch.tensor([True, True, True, True, False])
+    plain = NCMAgreement(means, present)
+    plain.update(features, labels, predictions)
+    shifted = NCMAgreement(means + 1e6, present)  # ||mu||^2 ~ 4e12: 1 ulp > the gaps of dist^2
+    shifted.update(features + 1e6, labels, predictions)
+    expected = plain.compute()
+    assert 0.0 < float(expected["ncm_accuracy"]) < 1.0
+    for key, value in shifted.compute().items():
+        assert float(value) == float(expected[key]), key
 
 
 def train_unconstrained_features(
@@ -198,6 +330,57 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         torch.save({k: v.cpu() for k, v in out.items()}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+# Unequal shards, several unequal batches each, a large common offset; class 2 lives on rank 1
+# only, class 5 nowhere.
+SHARDS = (
+    ((5, (0, 1)), (32, (0, 1, 3, 4)), (1, (3,))),
+    ((20, (1, 2)), (1, (4,)), (50, (0, 1, 2, 3, 4)), (13, (2,))),
+)
+
+
+def _ddp_offset_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        metric = NeuralCollapseMetrics(6, 6)
+        for features, labels in offset_batches(1000.0, 1e-4, seed=11 + rank, batches=SHARDS[rank]):
+            metric.update(features, labels)
+        local_counts = metric.class_counts.clone()
+        out = {k: v.cpu() for k, v in metric.compute().items()}
+        with metric.sync_context():
+            means, present = metric.class_means()
+        out["means"], out["present"] = means, present
+        # compute() and sync_context() restore the local state afterwards
+        out["local_restored"] = torch.tensor(bool(torch.equal(metric.class_counts, local_counts)))
+        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_is_exact_for_unequal_shards_with_a_large_offset() -> None:
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.spawn(_ddp_offset_worker, args=(2, _free_port(), out_dir), nprocs=2, join=True)
+        ranks = [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(2)]
+    shards = [offset_batches(1000.0, 1e-4, seed=11 + r, batches=SHARDS[r]) for r in range(2)]
+    features = torch.cat([f for shard in shards for f, _ in shard])
+    labels = torch.cat([y for shard in shards for _, y in shard])
+    single = NeuralCollapseMetrics(6, 6)
+    single.update(features, labels)
+    expected = single.compute()
+    reference = two_pass_reference(features, labels, torch.ones(6, 6))
+    assert float(expected["nc1"]) == pytest.approx(reference["nc1"], rel=1e-8, abs=0.0)
+    single_means, single_present = single.class_means()
+    for out in ranks:
+        assert bool(out["local_restored"])
+        assert out["present"].tolist() == single_present.tolist() == [True] * 5 + [False]
+        torch.testing.assert_close(out["means"], single_means, rtol=0, atol=1e-12)
+        for key, value in expected.items():
+            torch.testing.assert_close(out[key], value, rtol=1e-9, atol=1e-15)
+            assert float(out[key]) == pytest.approx(reference[key], rel=1e-8, abs=0.0), key
 
 
 def test_metrics_sync_over_two_gloo_processes() -> None:
