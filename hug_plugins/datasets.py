@@ -45,6 +45,7 @@ __all__ = [
     "clear_cache",
     "decode_dataset",
     "load_image_dataset",
+    "split_holdout",
     "subset",
 ]
 
@@ -411,17 +412,60 @@ def subset(dataset: ImageTensorDataset, size: int | None, seed: int = 0) -> Imag
         return dataset
     if size < 1:
         raise ValueError(f"size must be >= 1 or None, got {size}")
+    return _take(dataset, _stratified_choice(dataset.targets, size, seed))
+
+
+def _stratified_choice(targets: Tensor, size: int, seed: int) -> Tensor:
+    """Sorted indices of ``round(size * share)`` (at least one) random samples per class."""
     generator = torch.Generator().manual_seed(seed)
     keep: list[Tensor] = []
-    n = len(dataset)
-    for label in torch.unique(dataset.targets).tolist():
-        index = torch.nonzero(dataset.targets == label).flatten()
+    n = targets.numel()
+    for label in torch.unique(targets).tolist():
+        index = torch.nonzero(targets == label).flatten()
         count = max(1, round(size * index.numel() / n))
         keep.append(index[torch.randperm(index.numel(), generator=generator)[:count]])
-    chosen = torch.cat(keep).sort().values
+    return torch.cat(keep).sort().values
+
+
+def _take(dataset: ImageTensorDataset, index: Tensor) -> ImageTensorDataset:
+    """A copy of the samples at ``index``."""
     return ImageTensorDataset(
-        dataset.images[chosen].clone(), dataset.targets[chosen].clone(), dataset.classes
+        dataset.images[index].clone(), dataset.targets[index].clone(), dataset.classes
     )
+
+
+def split_holdout(
+    dataset: ImageTensorDataset, holdout: int, seed: int = 0
+) -> tuple[ImageTensorDataset, ImageTensorDataset]:
+    """Splits a dataset into ``(rest, held_out)``: a class-stratified, disjoint hold-out.
+
+    For validation splits carved out of a training set (tune on these, never on test data).
+    Each class gives ``round(holdout * share)`` samples (at least one) to the hold-out, chosen
+    with ``seed``; both parts keep the original order and are copies.
+
+    Args:
+        dataset: The dataset.
+        holdout: Target hold-out size, ``1 <= holdout < len(dataset)``.
+        seed: Seed of the selection.
+
+    Returns:
+        ``(rest, held_out)``.
+
+    Raises:
+        ValueError: On a hold-out size outside that range.
+
+    Example:
+        >>> images = torch.zeros(10, 1, 2, 2, dtype=torch.uint8)
+        >>> rest, val = split_holdout(ImageTensorDataset(images, torch.arange(10) % 2), 4)
+        >>> len(rest), len(val), sorted(val.targets.tolist())
+        (6, 4, [0, 0, 1, 1])
+    """
+    if not 1 <= holdout < len(dataset):
+        raise ValueError(f"holdout must be in [1, {len(dataset)}), got {holdout}")
+    held = _stratified_choice(dataset.targets, holdout, seed)
+    mask = torch.ones(len(dataset), dtype=torch.bool)
+    mask[held] = False
+    return _take(dataset, torch.nonzero(mask).flatten()), _take(dataset, held)
 
 
 class BatchAugment(nn.Module):

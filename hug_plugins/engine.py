@@ -911,6 +911,28 @@ class SupervisedLoss(nn.Module):
         return self.objective(features, logits, labels)
 
 
+class AugmentedLoss(nn.Module):
+    """``loss_fn(model, batch)`` for the trainer: augments the batch inputs, then the objective.
+
+    The augmentation runs inside the loss, on the training device, drawing from the global
+    RNG that the trainer seeds and checkpoints.
+
+    Args:
+        objective: ``objective(features, logits, labels)``.
+        augment: Batch augmentation (e.g. :class:`~hug_plugins.datasets.BatchAugment`).
+    """
+
+    def __init__(self, objective: Objective, augment: nn.Module) -> None:
+        super().__init__()
+        self.supervised = SupervisedLoss(objective)
+        self.augment = augment
+
+    def forward(self, model: nn.Module, batch: Any) -> Tensor:
+        """Returns the objective on the augmented ``(inputs, labels)`` batch."""
+        loss: Tensor = self.supervised(model, (self.augment(batch[0]), batch[1], *batch[2:]))
+        return loss
+
+
 # --------------------------------------------------------------------------- trainer
 
 

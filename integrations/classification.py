@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
-from torch import Tensor, nn
+from torch import nn
 
 from hug_plugins.config import check_seeds, parse_cli, to_dict
 from hug_plugins.datasets import (
@@ -54,7 +54,7 @@ from hug_plugins.datasets import (
     subset,
 )
 from hug_plugins.engine import (
-    SupervisedLoss,
+    AugmentedLoss,
     Trainer,
     TrainerConfig,
     evaluate_classifier,
@@ -125,25 +125,6 @@ PLOTTED = {
     "unit_nc4_mismatch": "NC4 on x/‖x‖ (the space HUG predicts in)",
 }
 """History key -> panel title of the per-epoch plot."""
-
-
-class AugmentedLoss(nn.Module):
-    """``loss_fn(model, batch)`` for the trainer: augments the batch inputs, then the objective.
-
-    Args:
-        objective: ``objective(features, logits, labels)``.
-        augment: Batch augmentation (e.g. :class:`~hug_plugins.datasets.BatchAugment`).
-    """
-
-    def __init__(self, objective: Objective, augment: nn.Module) -> None:
-        super().__init__()
-        self.supervised = SupervisedLoss(objective)
-        self.augment = augment
-
-    def forward(self, model: nn.Module, batch: Any) -> Tensor:
-        """Returns the objective on the augmented ``(inputs, labels)`` batch."""
-        loss: Tensor = self.supervised(model, (self.augment(batch[0]), batch[1], *batch[2:]))
-        return loss
 
 
 def build_model(

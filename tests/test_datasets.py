@@ -190,3 +190,20 @@ def test_batch_augment_is_reproducible_and_device_dtype_agnostic() -> None:
         BatchAugment(padding=-1)
     with pytest.raises(ValueError, match="images must be"):
         augment(torch.zeros(3, 4, 4))
+
+
+def test_split_holdout_is_disjoint_stratified_and_seeded() -> None:
+    from hug_plugins.datasets import split_holdout
+
+    images = torch.arange(60, dtype=torch.uint8).view(60, 1, 1, 1)
+    data = ImageTensorDataset(images, torch.arange(60) % 3)
+    rest, held = split_holdout(data, 12, seed=5)
+    assert len(rest) == 48 and len(held) == 12
+    ids_rest, ids_held = set(rest.images.flatten().tolist()), set(held.images.flatten().tolist())
+    assert not ids_rest & ids_held and len(ids_rest | ids_held) == 60  # a partition
+    assert torch.bincount(held.targets).tolist() == [4, 4, 4]
+    again = split_holdout(data, 12, seed=5)[1]
+    assert torch.equal(again.images, held.images)
+    assert not torch.equal(split_holdout(data, 12, seed=6)[1].images, held.images)
+    with pytest.raises(ValueError, match="holdout"):
+        split_holdout(data, 60)
