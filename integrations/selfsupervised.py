@@ -35,22 +35,40 @@ Usage::
     python integrations/selfsupervised.py --preset cifar10 --data-root ../shared/data/cifar10-jpeg
     python integrations/selfsupervised.py --preset quick trainer.epochs=5 seeds=[0] criteria=[hug]
 
-Under ``torchrun`` (torch.distributed initialized by the environment) the trainer runs DDP and
-the criteria gather the features of all ranks (``gather_distributed=True``).
+Distributed: ``torchrun --nproc_per_node=N integrations/selfsupervised.py --preset quick`` (gloo
+on CPUs, NCCL on GPUs) prints and writes the same tables. ``trainer.batch_size`` is the *global*
+batch: each of the N processes trains on ``batch_size / N`` images per step (it must divide) from
+its own shard of the training set (the trainer's ``DistributedSampler``), and the model is
+wrapped in ``DistributedDataParallel`` (:class:`hug_plugins.engine.Trainer`), so the figures are
+comparable with a single-process run. ``HUGCriterion`` and ``NTXentLoss`` gather the
+projections of all ranks (``gather_distributed=True``) and compute the loss of the global
+batch. Lightly's ``HypersphereLoss`` has no gather: each rank computes alignment and
+uniformity on its local ``batch_size / N`` images only (fewer negatives than single-process)
+and DDP averages the gradients, i.e. it optimizes the mean of the per-rank losses. BatchNorm
+statistics are per process (SyncBatchNorm, ``+trainer.sync_batchnorm=true``, needs GPUs). The
+digits augmentation draws from a per-rank generator so the ranks' views are independent (the
+cifar10 transforms run in DataLoader workers whose seeds the trainer derives from the run's
+seed, the same on every rank). Rank 0
+alone evaluates (kNN, GNC2, NC4 on the full sets with its weights, which DDP keeps identical on
+all ranks) and broadcasts the numbers; rank 0 alone prints and writes the (atomic) files, whose
+header records the ``torchrun`` command and the number of processes. Throughput counts the
+images of all ranks per second of rank 0's wall time.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
@@ -61,6 +79,7 @@ from hug_plugins.engine import (
     Trainer,
     TrainerConfig,
     distributed_info,
+    init_distributed_from_env,
     is_main_process,
     seed_everything,
 )
@@ -121,26 +140,42 @@ class BatchAugment:
     bilinear, zero padding), plus Gaussian pixel noise of std ``noise_std``. This is the
     transform torchvision's v2 ``RandomResizedCrop`` + ``RandomRotation`` apply per image,
     done for the whole batch at once: per-image v2 calls cost about 1 ms per 8x8 image on a
-    CPU, more than the model itself. Randomness comes from torch's global generator, which the
-    trainer seeds.
+    CPU, more than the model itself. Randomness comes from ``generator``, by default (``None``)
+    torch's global generator, which the trainer seeds with the same seed on every rank; under
+    DDP :meth:`for_rank` gives each rank its own stream.
     """
 
-    def __init__(self, crop_scale: Sequence[float], rotation: float, noise_std: float) -> None:
+    def __init__(
+        self,
+        crop_scale: Sequence[float],
+        rotation: float,
+        noise_std: float,
+        generator: torch.Generator | None = None,
+    ) -> None:
         self.scale = (float(crop_scale[0]), float(crop_scale[1]))
         self.rotation = math.radians(float(rotation))
         self.noise_std = float(noise_std)
+        self.generator = generator
+
+    def for_rank(self, seed: int, rank: int) -> BatchAugment:
+        """A copy drawing from its own generator seeded with ``(seed, rank)``."""
+        state = np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0]
+        generator = torch.Generator().manual_seed(int(state) % 2**63)
+        return BatchAugment(
+            self.scale, math.degrees(self.rotation), self.noise_std, generator=generator
+        )
 
     def view(self, images: Tensor) -> Tensor:
         """One random view of every image of a ``(B, C, H, W)`` batch."""
-        n = images.shape[0]
-        area = torch.empty(n).uniform_(*self.scale)
-        log_ratio = torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3))
+        n, gen = images.shape[0], self.generator
+        area = torch.empty(n).uniform_(*self.scale, generator=gen)
+        log_ratio = torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=gen)
         ratio = torch.exp(log_ratio)
         sx = torch.sqrt(area * ratio).clamp(max=1.0)
         sy = torch.sqrt(area / ratio).clamp(max=1.0)
-        tx = (torch.rand(n) * 2 - 1) * (1 - sx)
-        ty = (torch.rand(n) * 2 - 1) * (1 - sy)
-        angle = (torch.rand(n) * 2 - 1) * self.rotation
+        tx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sx)
+        ty = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sy)
+        angle = (torch.rand(n, generator=gen) * 2 - 1) * self.rotation
         cos, sin = torch.cos(angle), torch.sin(angle)
         theta = torch.stack(
             [
@@ -151,7 +186,8 @@ class BatchAugment:
         )
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         out = F.grid_sample(images, grid, mode="bilinear", align_corners=False)
-        return out + self.noise_std * torch.randn_like(out)
+        noise = torch.randn(out.shape, generator=gen, dtype=out.dtype, device=out.device)
+        return out + self.noise_std * noise
 
     def __call__(self, items: list[tuple[Tensor, int]]) -> tuple[list[Tensor], Tensor]:
         images = torch.stack([image for image, _ in items])
@@ -400,11 +436,15 @@ def evaluate(
         ranked = knn_predict(query, bank.T, bank_labels, num_classes, k, float(cfg.eval.knn_t))
         preds.append(ranked[:, 0])
     pred = torch.cat(preds)
-    nc = NeuralCollapseMetrics(num_classes=num_classes, dim=bank.shape[1], s=1.0)
+    # The features are this process's full sets (rank 0 alone evaluates under DDP), so the
+    # torchmetrics metrics must not sync across ranks.
+    nc = NeuralCollapseMetrics(
+        num_classes=num_classes, dim=bank.shape[1], s=1.0, sync_on_compute=False
+    )
     nc.update(bank, bank_labels)
     stats = nc.compute()
     means, present = nc.class_means()
-    agreement = NCMAgreement(means, present)
+    agreement = NCMAgreement(means, present, sync_on_compute=False)
     agreement.update(test, test_labels, pred)
     nc4 = agreement.compute()
     return {
@@ -418,16 +458,67 @@ def evaluate(
 # ----------------------------------------------------------------------------- main
 
 
+def per_process_batch(global_batch: int, world: int) -> int:
+    """The batch of each of ``world`` processes; ``trainer.batch_size`` is the global batch.
+
+    Example:
+        >>> per_process_batch(128, 2)
+        64
+    """
+    if global_batch % world:
+        raise ValueError(
+            f"trainer.batch_size={global_batch} is the global batch and must be divisible by "
+            f"the number of processes ({world})"
+        )
+    return global_batch // world
+
+
+def images_per_run(num_train: int, per_batch: int, world: int, epochs: int, drop_last: bool) -> int:
+    """Training images (of all ranks) one run processes, as the trainer's loader yields them.
+
+    Each rank's ``DistributedSampler`` takes ``floor(N / world)`` images with ``drop_last``,
+    else ``ceil(N / world)`` (padded by repetition; the padding is not counted).
+
+    Example:
+        >>> images_per_run(1348, 64, 2, 1, True), images_per_run(1348, 128, 1, 1, True)
+        (1280, 1280)
+    """
+    if drop_last:
+        steps = (num_train // world) // per_batch
+        return epochs * steps * per_batch * world
+    return epochs * num_train
+
+
+def launch_command(args: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+    """The command that started this job, ``torchrun ...`` under torchrun (for the header).
+
+    Example:
+        >>> launch_command(["--preset", "quick"], {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"})
+        'torchrun --nproc_per_node=2 integrations/selfsupervised.py --preset quick'
+    """
+    env = os.environ if env is None else env
+    script = ["integrations/selfsupervised.py", *args]
+    world = int(env.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return shlex.join(["python", *script])
+    local = int(env.get("LOCAL_WORLD_SIZE", str(world)))
+    nodes = [f"--nnodes={world // local}"] if local != world else []
+    return shlex.join(["torchrun", *nodes, f"--nproc_per_node={local}", *script])
+
+
 def run_one(
     name: str,
     seed: int,
     cfg: DictConfig,
     datasets: tuple[Dataset[Any], Dataset[Any], Dataset[Any], int, Any],
 ) -> dict[str, Any]:
-    """Trains and evaluates one criterion with one seed."""
+    """Trains and evaluates one criterion with one seed (under DDP: on every rank)."""
     train_views, train_eval, test_eval, num_classes, collate_fn = datasets
-    _, world = distributed_info()
-    trainer_cfg = TrainerConfig.from_mapping(to_dict(cfg.trainer), seed=seed)
+    rank, world = distributed_info()
+    per_batch = per_process_batch(int(cfg.trainer.batch_size), world)
+    trainer_cfg = TrainerConfig.from_mapping(to_dict(cfg.trainer), seed=seed, batch_size=per_batch)
+    if world > 1 and isinstance(collate_fn, BatchAugment):
+        collate_fn = collate_fn.for_rank(seed, rank)
     trainer = Trainer(trainer_cfg)
     seed_everything(seed)
     model = build_model(cfg)
@@ -438,12 +529,16 @@ def run_one(
         torch.cuda.synchronize(trainer.device)
     seconds = time.perf_counter() - start
     num_train = len(train_views)  # type: ignore[arg-type]
-    global_batch = trainer_cfg.batch_size * world
-    steps_per_epoch = num_train // global_batch
-    if not trainer_cfg.drop_last:
-        steps_per_epoch = math.ceil(num_train / global_batch)
-    images = trainer_cfg.epochs * min(num_train, steps_per_epoch * global_batch)
-    metrics = evaluate(model, train_eval, test_eval, num_classes, cfg, trainer.device)
+    images = images_per_run(num_train, per_batch, world, trainer_cfg.epochs, trainer_cfg.drop_last)
+    # DDP keeps the weights identical on all ranks: rank 0 evaluates on the full sets and
+    # broadcasts its numbers (and its wall time) so every rank returns the same rows.
+    shared: list[Any] = [None]
+    if rank == 0:
+        metrics = evaluate(model, train_eval, test_eval, num_classes, cfg, trainer.device)
+        shared = [(metrics, seconds)]
+    if world > 1:
+        dist.broadcast_object_list(shared, src=0)
+    metrics, seconds = shared[0]
     return {
         "criterion": CRITERION_NAMES[name],
         "seed": seed,
@@ -457,13 +552,24 @@ def run_one(
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Runs the benchmark; returns the summary rows."""
     args = list(sys.argv[1:] if argv is None else argv)
+    init_distributed_from_env()
     cfg = parse_cli(args, "ssl", description=__doc__.splitlines()[0])
     if int(cfg.threads) > 0:
         torch.set_num_threads(int(cfg.threads))
     unknown = [c for c in cfg.criteria if c not in CRITERIA]
     if unknown or not cfg.criteria:
         raise ValueError(f"criteria must be a non-empty subset of {list(CRITERIA)}, got {unknown}")
+    rank, world = distributed_info()
+    per_batch = per_process_batch(int(cfg.trainer.batch_size), world)
     datasets = load_data(cfg)
+    if world > 1:
+        num_train = len(datasets[0])  # type: ignore[arg-type]
+        shard = num_train // world if cfg.trainer.drop_last else math.ceil(num_train / world)
+        print(
+            f"[ssl] rank {rank}/{world}: {shard} of {num_train} training images "
+            f"per epoch, batch {per_batch} per process ({per_batch * world} global)",
+            flush=True,
+        )
     runs: list[dict[str, Any]] = []
     for seed in cfg.seeds:
         for name in cfg.criteria:
@@ -485,12 +591,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             row[key] = tuple(summarize(r[key] for r in mine))
         rows.append(row)
     if is_main_process():
-        _, world = distributed_info()
         header = standard_header_lines(["integrations/selfsupervised.py", *args])
+        header[0] = f"Command: `{launch_command(args)}`"
         t = cfg.trainer
+        backend = dist.get_backend() if world > 1 else "none"
         header.append(
             f"Preset: data={cfg.data.name}, backbone={cfg.model.backbone}, epochs={t.epochs}, "
-            f"batch={t.batch_size} x {world} process(es), {t.optimizer} lr={t.lr}, "
+            f"batch={t.batch_size} (global) = {per_batch} x world_size={world} "
+            f"(torch.distributed backend: {backend}), {t.optimizer} lr={t.lr}, "
             f"seeds={list(cfg.seeds)}; kNN k={cfg.eval.knn_k}, t={cfg.eval.knn_t} on normalized "
             "backbone features; GNC2 = Riesz(s=1) energy of the centred normalized class means "
             "/ optimum (train features); NC4 = kNN vs nearest-class-mean agreement (test); "
@@ -502,6 +610,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             f"param={h.param}); NTXentLoss(temperature={cfg.ntxent.temperature}); "
             f"HypersphereLoss(t={cfg.hypersphere.t}, lam={cfg.hypersphere.lam}, "
             f"alpha={cfg.hypersphere.alpha})."
+            + (
+                f" Under DDP HUGCriterion and NTXentLoss gather all {world} ranks (loss of the "
+                f"global batch); HypersphereLoss has no gather: each rank's loss uses its local "
+                f"{per_batch} images, DDP averages the gradients."
+                if world > 1
+                else ""
+            )
         )
         stem = Path(str(cfg.output))
         digits = {
@@ -522,8 +637,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
-        import torch.distributed as dist
-
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    main()
+    try:
+        main()
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
