@@ -279,6 +279,40 @@ def _folder_pair(
     return splits[0], splits[1]
 
 
+def extraction_cache_dir() -> Path:
+    """Where archives are extracted once: ``$HUG_PLUGINS_CACHE`` or ``~/.cache/hug_plugins``."""
+    return Path(os.environ.get("HUG_PLUGINS_CACHE", Path.home() / ".cache" / "hug_plugins"))
+
+
+def _cifar100_folder(base: Path) -> Path:
+    """``<base>/cifar100-jpeg``, or the archive ``<base>/cifar100-jpeg.tar.gz`` extracted once.
+
+    The archive is unpacked into a temporary folder of :func:`extraction_cache_dir` and renamed
+    into place, so a killed extraction never leaves a half tree that looks complete.
+    """
+    if (base / "cifar100-jpeg").is_dir():
+        return base / "cifar100-jpeg"
+    import tarfile
+    import tempfile
+
+    archive = base / "cifar100-jpeg.tar.gz"
+    cache = extraction_cache_dir()
+    target = cache / "cifar100-jpeg"
+    if not target.is_dir():
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp, tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+            extracted = Path(tmp) / "cifar100-jpeg"
+            if not (extracted / "train").is_dir():
+                raise ValueError(f"{str(archive)!r} holds no cifar100-jpeg/train folder")
+            try:
+                extracted.rename(target)
+            except OSError:  # another process finished first
+                if not target.is_dir():
+                    raise
+    return target
+
+
 def _torchvision_pair(
     name: str, root: Path, image_size: tuple[int, int] | None
 ) -> tuple[ImageTensorDataset, ImageTensorDataset]:
@@ -320,7 +354,9 @@ def load_image_dataset(
         root: Data root: the torchvision root (``mnist``, ``fashionmnist``, ``cifar10``,
             ``cifar100``), an ImageFolder root with ``train/`` and ``test/`` (``imagefolder``;
             also accepted for ``cifar10``/``cifar100`` when it holds ``train/`` and ``test/``),
-            or a folder holding ``cifar10-jpeg/`` (``cifar10``). Unused for ``digits``.
+            or a folder holding ``cifar10-jpeg/`` (``cifar10``) or ``cifar100-jpeg/`` or
+            ``cifar100-jpeg.tar.gz`` (``cifar100``; the archive is extracted once into
+            :func:`extraction_cache_dir`). Unused for ``digits``.
         image_size: ``(H, W)`` to resize ImageFolder images to (``None``: keep; all must match).
         split_seed: Seed of the stratified train/test split of ``digits``.
         test_fraction: Test share of ``digits``.
@@ -359,6 +395,14 @@ def load_image_dataset(
             ):
                 source = str(base / "cifar10-jpeg")
                 pair = _folder_pair(base / "cifar10-jpeg", size, "RGB")
+            elif (
+                name == "cifar100"
+                and not (base / "cifar-100-python").is_dir()
+                and ((base / "cifar100-jpeg").is_dir() or (base / "cifar100-jpeg.tar.gz").is_file())
+            ):
+                folder = _cifar100_folder(base)
+                source = str(folder)
+                pair = _folder_pair(folder, size, "RGB")
             else:
                 pair = _torchvision_pair(name, base, size)
         if cache:

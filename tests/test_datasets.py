@@ -207,3 +207,34 @@ def test_split_holdout_is_disjoint_stratified_and_seeded() -> None:
     assert not torch.equal(split_holdout(data, 12, seed=6)[1].images, held.images)
     with pytest.raises(ValueError, match="holdout"):
         split_holdout(data, 60)
+
+
+def test_cifar100_archive_is_extracted_once_into_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tarfile
+
+    from hug_plugins.datasets import clear_cache, extraction_cache_dir, load_image_dataset
+
+    tree = tmp_path / "tree" / "cifar100-jpeg"
+    for split, count in (("train", 3), ("test", 2)):
+        for name, value in (("apple", 10), ("worm", 200)):
+            folder = tree / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (4, 4), (value, value, value)).save(folder / f"{i:04d}.png")
+    root = tmp_path / "root"
+    root.mkdir()
+    with tarfile.open(root / "cifar100-jpeg.tar.gz", "w:gz") as tar:
+        tar.add(tree, arcname="cifar100-jpeg")
+    monkeypatch.setenv("HUG_PLUGINS_CACHE", str(tmp_path / "cache"))
+    clear_cache()
+    train, test, info = load_image_dataset("cifar100", root, cache=False)
+    assert (len(train), len(test), info.num_classes) == (6, 4, 2)
+    assert info.source == str(extraction_cache_dir() / "cifar100-jpeg")
+    assert train.targets.tolist() == [0, 0, 0, 1, 1, 1]  # alphabetical = official label order
+    marker = extraction_cache_dir() / "cifar100-jpeg" / "marker"
+    marker.write_text("kept")
+    assert len(load_image_dataset("cifar100", root, cache=False)[0]) == 6
+    assert marker.is_file()  # the second load read the extracted tree, no new extraction
+    assert not [p for p in extraction_cache_dir().iterdir() if p.name != "cifar100-jpeg"]

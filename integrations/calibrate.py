@@ -1,0 +1,201 @@
+"""Calibration sweep of HUG's default recipe: validation error of loss recipes vs cross-entropy.
+
+Every run trains on a training set minus a stratified hold-out and is scored on that hold-out
+(never on test data): validation error, and NC1 / NC4 on the L2-normalized training features.
+Settings vary the dataset (and with it the class count), the batch size and the optimizer at
+its usual learning rate; recipes are cross-entropy or a HUGLoss preset with overrides, all
+with the same model, data, budget and seeds. Finished runs are appended to
+``<output>_runs.jsonl`` and skipped on a rerun (resume after a kill).
+
+Run: ``python integrations/calibrate.py --preset quick`` (digits, a minute) or
+``python integrations/calibrate.py --preset default --data-root ../shared/data`` (hours).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from torch import nn
+
+from hug_plugins.config import check_seeds, parse_cli, to_dict
+from hug_plugins.datasets import BatchAugment, load_image_dataset, split_holdout, subset
+from hug_plugins.engine import (
+    AugmentedLoss,
+    Trainer,
+    TrainerConfig,
+    evaluate_classifier,
+    evaluate_collapse,
+    seed_everything,
+    torch_threads,
+)
+from hug_plugins.io import standard_header_lines, summarize, write_result_tables
+from hug_plugins.losses import HUGLoss
+from hug_plugins.models import build_classifier, classifier_weight
+from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
+
+TASK = "calibrate"
+
+
+def _data(setting: DictConfig, root: str | None) -> tuple[Any, Any, Any, Any]:
+    """``(train, val, collapse_set, info)``: the hold-out is carved from the training set."""
+    train, _, info = load_image_dataset(str(setting.dataset), root)
+    rest, val = split_holdout(train, int(setting.val_size), seed=12345)
+    if setting.get("train_subset") is not None:
+        rest = subset(rest, int(setting.train_subset), seed=0)
+    return rest, val, subset(rest, 2000, seed=1), info
+
+
+def run_one(setting: DictConfig, recipe: DictConfig, seed: int, cfg: DictConfig) -> dict[str, Any]:
+    """Trains one (setting, recipe, seed) and scores it on the validation split."""
+    train, val, collapse, info = _data(setting, cfg.data.root)
+    is_ce = recipe.get("preset") is None
+    hug = {k: v for k, v in to_dict(recipe).items() if k not in ("preset", "proxy_mode")}
+    seed_everything(seed)
+    model = build_classifier(
+        str(setting.arch),
+        info.num_classes,
+        info.in_channels,
+        feature_dim=int(cfg.model.feature_dim),
+        head="linear" if is_ce else "proxy",
+        proxy_mode=str(recipe.get("proxy_mode", "learnable")),
+        scale=float(hug.get("logit_scale", 16.0)),
+        seed=seed,
+        width=int(cfg.model.width),
+        mean=info.mean,
+        std=info.std,
+    )
+    objective: Objective = CrossEntropyObjective()
+    if not is_ce:
+        objective = HUGObjective(HUGLoss.preset(str(recipe.preset), **hug), model.head)
+    augment: nn.Module = nn.Identity()
+    if setting.augment:
+        augment = BatchAugment(padding=int(setting.augment), flip=info.in_channels == 3)
+    trainer_cfg = {**to_dict(cfg.trainer), **to_dict(setting.trainer)}
+    trainer = Trainer(TrainerConfig.from_mapping(trainer_cfg, seed=seed))
+    start = time.perf_counter()
+    result = trainer.fit(model, train, AugmentedLoss(objective, augment))
+    seconds = time.perf_counter() - start
+    out = evaluate_classifier(model, val, batch_size=1000, prefix="val_")
+    out.update(
+        evaluate_collapse(
+            model,
+            collapse,
+            info.num_classes,
+            classifier_weight=classifier_weight(model),
+            batch_size=1000,
+            spaces=("unit",),
+        )
+    )
+    return {
+        "val_error": out["val_error"],
+        "nc1_unit": out["unit_nc1"],
+        "nc4_unit": out["unit_nc4_mismatch"],
+        "train_loss": result.final.get("loss", float("nan")),
+        "seconds": seconds,
+    }
+
+
+def summarize_runs(
+    runs: list[dict[str, Any]], settings: list[str], recipes: list[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per (setting, recipe) rows and one overall row per recipe (paired to CE by seed)."""
+    index = {(r["setting"], r["recipe"], r["seed"]): r for r in runs}
+    rows, overall = [], []
+    for recipe in recipes:
+        diffs_all: list[float] = []
+        wins = 0
+        for setting in settings:
+            mine = {s: r for (st, rc, s), r in index.items() if st == setting and rc == recipe}
+            if not mine:
+                continue
+            diffs = [
+                100.0 * (r["val_error"] - index[setting, "ce", s]["val_error"])
+                for s, r in mine.items()
+                if (setting, "ce", s) in index
+            ]
+            row: dict[str, Any] = {"setting": setting, "recipe": recipe}
+            row["val_error_%"] = summarize([100.0 * r["val_error"] for r in mine.values()])
+            row["vs_CE_pp"] = summarize(diffs) if recipe != "ce" and diffs else None
+            for key in ("nc1_unit", "nc4_unit"):
+                row[key] = summarize([r[key] for r in mine.values()])
+            rows.append(row)
+            if recipe != "ce" and diffs:
+                diffs_all.extend(diffs)
+                wins += int(sum(diffs) / len(diffs) <= 0.0)
+        if recipe != "ce" and diffs_all:
+            overall.append(
+                {
+                    "recipe": recipe,
+                    "mean_vs_CE_pp": summarize(diffs_all),
+                    "worst_run_vs_CE_pp": max(diffs_all),
+                    "settings_at_or_below_CE": wins,
+                }
+            )
+    return rows, overall
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Entry point: ``argv`` without the program name (``None``: ``sys.argv[1:]``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    cfg = parse_cli(args, TASK, description=__doc__.splitlines()[0] if __doc__ else None)
+    seeds = check_seeds(cfg.seeds)
+    settings = {str(s.name): s for s in cfg.settings}
+    recipes = {str(k): v for k, v in cfg.recipes.items()}
+    if "ce" not in recipes:
+        raise ValueError("recipes must include 'ce' (the baseline every recipe is paired with)")
+    stem = Path(str(cfg.output_dir)) / str(cfg.output_name)
+    log = stem.parent / f"{stem.name}_runs.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    runs = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    done = {(r["setting"], r["recipe"], r["seed"]) for r in runs}
+    started = time.perf_counter()
+    with torch_threads(cfg.num_threads):
+        for name, setting in settings.items():
+            for recipe_name, recipe in recipes.items():
+                for seed in seeds:
+                    if (name, recipe_name, seed) in done:
+                        continue
+                    record = {"setting": name, "recipe": recipe_name, "seed": seed}
+                    record.update(run_one(setting, recipe, seed, cfg))
+                    runs.append(record)
+                    with log.open("a", encoding="utf-8") as handle:  # one line per finished run
+                        handle.write(json.dumps(record) + "\n")
+                    print(json.dumps(record), file=sys.stderr, flush=True)
+    runs = [r for r in runs if r["setting"] in settings and r["recipe"] in recipes]
+    rows, overall = summarize_runs(runs, list(settings), list(recipes))
+    header = [
+        *standard_header_lines(["integrations/calibrate.py", *args]),
+        f"Seeds {seeds}; wall time of this invocation {time.perf_counter() - started:.0f} s.",
+        "Settings: "
+        + "; ".join(
+            f"{n}: {s.dataset} {s.arch}, train subset {s.get('train_subset')}, val {s.val_size}, "
+            f"augment {s.augment}, trainer {json.dumps(to_dict(s.trainer))}"
+            for n, s in settings.items()
+        ),
+        f"Shared trainer settings: {json.dumps(to_dict(cfg.trainer))}.",
+        "Recipes: " + "; ".join(f"{n}: {json.dumps(to_dict(r))}" for n, r in recipes.items()),
+        "Columns: validation error % (hold-out of the training set), paired per-seed difference "
+        "to CE in percentage points, NC1 / NC4 mismatch on x/‖x‖ of 2,000 training samples.",
+    ]
+    paths = write_result_tables(
+        overall,
+        rows,
+        stem,
+        header,
+        title="Calibration: recipes vs cross-entropy (overall)",
+        digits=2,
+        run_digits=3,
+    )
+    print(paths["md"].read_text(encoding="utf-8"))
+    print(paths["runs_md"].read_text(encoding="utf-8"))
+    return {"rows": rows, "overall": overall, "runs": runs, "paths": paths}
+
+
+if __name__ == "__main__":
+    main()
