@@ -50,7 +50,7 @@ from avalanche.training.supervised import Naive
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from hug_plugins.config import parse_cli
+from hug_plugins.config import parse_cli, to_dict
 from hug_plugins.continual import (
     HUGPlugin,
     ReplayMemoryPlugin,
@@ -183,6 +183,29 @@ def _device(cfg: DictConfig) -> torch.device:
 # ---------------------------------------------------------------------------- one run
 
 
+def hug_plugin_options(hug: DictConfig) -> dict[str, Any]:
+    """``HUGPlugin`` keyword arguments from the ``hug`` section; null keeps the plugin default.
+
+    ``hug.preset`` (a :func:`~hug_plugins.losses.preset_config` name) with ``hug.loss``
+    overrides replaces the plugin's loss; ``proxy_mode``, ``weight`` (``hug_weight``),
+    ``ce_weight`` and ``scale`` pass through. All null: the README's ``HUGPlugin(...)``.
+    """
+    options: dict[str, Any] = {}
+    loss = hug.get("loss")
+    overrides = {k: v for k, v in (to_dict(loss) if loss else {}).items() if v is not None}
+    if hug.get("preset") is not None:
+        options["hug"] = preset_config(str(hug.preset), **overrides)
+    elif overrides:
+        raise ValueError("hug.loss overrides need hug.preset (null keeps the plugin's loss)")
+    names = {"proxy_mode": "proxy_mode", "weight": "hug_weight", "ce_weight": "ce_weight"}
+    for key, name in names.items():
+        if hug.get(key) is not None:
+            options[name] = hug[key]
+    if hug.get("scale") is not None:
+        options["scale"] = float(hug.scale)
+    return options
+
+
 def run_one(
     cfg: DictConfig,
     benchmark: Any,
@@ -198,24 +221,14 @@ def run_one(
     backbone = make_backbone(cfg, shape)  # same init for both methods at a given seed
     plugin: ReplayMemoryPlugin
     if method == "er_hug":
-        h = cfg.hug
         plugin = HUGPlugin(
             num_classes,
             int(cfg.model.feature_dim),
-            proxy_mode=str(h.proxy_mode),
-            hug=preset_config(
-                str(h.preset),
-                alpha=float(h.alpha),
-                beta=float(h.beta),
-                intra_reduction=str(h.intra_reduction),
-            ),
-            hug_weight=float(h.weight),
-            ce_weight=float(h.ce_weight),
-            scale=float(h.scale),
             mem_size=mem_size,
             storage_policy=str(cfg.replay.storage_policy),
             batch_size_mem=int(cfg.replay.batch_size_mem),
             seed=seed,
+            **hug_plugin_options(cfg.hug),
         )
         head: nn.Module = plugin.head
     elif method == "er_ce":
@@ -335,8 +348,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         f"(feature dim {cfg.model.feature_dim}); SGD lr {cfg.train.lr} momentum "
         f"{cfg.train.momentum}, {cfg.train.epochs} epochs/experience, minibatch "
         f"{cfg.train.batch_size} + {cfg.replay.batch_size_mem} replayed; "
-        f"{cfg.replay.storage_policy} buffer; HUG {cfg.hug.preset} alpha {cfg.hug.alpha} "
-        f"beta {cfg.hug.beta} weight {cfg.hug.weight}, {cfg.hug.proxy_mode} proxies.",
+        f"{cfg.replay.storage_policy} buffer; HUGPlugin options "
+        f"{hug_plugin_options(cfg.hug) or 'none (the defaults)'}.",
         "acc: class-IL accuracy (%) on the whole test stream after the last experience; "
         "forgetting: mean over j < T of max_i a[i,j] - a[T,j] (%); forgetting_avalanche: "
         "Avalanche StreamForgetting (%). Mean ± std over seeds " + str(list(cfg.seeds)) + ".",
