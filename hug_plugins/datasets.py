@@ -279,6 +279,11 @@ def _folder_pair(
     return splits[0], splits[1]
 
 
+def _torchvision_folder(name: str) -> str:
+    """The folder torchvision keeps a dataset in under its root (``MNIST``, ``FashionMNIST``)."""
+    return {"mnist": "MNIST", "fashionmnist": "FashionMNIST"}.get(name, name)
+
+
 def extraction_cache_dir() -> Path:
     """Where archives are extracted once: ``$HUG_PLUGINS_CACHE`` or ``~/.cache/hug_plugins``."""
     return Path(os.environ.get("HUG_PLUGINS_CACHE", Path.home() / ".cache" / "hug_plugins"))
@@ -352,7 +357,8 @@ def load_image_dataset(
     Args:
         name: One of :data:`DATASETS`.
         root: Data root: the torchvision root (``mnist``, ``fashionmnist``, ``cifar10``,
-            ``cifar100``), an ImageFolder root with ``train/`` and ``test/`` (``imagefolder``;
+            ``cifar100``; for the first two also a folder holding ``mnist/`` or
+            ``fashionmnist/``), an ImageFolder root with ``train/`` and ``test/`` (``imagefolder``;
             also accepted for ``cifar10``/``cifar100`` when it holds ``train/`` and ``test/``),
             or a folder holding ``cifar10-jpeg/`` (``cifar10``) or ``cifar100-jpeg/`` or
             ``cifar100-jpeg.tar.gz`` (``cifar100``; the archive is extracted once into
@@ -404,6 +410,14 @@ def load_image_dataset(
                 source = str(folder)
                 pair = _folder_pair(folder, size, "RGB")
             else:
+                folder = {"mnist": "mnist", "fashionmnist": "fashionmnist"}.get(name)
+                if (
+                    folder
+                    and not (base / _torchvision_folder(name)).is_dir()
+                    and (base / folder).is_dir()
+                ):
+                    base = base / folder  # a data root that holds mnist/MNIST/raw
+                    source = str(base)
                 pair = _torchvision_pair(name, base, size)
         if cache:
             _CACHE[key] = pair
