@@ -410,13 +410,13 @@ def load_image_dataset(
                 source = str(folder)
                 pair = _folder_pair(folder, size, "RGB")
             else:
-                folder = {"mnist": "mnist", "fashionmnist": "fashionmnist"}.get(name)
+                nested = base / name  # a data root that holds mnist/MNIST/raw
                 if (
-                    folder
+                    name in ("mnist", "fashionmnist")
                     and not (base / _torchvision_folder(name)).is_dir()
-                    and (base / folder).is_dir()
+                    and nested.is_dir()
                 ):
-                    base = base / folder  # a data root that holds mnist/MNIST/raw
+                    base = nested
                     source = str(base)
                 pair = _torchvision_pair(name, base, size)
         if cache:
