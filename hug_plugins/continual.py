@@ -61,6 +61,7 @@ import copy
 import io
 import os
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -240,8 +241,10 @@ class HUGPlugin(ReplayMemoryPlugin):
         proxy_mode: ``"static_optimized"`` (frozen energy-minimized proxies), ``"learnable"``
             (initialized from the optimized configuration), or any other
             :class:`~hug_plugins.proxies.ProxyHead` mode (``"partial"``, ``"static_random"``).
-        hug: A :class:`~hug_plugins.losses.HUGConfig` or a preset name (``"mhe"``, ``"mhs"``,
-            ``"mgd"``, ``"authors"``).
+        hug: A :class:`~hug_plugins.losses.HUGConfig` or a preset name (see
+            :func:`~hug_plugins.losses.preset_config`); ``None``: the calibrated default
+            recipe, ``HUGConfig()``. Its ``logit_scale`` is set to ``scale``, so a hybrid
+            cross-entropy term sees the head's logits.
         hug_weight: Multiplier of the HUG loss, > 0.
         ce_weight: Weight of the strategy's original criterion (cross-entropy by default) on
             the scaled-cosine logits, >= 0; 0 trains with HUG alone.
@@ -272,7 +275,7 @@ class HUGPlugin(ReplayMemoryPlugin):
         feature_dim: int,
         *,
         proxy_mode: ProxyMode = "static_optimized",
-        hug: HUGConfig | str = "mhe",
+        hug: HUGConfig | str | None = None,
         hug_weight: float = 1.0,
         ce_weight: float = 0.0,
         scale: float = 16.0,
@@ -292,7 +295,8 @@ class HUGPlugin(ReplayMemoryPlugin):
             raise ValueError(f"hug_weight must be > 0, got {hug_weight}")
         if not ce_weight >= 0:
             raise ValueError(f"ce_weight must be >= 0, got {ce_weight}")
-        config = preset_config(hug) if isinstance(hug, str) else hug
+        config = HUGConfig() if hug is None else preset_config(hug) if isinstance(hug, str) else hug
+        config = replace(config, logit_scale=float(scale))
         self.num_classes = num_classes
         self.feature_dim = feature_dim
         self.hug_weight = float(hug_weight)

@@ -211,7 +211,9 @@ class HUGConfig:
 def preset_config(name: str, **overrides: Any) -> HUGConfig:
     """The named configurations of the paper and of the authors' code.
 
-    * ``"mhe"``: MHE-HUG, Riesz ``s = 2``, alpha 0.15, beta 0.015.
+    * ``"default"``: the calibrated default recipe, ``HUGConfig()`` (what ``HUGLoss()`` and
+      ``HUGPlugin(...)`` use; see the README section "Choosing HUG's settings").
+    * ``"mhe"``: MHE-HUG, Riesz ``s = 2``, alpha 0.15, beta 0.015 (the authors' mean form).
     * ``"mhs"``: MHS-HUG, smooth separation, per-class max distance, alpha 0.15, beta 0.015.
     * ``"mgd"``: MGD-HUG, Gaussian Gram log-det, alpha 0.15, beta 0.03.
     * ``"authors"``: the authors' published loss exactly: full Riesz ``s = 2`` energy, mean
@@ -230,6 +232,7 @@ def preset_config(name: str, **overrides: Any) -> HUGConfig:
         ValueError: On an unknown preset or field.
     """
     presets = {
+        "default": HUGConfig(),
         "mhe": HUGConfig(inter="mhe", alpha=0.15, beta=0.015),
         "mhs": HUGConfig(inter="mhs", intra="max_distance", alpha=0.15, beta=0.015),
         "mgd": HUGConfig(inter="mgd", alpha=0.15, beta=0.03, energy_mode="full"),

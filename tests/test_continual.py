@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +248,18 @@ def test_head_must_be_in_model(benchmark: Any) -> None:
     strategy = _strategy(_model(nn.Linear(FEATURES, NUM_CLASSES)), [plugin], epochs=1)
     with pytest.raises(ValueError, match="not part of the strategy's model"):
         strategy.train(benchmark.train_stream[0], eval_streams=[])
+
+
+def test_defaults_use_the_calibrated_recipe_with_the_heads_scale() -> None:
+    from hug_plugins.losses import HUGConfig
+
+    plugin = HUGPlugin(NUM_CLASSES, FEATURES, scale=10.0)
+    assert plugin.loss_fn.config == replace(HUGConfig(), logit_scale=10.0)
+    assert plugin.head.scale == 10.0 and plugin.head.mode == "static_optimized"
+    named = HUGPlugin(NUM_CLASSES, FEATURES, hug="mhe_sum")
+    assert named.loss_fn.config == replace(preset_config("mhe_sum"), logit_scale=16.0)
+    with pytest.raises(ValueError, match="logit_scale"):
+        HUGPlugin(NUM_CLASSES, FEATURES, hug=replace(HUGConfig(), ce_weight=1.0), scale=0.0)
 
 
 def test_invalid_arguments() -> None:
