@@ -158,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with torch_threads(cfg.num_threads):
         for name, setting in settings.items():
             for recipe_name, recipe in recipes.items():
+                if setting.get("recipes") and recipe_name not in setting.recipes:
+                    continue  # the setting runs a shortlist (the baseline is always "ce")
                 for seed in seeds:
                     if (name, recipe_name, seed) in done:
                         continue

@@ -306,7 +306,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     cfg = parse_cli(args, TASK, description=__doc__.splitlines()[0] if __doc__ else None)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    train, test, shape = load_data(cfg)
+    avalanche_split = str(cfg.data.name) == "splitmnist"
+    if avalanche_split:
+        if not cfg.data.root:
+            raise ValueError("the splitmnist preset needs --data-root (or data.root=...)")
+        shape: tuple[int, ...] = (1, 28, 28)
+    else:
+        train, test, shape = load_data(cfg)
     out_dir = Path(str(cfg.output.dir))
     stem = out_dir / str(cfg.output.stem)
     log_path = stem.with_name(stem.name + "_log.txt")
@@ -316,9 +322,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     run_rows: list[dict[str, Any]] = []
     for seed in [int(s) for s in cfg.seeds]:
-        benchmark = class_incremental_tensors(
-            train, test, num_experiences=int(cfg.num_experiences), seed=seed
-        )
+        if avalanche_split:  # Avalanche's own generator: torchvision MNIST under the root
+            from avalanche.benchmarks.classic import SplitMNIST
+
+            benchmark = SplitMNIST(
+                n_experiences=int(cfg.num_experiences),
+                seed=seed,
+                dataset_root=str(Path(str(cfg.data.root)) / "mnist"),
+            )
+        else:
+            benchmark = class_incremental_tensors(
+                train, test, num_experiences=int(cfg.num_experiences), seed=seed
+            )
         for mem_size in [int(m) for m in cfg.mem_sizes]:
             for method in methods:
                 res = run_one(cfg, benchmark, shape, method, mem_size, seed, log_path)
@@ -341,9 +356,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     f"({res['seconds']:.1f}s)",
                     flush=True,
                 )
+    sizes = (
+        "Avalanche SplitMNIST: 60000 train / 10000 test"
+        if avalanche_split
+        else f"{len(train[1])} train / {len(test[1])} test"
+    )
     header = [
         *standard_header_lines(["integrations/continual.py", *args]),
-        f"Data: {cfg.data.name} ({len(train[1])} train / {len(test[1])} test), "
+        f"Data: {cfg.data.name} ({sizes}), "
         f"{cfg.num_experiences} experiences, class order from the seed; model {cfg.model.kind} "
         f"(feature dim {cfg.model.feature_dim}); SGD lr {cfg.train.lr} momentum "
         f"{cfg.train.momentum}, {cfg.train.epochs} epochs/experience, minibatch "
