@@ -117,6 +117,12 @@ class HUGTerms(NamedTuple):
 class HUGConfig:
     """Hyperparameters of a HUG loss.
 
+    The defaults are the calibrated recipe that ``HUGLoss()`` and ``HUGPlugin(...)`` use:
+    MHE inter term (Riesz ``s = 2`` energy of the proxies), distance pull, means over pairs and
+    samples (batch-size invariant), ``alpha = 60``, ``beta = 8``. They were chosen on
+    validation splits by ``integrations/calibrate.py`` (README: "Choosing HUG's settings");
+    the paper's weights 0.15 / 0.015 belong to its sum form, preset ``"mhe_sum"``.
+
     Attributes:
         alpha: Weight of the inter-class (uniformity) term, >= 0.
         beta: Weight of the intra-class (pull) term, >= 0.
@@ -145,8 +151,8 @@ class HUGConfig:
         chunk_size: Rows per block of the pair sums (default: automatic).
     """
 
-    alpha: float = 0.15
-    beta: float = 0.015
+    alpha: float = 60.0
+    beta: float = 8.0
     inter: InterMeasure = "mhe"
     kernel: Literal["riesz", "log", "gaussian"] = "riesz"
     s: float = 2.0
@@ -155,7 +161,7 @@ class HUGConfig:
     mgd_gamma: float = 1.0
     mgd_jitter: float = 1e-4
     intra: IntraMeasure = "distance"
-    intra_reduction: IntraReduction = "class_mean"
+    intra_reduction: IntraReduction = "sample_mean"
     reduction: Reduction = "mean"
     ce_weight: float = 0.0
     logit_scale: float = 16.0
@@ -231,12 +237,13 @@ def preset_config(name: str, **overrides: Any) -> HUGConfig:
     Raises:
         ValueError: On an unknown preset or field.
     """
+    paper = HUGConfig(alpha=0.15, beta=0.015, intra_reduction="class_mean", reduction="mean")
     presets = {
         "default": HUGConfig(),
-        "mhe": HUGConfig(inter="mhe", alpha=0.15, beta=0.015),
-        "mhs": HUGConfig(inter="mhs", intra="max_distance", alpha=0.15, beta=0.015),
-        "mgd": HUGConfig(inter="mgd", alpha=0.15, beta=0.03, energy_mode="full"),
-        "authors": HUGConfig(inter="mhe", kernel="riesz", s=2.0, energy_mode="full"),
+        "mhe": replace(paper, inter="mhe"),
+        "mhs": replace(paper, inter="mhs", intra="max_distance"),
+        "mgd": replace(paper, inter="mgd", beta=0.03, energy_mode="full"),
+        "authors": replace(paper, inter="mhe", kernel="riesz", s=2.0, energy_mode="full"),
     }
     for variant in ("mhe", "mhs", "mgd"):
         presets[f"{variant}_sum"] = replace(presets[variant], reduction="sum")
@@ -414,7 +421,7 @@ class HUGLoss(_HUGBase):
         Gap." ICLR 2023.
 
     Args:
-        config: A :class:`HUGConfig` (default: MHE-HUG with paper weights).
+        config: A :class:`HUGConfig` (default: ``HUGConfig()``, the calibrated recipe).
         **kwargs: Fields of :class:`HUGConfig` overriding ``config``.
 
     Raises:
@@ -490,7 +497,7 @@ class ClassMeanHUGLoss(_HUGBase):
     Args:
         num_classes: Number of classes ``C`` (labels lie in ``[0, C)``).
         center: Whether to subtract the mean of the present class means before normalizing.
-        config: A :class:`HUGConfig` (default: MHE-HUG with paper weights).
+        config: A :class:`HUGConfig` (default: ``HUGConfig()``, the calibrated recipe).
         **kwargs: Fields of :class:`HUGConfig` overriding ``config``.
 
     Example:

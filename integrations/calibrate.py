@@ -34,7 +34,12 @@ from hug_plugins.engine import (
     seed_everything,
     torch_threads,
 )
-from hug_plugins.io import standard_header_lines, summarize, write_result_tables
+from hug_plugins.io import (
+    atomic_write_text,
+    standard_header_lines,
+    summarize,
+    write_result_tables,
+)
 from hug_plugins.losses import HUGLoss
 from hug_plugins.models import build_classifier, classifier_weight
 from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
@@ -140,6 +145,25 @@ def summarize_runs(
     return rows, overall
 
 
+def pivot_markdown(rows: list[dict[str, Any]], settings: list[str], recipes: list[str]) -> str:
+    """One line per recipe, one column per setting: ``error (paired difference to CE)``."""
+    cells = {(r["setting"], r["recipe"]): r for r in rows}
+    lines = ["| recipe | " + " | ".join(settings) + " |", "|---" * (len(settings) + 1) + "|"]
+    for recipe in recipes:
+        row = []
+        for setting in settings:
+            cell = cells.get((setting, recipe))
+            if cell is None:
+                row.append("—")
+                continue
+            text = f"{cell['val_error_%'].mean:.2f}"
+            if cell["vs_CE_pp"] is not None:
+                text += f" ({cell['vs_CE_pp'].mean:+.2f})"
+            row.append(text)
+        lines.append(f"| {recipe} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point: ``argv`` without the program name (``None``: ``sys.argv[1:]``)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -194,8 +218,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         digits=2,
         run_digits=3,
     )
+    pivot = "\n\n".join(header) + "\n\nValidation error % (paired difference to CE, pp):\n\n"
+    paths["pivot_md"] = atomic_write_text(
+        stem.parent / f"{stem.name}_pivot.md",
+        pivot + pivot_markdown(rows, list(settings), list(recipes)),
+    )
     print(paths["md"].read_text(encoding="utf-8"))
-    print(paths["runs_md"].read_text(encoding="utf-8"))
+    print(paths["pivot_md"].read_text(encoding="utf-8"))
     return {"rows": rows, "overall": overall, "runs": runs, "paths": paths}
 
 

@@ -51,7 +51,16 @@ from hug_plugins.proxies import ProxyHead
 
 TASK = "digits"
 
-METHODS = {"ce": "CE", "mhe": "MHE-HUG", "mhs": "MHS-HUG", "mgd": "MGD-HUG"}
+METHODS = {
+    "ce": "CE",
+    "default": "HUG (default)",
+    "mhe_sum": "MHE-HUG (paper)",
+    "mhs_sum": "MHS-HUG (paper)",
+    "mgd_sum": "MGD-HUG (paper)",
+    "mhe": "MHE-HUG (mean form)",
+    "mhs": "MHS-HUG (mean form)",
+    "mgd": "MGD-HUG (mean form)",
+}
 """Method keys accepted in ``methods`` and their display names."""
 
 METRICS = {

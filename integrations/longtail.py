@@ -190,7 +190,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         f"model {cfg.model.arch} "
         f"(hidden {cfg.model.hidden}, features {cfg.model.feature_dim}); CE = linear head + "
         f"cross-entropy, HUG = ProxyHead({cfg.hug.proxy_mode}, scale {cfg.hug.scale}) + "
-        f"{cfg.hug.preset.upper()}-HUG. Same trainer for both: {t.epochs} epochs, batch "
+        f"HUG (preset {cfg.hug.preset}). Same trainer for both: {t.epochs} epochs, batch "
         f"{t.batch_size}, {t.optimizer} lr {t.lr}, weight decay {t.weight_decay}, "
         f"{t.scheduler} schedule. Seeds {seeds}. Wall time {seconds:.1f} s.",
         f"Columns: test accuracy % (mean ± std over seeds): top-1 and per shot group of the "

@@ -213,7 +213,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         f"{cfg.model.arch} (hidden {cfg.model.hidden}, features {cfg.model.feature_dim}), "
         f"normalization inside the model, inputs in [0, 1]. CE = linear head + cross-entropy; "
         f"HUG = ProxyHead({cfg.hug.proxy_mode}, scale {cfg.hug.scale}) + "
-        f"{str(cfg.hug.preset).upper()}-HUG; no adversarial training. Trainer: {t.epochs} "
+        f"HUG (preset {cfg.hug.preset}); no adversarial training. Trainer: {t.epochs} "
         f"epochs, batch {t.batch_size}, {t.optimizer} lr {t.lr}, weight decay {t.weight_decay}, "
         f"{t.scheduler}. Seeds {seeds}. Wall time {seconds:.1f} s (training + attacks).",
         f"Attack: torchattacks L-inf PGD, {a.steps} steps, step 2.5·eps/{a.steps}, random start "

@@ -15,7 +15,7 @@ from hug_plugins.config import available_presets, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "integrations" / "digits.py"
-METHODS = ["CE", "MHE-HUG", "MHS-HUG", "MGD-HUG"]
+METHODS = ["CE", "HUG (default)", "MHE-HUG (paper)", "MHS-HUG (paper)", "MGD-HUG (paper)"]
 
 
 def _load_script() -> ModuleType:
@@ -37,7 +37,13 @@ def test_presets_exist_and_share_keys() -> None:
     default = load_config("digits", "default")
     quick = load_config("digits", "quick")
     assert set(default) == set(quick) and set(default.trainer) == set(quick.trainer)
-    assert len(default.seeds) >= 3 and list(default.methods) == ["ce", "mhe", "mhs", "mgd"]
+    assert len(default.seeds) >= 3 and list(default.methods) == [
+        "ce",
+        "default",
+        "mhe_sum",
+        "mhs_sum",
+        "mgd_sum",
+    ]
 
 
 def test_quick_job_writes_tables(job: ModuleType, tmp_path: Path) -> None:

@@ -88,7 +88,8 @@ def test_max_distance_intra_is_per_class_maximum() -> None:
     proxies = torch.eye(3, dtype=torch.float64)
     features = torch.tensor([[1.0, 0.1, 0], [1.0, 1.0, 0], [0, 1.0, 0]], dtype=torch.float64)
     labels = torch.tensor([0, 0, 1])
-    terms = HUGLoss(alpha=0.0, beta=1.0, intra="max_distance").terms(features, labels, proxies)
+    loss_fn = HUGLoss(alpha=0.0, beta=1.0, intra="max_distance", intra_reduction="class_mean")
+    terms = loss_fn.terms(features, labels, proxies)
     x = F.normalize(features, dim=1)
     expected = (torch.linalg.vector_norm(x[1] - proxies[0]) + 0.0) / 2
     torch.testing.assert_close(terms.intra, expected, atol=1e-3, rtol=0)
@@ -165,7 +166,7 @@ def test_class_mean_form_skips_absent_classes() -> None:
     big = ClassMeanHUGLoss(8, energy_mode="full").terms(features, labels)
     x = F.normalize(features, dim=1)
     means = torch.stack([x[labels == c].mean(0) for c in (0, 2, 5)])
-    torch.testing.assert_close(big.inter, 0.15 * riesz_energy(means, s=2.0))
+    torch.testing.assert_close(big.inter, HUGConfig().alpha * riesz_energy(means, s=2.0))
     rows = ClassMeanHUGLoss(8, energy_mode="rows").terms(features, labels)
     torch.testing.assert_close(rows.inter, big.inter)
     relabelled = ClassMeanHUGLoss(3, energy_mode="full").terms(

@@ -1,0 +1,93 @@
+"""End-to-end test of integrations/calibrate.py on a tiny digits budget (in-process)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def job() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "calibrate_job", ROOT / "integrations" / "calibrate.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["calibrate_job"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _preset(tmp_path: Path, recipes: dict[str, dict[str, object]]) -> Path:
+    """The quick preset with 1 epoch per setting, one seed and the given recipes."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(ROOT / "configs" / "calibrate" / "quick.yaml")
+    for setting in cfg.settings:
+        setting.trainer.epochs = 1
+    cfg.seeds = [0]
+    cfg.recipes = recipes
+    cfg.output_dir = str(tmp_path / "out")
+    path = tmp_path / "tiny.yaml"
+    OmegaConf.save(cfg, path)
+    return path
+
+
+RECIPES: dict[str, dict[str, object]] = {
+    "ce": {},
+    "default": {"preset": "default"},
+    "sum_hybrid": {"preset": "mhe_sum", "ce_weight": 1.0},
+}
+
+
+def test_sweep_writes_paired_tables_and_resumes(job: ModuleType, tmp_path: Path) -> None:
+    args = ["--preset", str(_preset(tmp_path, RECIPES))]
+    result = job.main(args)
+    runs = result["runs"]
+    assert len(runs) == 2 * 3  # settings x recipes x seeds
+    log = tmp_path / "out" / "calibrate_quick_runs.jsonl"
+    assert len(log.read_text().splitlines()) == 6
+    overall = {row["recipe"]: row for row in result["overall"]}
+    assert set(overall) == {"default", "sum_hybrid"}  # CE is the baseline, not a row
+    for row in result["rows"]:
+        if row["recipe"] == "ce":
+            assert row["vs_CE_pp"] is None
+        else:
+            mine = [
+                r for r in runs if r["setting"] == row["setting"] and r["recipe"] == row["recipe"]
+            ]
+            ce = [r for r in runs if r["setting"] == row["setting"] and r["recipe"] == "ce"]
+            expected = 100.0 * (mine[0]["val_error"] - ce[0]["val_error"])
+            assert row["vs_CE_pp"].mean == pytest.approx(expected)
+    pivot = (tmp_path / "out" / "calibrate_quick_pivot.md").read_text()
+    assert "| sum_hybrid |" in pivot and "digits-sgd-b32" in pivot
+    again = job.main(args)  # every run is in the log: nothing retrains
+    assert len(log.read_text().splitlines()) == 6
+    assert [r["val_error"] for r in again["runs"]] == [r["val_error"] for r in runs]
+
+
+def test_validation_split_comes_from_the_training_set(job: ModuleType) -> None:
+    from hug_plugins.config import load_config
+    from hug_plugins.datasets import load_image_dataset
+
+    cfg = load_config("calibrate", "quick")
+    train, val, _, _ = job._data(cfg.settings[0], None)
+    full_train, test, _ = load_image_dataset("digits")
+    assert len(train) + len(val) == len(full_train)
+    assert abs(len(val) - int(cfg.settings[0].val_size)) <= 5  # stratified rounding per class
+    flat = {tuple(x.flatten().tolist()) for x in test.images}
+    overlap = sum(tuple(x.flatten().tolist()) in flat for x in val.images)
+    train_flat = {tuple(x.flatten().tolist()) for x in full_train.images}
+    assert all(tuple(x.flatten().tolist()) in train_flat for x in val.images)
+    assert overlap <= 2  # digits has a few exact duplicate images across its own split
+
+
+def test_recipes_need_the_ce_baseline(job: ModuleType, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'ce'"):
+        job.main(["--preset", str(_preset(tmp_path, {"hug": {"preset": "default"}}))])
