@@ -235,7 +235,10 @@ def test_extract_features(blobs: TensorDataset) -> None:
     assert torch.equal(labels, blobs.tensors[1])
     model.eval()
     with torch.no_grad():
-        assert torch.allclose(feats, model(blobs.tensors[0])[0])
+        reference = model(blobs.tensors[0])[0]
+    # Batches of 7 and one batch of all take different BLAS blockings (and, under MKL_CBWR,
+    # different kernels): float32 round-off, not an exact match.
+    torch.testing.assert_close(feats, reference, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- training
