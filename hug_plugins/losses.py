@@ -119,7 +119,8 @@ class HUGConfig:
 
     The defaults are the calibrated recipe that ``HUGLoss()`` and ``HUGPlugin(...)`` use:
     MHE inter term (Riesz ``s = 2`` energy of the proxies), distance pull, means over pairs and
-    samples (batch-size invariant), ``alpha = 60``, ``beta = 8``. They were chosen on
+    over the classes present (batch-size invariant; every class weighs the same, as in the
+    authors' code), ``alpha = 60``, ``beta = 8``. They were chosen on
     validation splits by ``integrations/calibrate.py`` (README: "Choosing HUG's settings");
     the paper's weights 0.15 / 0.015 belong to its sum form, preset ``"mhe_sum"``.
 
@@ -161,7 +162,7 @@ class HUGConfig:
     mgd_gamma: float = 1.0
     mgd_jitter: float = 1e-4
     intra: IntraMeasure = "distance"
-    intra_reduction: IntraReduction = "sample_mean"
+    intra_reduction: IntraReduction = "class_mean"
     reduction: Reduction = "mean"
     ce_weight: float = 0.0
     logit_scale: float = 16.0
