@@ -40,6 +40,7 @@ __all__ = [
     "load_config",
     "parse_cli",
     "resolve_preset_path",
+    "set_values",
     "to_dict",
 ]
 
@@ -337,3 +338,18 @@ def parse_cli(
     if args.data_root is not None:
         overrides.append(f"data.root={args.data_root}")
     return load_config(task, args.preset, overrides, root=root)
+
+
+def set_values(cfg: DictConfig | None) -> dict[str, Any]:
+    """The keys of a config section whose value is not null (``None`` or empty: ``{}``).
+
+    A job's override sections (e.g. ``hug.loss``) use null for "keep the library's default";
+    this keeps only the values a preset or the command line actually set.
+
+    Example:
+        >>> set_values(OmegaConf.create({"alpha": 2.0, "beta": None}))
+        {'alpha': 2.0}
+    """
+    if not cfg:
+        return {}
+    return {k: v for k, v in to_dict(cfg).items() if v is not None}

@@ -45,7 +45,7 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import nn
 
-from hug_plugins.config import check_seeds, parse_cli, to_dict
+from hug_plugins.config import check_seeds, parse_cli, set_values, to_dict
 from hug_plugins.datasets import (
     BatchAugment,
     DatasetInfo,
@@ -151,7 +151,7 @@ def build_model(
     )
     if method == "ce":
         return model, CrossEntropyObjective(label_smoothing=float(cfg.ce.label_smoothing))
-    overrides = {k: v for k, v in to_dict(cfg.hug.loss).items() if v is not None}
+    overrides = set_values(cfg.hug.loss)
     return model, HUGObjective(HUGLoss.preset(str(cfg.hug.preset), **overrides), model.head)
 
 
@@ -381,7 +381,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
             f"training subset: {train_size}; test subset: "
             f"{d.test_subset if d.test_subset is not None else 'all'})"
         )
-    loss_overrides = {k: v for k, v in to_dict(cfg.hug.loss).items() if v is not None}
+    loss_overrides = set_values(cfg.hug.loss)
     header = [
         *standard_header_lines(argv),
         f"Data: {'; '.join(data_lines)}. Augmentation: random crop (zero padding "

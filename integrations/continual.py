@@ -50,7 +50,7 @@ from avalanche.training.supervised import Naive
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from hug_plugins.config import parse_cli, to_dict
+from hug_plugins.config import parse_cli, set_values
 from hug_plugins.continual import (
     HUGPlugin,
     ReplayMemoryPlugin,
@@ -191,8 +191,7 @@ def hug_plugin_options(hug: DictConfig) -> dict[str, Any]:
     ``ce_weight`` and ``scale`` pass through. All null: the README's ``HUGPlugin(...)``.
     """
     options: dict[str, Any] = {}
-    loss = hug.get("loss")
-    overrides = {k: v for k, v in (to_dict(loss) if loss else {}).items() if v is not None}
+    overrides = set_values(hug.get("loss"))
     if hug.get("preset") is not None:
         options["hug"] = preset_config(str(hug.preset), **overrides)
     elif overrides:

@@ -32,7 +32,7 @@ from typing import Any
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from hug_plugins.config import check_choices, check_seeds, parse_cli, to_dict
+from hug_plugins.config import check_choices, check_seeds, parse_cli, set_values, to_dict
 from hug_plugins.engine import TrainerConfig, seed_everything, torch_threads
 from hug_plugins.io import standard_header_lines, summarize, write_result_tables
 from hug_plugins.longtail import (
@@ -98,7 +98,7 @@ def run_one(
         seed=seed,
     )
     ckpt = checkpoint_file(cfg.checkpoint_dir, name, str(cfg.model.arch), method, seed, ratio=ratio)
-    overrides = {k: v for k, v in to_dict(cfg.hug.loss).items() if v is not None}
+    overrides = set_values(cfg.hug.loss)
     info = train_or_load(
         model,
         method,
