@@ -64,6 +64,12 @@ def _finite_flag(x: Tensor) -> Tensor:
     return torch.isfinite(x.sum())
 
 
+def raise_non_finite(x: Tensor, name: str) -> None:
+    """Raises ``ValueError`` if ``x`` holds a NaN or inf (a no-op with validation off)."""
+    if _VALIDATE:
+        _raise_non_finite(x, name)
+
+
 def _raise_non_finite(x: Tensor, name: str) -> None:
     # The sum can overflow to inf with finite entries: confirm element-wise before raising.
     if not bool(torch.isfinite(x).all()):
@@ -75,6 +81,7 @@ def check_batch(
     labels: Tensor,
     num_classes: int | None,
     proxies: Tensor | None = None,
+    proxy_values: bool = True,
 ) -> None:
     """Validates a training batch with a single device read for all value checks.
 
@@ -87,6 +94,8 @@ def check_batch(
         labels: ``(B,)`` integer labels.
         num_classes: Exclusive upper bound of the labels, if known.
         proxies: Optional ``(C, d)`` proxies (``d`` must match ``features``).
+        proxy_values: Whether to check the proxies' values too (callers that check them once
+            per version, e.g. for static proxies, pass ``False``).
 
     Raises:
         ValueError: Naming the first problem found.
@@ -103,7 +112,8 @@ def check_batch(
     flags = [_finite_flag(features), low >= 0]
     if num_classes is not None:
         flags.append(high < num_classes)
-    if proxies is not None:
+    check_proxies = proxies is not None and proxy_values
+    if proxies is not None and proxy_values:
         flags.append(_finite_flag(proxies))
     ok = torch.stack([f.to(features.device) for f in flags]).tolist()
     if not ok[0]:
@@ -111,7 +121,7 @@ def check_batch(
     if not all(ok[1:3]):
         bound = f"[0, {num_classes})" if num_classes is not None else "[0, inf)"
         raise ValueError(f"labels out of range {bound}: min {int(low)}, max {int(high)}")
-    if proxies is not None and not ok[-1]:
+    if proxies is not None and check_proxies and not ok[-1]:
         _raise_non_finite(proxies, "proxies")
 
 

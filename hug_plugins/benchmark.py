@@ -18,21 +18,34 @@ import multiprocessing as mp
 import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from hug_plugins._checks import set_validation, validation_enabled
+from hug_plugins.fused import compile_mode, fused_enabled, set_compile, set_fused
 from hug_plugins.losses import HUGLoss
 from hug_plugins.reference import authors_hug_loss, cross_entropy_head_loss
 
-METHODS = ("ce", "hug", "hug_unchecked", "hug_full", "naive")
-"""``ce``: nn.Linear + cross-entropy; ``hug``: MHE-HUG in its default (auto) energy mode;
-``hug_unchecked``: the same with value validation off (no device read per step, see
-:func:`hug_plugins.set_validation`); ``hug_full``: MHE-HUG with the full O(C^2) energy;
-``naive``: the authors' formula as written."""
+METHODS = (
+    "ce",
+    "hug",
+    "hug_unchecked",
+    "hug_eager",
+    "hug_reference",
+    "hug_static",
+    "hug_full",
+    "naive",
+)
+"""``ce``: nn.Linear + cross-entropy; ``hug``: ``HUGLoss()`` as a user gets it (fused path,
+compiled where :func:`hug_plugins.fused.set_compile`'s ``"auto"`` rule says so, value checks
+on); ``hug_unchecked``: the same with value validation off (no device read per step, see
+:func:`hug_plugins.set_validation`); ``hug_eager``: the fused path never compiled;
+``hug_reference``: the composed reference path (``set_fused(False)``); ``hug_static``:
+``HUGLoss()`` with static proxies (no gradient: the ``O(B d)`` step); ``hug_full``: the full
+O(C^2) energy; ``naive``: the authors' formula as written."""
 
 
 def _sync(device: torch.device) -> None:
@@ -68,23 +81,30 @@ def _make_step(
             return loss.detach()
 
         return naive_step
-    if method not in ("hug", "hug_unchecked", "hug_full"):
+    if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    mode = "full" if method == "hug_full" else "auto"
-    loss_fn = HUGLoss.preset("mhe", energy_mode=mode)
+    loss_fn = HUGLoss(energy_mode="full" if method == "hug_full" else "auto")
+    if method == "hug_static":
+        proxies.requires_grad_(False)
     validate = method != "hug_unchecked"
+    compile_setting = "never" if method == "hug_eager" else compile_mode()
+    fused_setting = method != "hug_reference"
 
     def hug_step() -> Tensor:
         features.grad = None
         proxies.grad = None
-        previous = validation_enabled()
+        previous = (validation_enabled(), compile_mode(), fused_enabled())
         set_validation(validate)
+        set_compile(compile_setting)
+        set_fused(fused_setting)
         try:
             loss: Tensor = loss_fn(features, labels, proxies)
             loss.backward()  # type: ignore[no-untyped-call]
             return loss.detach()
         finally:
-            set_validation(previous)
+            set_validation(previous[0])
+            set_compile(previous[1])
+            set_fused(previous[2])
 
     return hug_step
 
@@ -152,16 +172,199 @@ def measure_loss_step(
     }
 
 
-def _worker(queue: Any, kwargs: dict[str, Any]) -> None:
+def _interleave(
+    steps: dict[str, Callable[[], Tensor]], device: torch.device, repeats: int, warmup: int
+) -> dict[str, dict[str, Any]]:
+    """Warms every step up, then times them round-robin; medians per step."""
+    losses = {m: torch.zeros(()) for m in steps}
+    for method, step in steps.items():
+        for _ in range(warmup):
+            losses[method] = step()
+    _sync(device)
+    times: dict[str, list[float]] = {m: [] for m in steps}
+    for _ in range(repeats):
+        for method, step in steps.items():
+            start = time.perf_counter()
+            losses[method] = step()
+            _sync(device)
+            times[method].append((time.perf_counter() - start) * 1e3)
+    return {
+        m: {
+            "ms": statistics.median(times[m]),
+            "ms_min": min(times[m]),
+            "steps": warmup + repeats,
+            "loss": float(losses[m]),
+        }
+        for m in steps
+    }
+
+
+def measure_side_by_side(
+    methods: Sequence[str],
+    num_classes: int,
+    batch_size: int = 256,
+    dim: int = 512,
+    device: str = "cpu",
+    repeats: int = 10,
+    warmup: int = 3,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Times several loss methods in one process, interleaved step by step.
+
+    Every method gets ``warmup`` untimed steps (compilation, caches), then the timed steps run
+    round-robin (``ce, hug, ..., ce, hug, ...``), so that a drift of the machine's speed
+    (another process, frequency scaling) hits every method alike and the ratios stay fair.
+
+    Returns:
+        ``{method: {"ms": median ms, "ms_min": fastest ms, "steps": steps run, "loss": last
+        loss}}``.
+    """
+    dev = torch.device(device)
+    steps = {m: _make_step(m, num_classes, batch_size, dim, dev, seed) for m in methods}
+    return _interleave(steps, dev, repeats, warmup)
+
+
+SSL_METHODS = ("ntxent", "hug_criterion")
+"""Self-supervised criteria: lightly's ``NTXentLoss`` and :class:`HUGCriterion` (defaults)."""
+
+
+def _make_ssl_step(
+    method: str, batch_size: int, dim: int, device: torch.device, seed: int
+) -> Callable[[], Tensor]:
+    from lightly.loss import NTXentLoss
+
+    from hug_plugins.ssl import HUGCriterion
+
+    if method not in SSL_METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {SSL_METHODS}")
+    gen = torch.Generator().manual_seed(seed)
+    views = [
+        torch.randn(batch_size, dim, generator=gen).to(device).requires_grad_(True)
+        for _ in range(2)
+    ]
+    criterion: nn.Module = NTXentLoss() if method == "ntxent" else HUGCriterion()
+
+    def step() -> Tensor:
+        for view in views:
+            view.grad = None
+        loss: Tensor = criterion(*views)
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss.detach()
+
+    return step
+
+
+def measure_ssl_side_by_side(
+    batch_size: int,
+    dim: int = 128,
+    device: str = "cpu",
+    repeats: int = 10,
+    warmup: int = 3,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """``NTXentLoss`` vs ``HUGCriterion()`` on two views of ``batch_size`` embeddings,
+    forward + backward, interleaved as in :func:`measure_side_by_side`."""
+    dev = torch.device(device)
+    steps = {m: _make_ssl_step(m, batch_size, dim, dev, seed) for m in SSL_METHODS}
+    return _interleave(steps, dev, repeats, warmup)
+
+
+TRAIN_MODELS = {
+    "mlp": "digits MLP 64-128-128-32, 8x8 inputs",
+    "cnn": "SmallCNN (width 32) + 128-d neck, 32x32x3 inputs",
+    "resnet18": "ResNet-18 (CIFAR stem) + 128-d neck, 32x32x3 inputs",
+}
+"""Models of the end-to-end training-step benchmark."""
+
+
+def _make_train_step(
+    model_name: str,
+    method: str,
+    num_classes: int,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+) -> Callable[[], Tensor]:
+    from hug_plugins.models import assemble_classifier, build_classifier
+    from hug_plugins.objectives import CrossEntropyObjective, HUGObjective
+
+    if method not in ("ce", "hug"):
+        raise ValueError(f"unknown method {method!r}; expected 'ce' or 'hug'")
+    head = "linear" if method == "ce" else "proxy"
+    torch.manual_seed(seed)
+    model: nn.Module
+    if model_name == "mlp":
+        body = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU())
+        model = assemble_classifier(body, 128, num_classes, head=head, feature_dim=32)
+        shape: tuple[int, ...] = (batch_size, 64)
+    elif model_name in ("cnn", "resnet18"):
+        model = build_classifier(model_name, num_classes, 3, feature_dim=128, head=head)
+        shape = (batch_size, 3, 32, 32)
+    else:
+        raise ValueError(f"unknown model {model_name!r}; expected one of {list(TRAIN_MODELS)}")
+    model = model.to(device).train()
+    objective: nn.Module = (
+        CrossEntropyObjective() if method == "ce" else HUGObjective(HUGLoss(), model.head)
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    gen = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(shape, generator=gen).to(device)
+    labels = torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)
+
+    def step() -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        features, logits = model(inputs)
+        loss: Tensor = objective(features, logits, labels)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def measure_train_side_by_side(
+    model: str,
+    num_classes: int = 10,
+    batch_size: int = 128,
+    device: str = "cpu",
+    repeats: int = 10,
+    warmup: int = 3,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """One SGD training step (forward, loss, backward, update) of ``model`` with a linear
+    head + cross-entropy vs a ProxyHead + ``HUGLoss()``, interleaved as in
+    :func:`measure_side_by_side`. Both models start from the same seeded backbone weights."""
+    dev = torch.device(device)
+    steps = {
+        m: _make_train_step(model, m, num_classes, batch_size, dev, seed) for m in ("ce", "hug")
+    }
+    return _interleave(steps, dev, repeats, warmup)
+
+
+_TARGETS: dict[str, Callable[..., Any]] = {
+    "step": measure_loss_step,
+    "side_by_side": measure_side_by_side,
+    "ssl": measure_ssl_side_by_side,
+    "train": measure_train_side_by_side,
+}
+
+
+def _worker(queue: Any, target: str, kwargs: dict[str, Any]) -> None:
     try:
         torch.set_num_threads(kwargs.pop("threads"))
-        queue.put(("ok", measure_loss_step(**kwargs)))
+        queue.put(("ok", _TARGETS[target](**kwargs)))
     except Exception as exc:  # reported to the parent, which raises it
         queue.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def measure_isolated(threads: int | None = None, **kwargs: Any) -> dict[str, Any]:
-    """Runs :func:`measure_loss_step` in a fresh ``spawn`` process and returns its result.
+def measure_isolated(
+    threads: int | None = None, target: str = "step", **kwargs: Any
+) -> dict[str, Any]:
+    """Runs a measurement in a fresh ``spawn`` process and returns its result.
+
+    ``target``: ``"step"`` (:func:`measure_loss_step`), ``"side_by_side"``
+    (:func:`measure_side_by_side`), ``"ssl"`` (:func:`measure_ssl_side_by_side`) or
+    ``"train"`` (:func:`measure_train_side_by_side`).
 
     Raises:
         RuntimeError: If the measurement failed or the process died (e.g. out of memory).
@@ -169,7 +372,7 @@ def measure_isolated(threads: int | None = None, **kwargs: Any) -> dict[str, Any
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     kwargs["threads"] = threads if threads is not None else torch.get_num_threads()
-    proc = ctx.Process(target=_worker, args=(queue, kwargs))
+    proc = ctx.Process(target=_worker, args=(queue, target, kwargs))
     proc.start()
     proc.join()
     if queue.empty():

@@ -65,13 +65,15 @@ Example:
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from hug_plugins._checks import check_batch, check_matrix, compute_dtype
+from hug_plugins._checks import check_batch, check_matrix, compute_dtype, raise_non_finite
+from hug_plugins.fused import FusedSpec, fused_proxy_hug, fused_supported
 from hug_plugins.uniformity import (
     DEFAULT_EPS,
     PairKernel,
@@ -263,6 +265,16 @@ def _class_counts(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tenso
     return torch.bincount(labels, minlength=num_classes).to(dtype)
 
 
+def _intra_weights(labels: Tensor, counts: Tensor, config: HUGConfig) -> Tensor:
+    """Per-sample weights ``w_b`` with ``intra = sum_b w_b dist_b`` (distance intra forms)."""
+    if config.reduction == "sum":
+        return torch.ones_like(labels, dtype=counts.dtype)
+    if config.intra_reduction == "sample_mean":
+        return torch.full_like(labels, 1.0 / labels.shape[0], dtype=counts.dtype)
+    num_present = (counts > 0).sum().clamp_min(1).to(counts.dtype)
+    return (counts[labels] * num_present).reciprocal()
+
+
 def _intra_term(
     features: Tensor,
     targets: Tensor,
@@ -322,18 +334,14 @@ def _inter_term(
             cheaper backward of :func:`pair_kernel_mean`).
     """
     num_points = points.shape[0]
-    mode = config.energy_mode
-    if mode == "auto":
-        mode = "full" if num_points <= labels.shape[0] else "rows"
+    mode = resolve_energy_mode(config, num_points, labels.shape[0])
     if config.inter == "mgd":
         if present is not None:
             return -_masked_gram_log_det(points, present, config)
         return -gram_log_det(
             points, gamma=config.mgd_gamma, jitter=config.mgd_jitter, normalize=False
         )
-    pair_kernel = (
-        kernel if kernel is not None else PairKernel("softmin", config.separation_t, config.eps)
-    )
+    pair_kernel = inter_kernel(config, kernel)
     if mode == "full":
         exclude = torch.arange(num_points, device=points.device)
         value = pair_kernel_mean(
@@ -344,15 +352,36 @@ def _inter_term(
         value = pair_kernel_mean(
             labels, points, pair_kernel, labels, row_weights, present, config.chunk_size, unit_input
         )
+    num = present.sum() if present is not None else value.new_tensor(float(num_points))
+    return inter_from_pair_mean(value, num, config)
+
+
+def resolve_energy_mode(config: HUGConfig, num_points: int, batch_size: int) -> str:
+    """``"full"`` or ``"rows"``: the configured mode, ``"auto"`` resolved (full iff C <= B)."""
+    if config.energy_mode != "auto":
+        return config.energy_mode
+    return "full" if num_points <= batch_size else "rows"
+
+
+def inter_kernel(config: HUGConfig, kernel: PairKernel | None) -> PairKernel:
+    """The pair kernel of the inter term: the MHE kernel, or MHS's smooth-minimum kernel."""
+    if kernel is not None:
+        return kernel
+    return PairKernel("softmin", config.separation_t, config.eps)
+
+
+def inter_from_pair_mean(value: Tensor, num_points: Tensor, config: HUGConfig) -> Tensor:
+    """The inter term (as a loss) from the pair mean of its kernel over ``num_points`` points.
+
+    MHS: ``-soft_separation = t * (log mean exp(-d / t) + log #pairs)``; MHE in sum form: the
+    mean times the number of ordered pairs (plus its log for the log-mean-exp Gaussian kernel).
+    """
     if config.inter == "mhs":
-        num = present.sum() if present is not None else torch.tensor(float(num_points))
-        num_pairs = (num * (num - 1) / 2).clamp_min(1.0)
-        # -soft_separation = t * (log mean exp(-d/t) + log #pairs)
+        num_pairs = (num_points * (num_points - 1) / 2).clamp_min(1.0)
         return config.separation_t * (value + torch.log(num_pairs.to(value)))
     if config.reduction == "sum":
-        num = present.sum() if present is not None else value.new_tensor(float(num_points))
-        ordered_pairs = (num * (num - 1)).clamp_min(1.0).to(value)
-        if pair_kernel.log_mean_exp:
+        ordered_pairs = (num_points * (num_points - 1)).clamp_min(1.0).to(value)
+        if config.kernel == "gaussian":
             return value + torch.log(ordered_pairs)
         return value * ordered_pairs
     return value
@@ -387,6 +416,8 @@ class _HUGBase(nn.Module):
         self.config = replace(base, **kwargs)
         self._kernel = self.config.validate()
         self.last_terms = None
+        self._static_cache: tuple[weakref.ReferenceType[Tensor], tuple[Any, ...], Tensor] | None
+        self._static_cache = None
 
     def extra_repr(self) -> str:
         c = self.config
@@ -465,21 +496,70 @@ class HUGLoss(_HUGBase):
         num_classes = proxies.shape[0]
         if num_classes < 2:
             raise ValueError(f"HUG needs at least 2 proxies, got {num_classes}")
-        check_batch(features, labels, num_classes, proxies)
+        config = self.config
+        static = not proxies.requires_grad and config.ce_weight == 0
+        check_batch(features, labels, num_classes, proxies, proxy_values=not static)
         dtype = compute_dtype(features) if features.dtype == proxies.dtype else torch.float32
         with _autocast_disabled(features.device.type):
-            x_hat = unit_rows(features.to(dtype))
-            w_hat = unit_rows(proxies.to(dtype))
             labels = labels.long()
             counts = _class_counts(labels, num_classes, dtype)
-            targets = (w_hat.detach() if self.config.detach_proxies else w_hat)[labels]
-            intra = _intra_term(x_hat, targets, labels, counts, self.config)
-            inter = _inter_term(w_hat, labels, counts, None, self.config, self._kernel, True)
+            if static:
+                x_hat = unit_rows(features.to(dtype))
+                targets = unit_rows(proxies[labels].to(dtype))
+                intra = _intra_term(x_hat, targets, labels, counts, config)
+                return self._finish(self._static_inter(proxies, dtype), intra)
+            rows = resolve_energy_mode(config, num_classes, labels.shape[0]) == "rows"
+            if fused_supported(config, labels.shape[0] if rows else num_classes, num_classes):
+                anchors = labels if rows else torch.arange(num_classes, device=labels.device)
+                spec = FusedSpec(
+                    kernel=inter_kernel(config, self._kernel),
+                    squared=config.intra == "squared_distance",
+                    eps=config.eps,
+                    rows=rows,
+                    train_targets=not config.detach_proxies,
+                )
+                intra, value = fused_proxy_hug(
+                    features.to(dtype),
+                    proxies.to(dtype),
+                    labels,
+                    anchors,
+                    counts[labels].reciprocal() if rows else counts.new_ones(num_classes),
+                    _intra_weights(labels, counts, config),
+                    spec,
+                )
+                inter = inter_from_pair_mean(value, value.new_tensor(float(num_classes)), config)
+                return self._finish(inter, intra)
+            x_hat = unit_rows(features.to(dtype))
+            w_hat = unit_rows(proxies.to(dtype))
+            targets = (w_hat.detach() if config.detach_proxies else w_hat)[labels]
+            intra = _intra_term(x_hat, targets, labels, counts, config)
+            inter = _inter_term(w_hat, labels, counts, None, config, self._kernel, True)
             ce = None
-            if self.config.ce_weight > 0:
-                logits = self.config.logit_scale * (x_hat @ w_hat.T)
+            if config.ce_weight > 0:
+                logits = config.logit_scale * (x_hat @ w_hat.T)
                 ce = nn.functional.cross_entropy(logits, labels)
         return self._finish(inter, intra, ce)
+
+    def _static_inter(self, proxies: Tensor, dtype: torch.dtype) -> Tensor:
+        """The inter term of proxies that get no gradient: a constant, computed once.
+
+        Cached per proxy tensor and version (an in-place update recomputes it). It is the
+        exact (``"full"`` mode) value whatever ``energy_mode`` says, so a training step costs
+        ``O(B d)`` whatever ``C``. The proxies' values are validated here, once per version.
+        """
+        key = (proxies.data_ptr(), proxies._version, dtype, proxies.device, tuple(proxies.shape))
+        cached = self._static_cache
+        if cached is not None and cached[0]() is proxies and cached[1] == key:
+            return cached[2]
+        raise_non_finite(proxies, "proxies")
+        with torch.no_grad():
+            w_hat = unit_rows(proxies.to(dtype))
+            empty = torch.zeros(0, dtype=torch.long, device=proxies.device)
+            counts = torch.zeros(proxies.shape[0], dtype=dtype, device=proxies.device)
+            full = replace(self.config, energy_mode="full")
+            inter = _inter_term(w_hat, empty, counts, None, full, self._kernel, True)
+        self._static_cache = (weakref.ref(proxies), key, inter)
+        return inter
 
     def forward(self, features: Tensor, labels: Tensor, proxies: Tensor) -> Tensor:
         """Returns the scalar loss; the terms are kept in ``last_terms`` (detached)."""
@@ -537,7 +617,7 @@ class ClassMeanHUGLoss(_HUGBase):
             counts = _class_counts(labels, self.num_classes, dtype)
             present = (counts > 0).to(dtype)
             sums = torch.zeros(self.num_classes, x_hat.shape[1], dtype=dtype, device=x_hat.device)
-            sums = sums.index_put((labels,), x_hat, accumulate=True)
+            sums = sums.index_add(0, labels, x_hat)
             means = sums / counts.clamp_min(1.0)[:, None]
             if self.center:
                 global_mean = (means * present[:, None]).sum(0) / present.sum().clamp_min(1.0)

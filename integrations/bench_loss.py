@@ -1,11 +1,18 @@
-"""Times one forward+backward step of P-HUG against nn.Linear + cross-entropy and the naive form.
+"""Times HUG against cross-entropy: loss steps, self-supervised criteria, whole training steps.
 
 Usage::
 
     python integrations/bench_loss.py [--preset default|quick] [key=value ...]
 
-Writes ``<out_dir>/bench_loss.md`` and ``.csv`` (rewritten atomically after every cell, so a
-killed run keeps what it measured). Ratios compare methods measured in the same run.
+Writes three tables under ``out_dir`` (each rewritten atomically after every row, so a killed
+run keeps what it measured):
+
+* ``bench_loss``: one forward+backward step of the loss at each class count ``C``, every
+  method measured side by side (interleaved, one fresh process per ``C``), ratios to CE;
+  optionally each method's extra peak memory (one fresh process per cell);
+* ``bench_ssl``: ``HUGCriterion()`` against lightly's ``NTXentLoss`` at each batch size;
+* ``bench_train``: a whole SGD training step (forward, loss, backward, update) of three model
+  sizes with a linear head + CE against a ProxyHead + ``HUGLoss()``.
 """
 
 from __future__ import annotations
@@ -16,77 +23,149 @@ from typing import Any
 
 import torch
 
-from hug_plugins.benchmark import measure_isolated, measure_loss_step
+from hug_plugins import benchmark
 from hug_plugins.config import parse_cli
 from hug_plugins.io import standard_header_lines, write_tables
 
-FIELDS = ("ms", "peak_mib")
+RATIOS = {
+    "hug/ce": "hug",
+    "unchecked/ce": "hug_unchecked",
+    "eager/ce": "hug_eager",
+    "reference/ce": "hug_reference",
+    "static/ce": "hug_static",
+}
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    cfg = parse_cli(argv, "bench_loss", description=__doc__)
-    device = str(cfg.device)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    threads = int(cfg.threads) or None
-    if threads:
-        torch.set_num_threads(threads)
-    header = [
-        *standard_header_lines(),
-        f"Step = forward + backward, B = {cfg.batch_size}, d = {cfg.dim}, median of "
-        f"{cfg.repeats} steps after {cfg.warmup} warm-up steps, device {device}.",
-        "peak = extra peak memory of the step over its inputs and parameters "
-        "(CUDA: max_memory_allocated; CPU: ru_maxrss in a fresh process).",
-        "hug = MHE-HUG preset in its default energy mode (auto: full if C <= B else rows); "
-        "hug_unchecked = the same with set_validation(False) (no device read per step); "
-        "hug_full = full O(C^2 d) energy; naive = the authors' formula as written "
-        "(per-class loop, full cdist). 'extrap.' = quadratic extrapolation from the largest "
-        "measured C.",
-    ]
+def _measure(cfg: Any, target: str, threads: int | None, **kwargs: Any) -> dict[str, Any]:
+    kwargs.update(device=str(cfg.device), seed=0)
+    if cfg.isolated and cfg.device == "cpu":
+        return benchmark.measure_isolated(threads=threads, target=target, **kwargs)
+    function = {
+        "side_by_side": benchmark.measure_side_by_side,
+        "step": benchmark.measure_loss_step,
+        "ssl": benchmark.measure_ssl_side_by_side,
+        "train": benchmark.measure_train_side_by_side,
+    }[target]
+    result: dict[str, Any] = function(**kwargs)
+    return result
+
+
+def loss_rows(cfg: Any, threads: int | None, header: list[str]) -> list[dict[str, Any]]:
+    """The loss-step table: one side-by-side measurement per class count."""
     rows: list[dict[str, Any]] = []
-    measured_naive: tuple[int, float] | None = None
-    for num_classes in cfg.classes:
-        row: dict[str, Any] = {"C": int(num_classes)}
-        results: dict[str, dict[str, Any]] = {}
-        for method in cfg.methods:
-            too_big = (method == "naive" and num_classes > cfg.naive_max_classes) or (
-                method == "hug_full" and num_classes > cfg.full_max_classes
-            )
-            if too_big:
-                continue
-            kwargs = dict(
-                method=method,
-                num_classes=int(num_classes),
-                batch_size=int(cfg.batch_size),
-                dim=int(cfg.dim),
-                device=device,
-                repeats=int(cfg.repeats),
-                warmup=int(cfg.warmup),
-            )
-            try:
-                if cfg.isolated and device == "cpu":
-                    results[method] = measure_isolated(threads=threads, **kwargs)
-                else:
-                    results[method] = measure_loss_step(**kwargs)
-            except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
-                print(f"C={num_classes} {method}: failed ({exc})", file=sys.stderr)
-        for method, res in results.items():
-            row[f"{method}_ms"] = res["ms"]
-            row[f"{method}_peak_mib"] = res["peak_mib"]
-        if "ce" in results and "hug" in results:
-            row["hug/ce"] = results["hug"]["ms"] / results["ce"]["ms"]
-        if "ce" in results and "hug_unchecked" in results:
-            row["unchecked/ce"] = results["hug_unchecked"]["ms"] / results["ce"]["ms"]
+    for num_classes in (int(c) for c in cfg.classes):
+        methods = [
+            m
+            for m in cfg.methods
+            if not (m == "naive" and num_classes > cfg.naive_max_classes)
+            and not (m == "hug_full" and num_classes > cfg.full_max_classes)
+        ]
+        shape = dict(num_classes=num_classes, batch_size=int(cfg.batch_size), dim=int(cfg.dim))
+        try:
+            results = _measure(
+                cfg, "side_by_side", threads, methods=methods, repeats=int(cfg.repeats),
+                warmup=int(cfg.warmup), **shape,
+            )  # fmt: skip
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+            print(f"C={num_classes}: failed ({exc})", file=sys.stderr)
+            continue
+        row: dict[str, Any] = {"C": num_classes}
+        row.update({f"{m}_ms": r["ms"] for m, r in results.items()})
+        for name, method in RATIOS.items():
+            if "ce" in results and method in results:
+                row[name] = results[method]["ms"] / results["ce"]["ms"]
         if "naive" in results and "hug" in results:
             row["naive/hug"] = results["naive"]["ms"] / results["hug"]["ms"]
-            measured_naive = (int(num_classes), results["naive"]["peak_mib"])
-        elif "naive" in cfg.methods and measured_naive is not None:
-            base_c, base_mib = measured_naive
-            row["naive_peak_mib"] = f"{base_mib * (num_classes / base_c) ** 2:.0f} (extrap.)"
+        if cfg.memory:
+            for method in methods:
+                try:
+                    peak = _measure(
+                        cfg, "step", threads, method=method, repeats=2, warmup=1, **shape
+                    )
+                    row[f"{method}_peak_mib"] = peak["peak_mib"]
+                except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+                    print(f"C={num_classes} {method} memory: failed ({exc})", file=sys.stderr)
         rows.append(row)
         print(row, flush=True)
         write_tables(rows, Path(cfg.out_dir) / "bench_loss", header, digits=2)
     return rows
+
+
+def ssl_rows(cfg: Any, threads: int | None, header: list[str]) -> list[dict[str, Any]]:
+    """The self-supervised table: HUGCriterion vs NTXentLoss per batch size."""
+    rows: list[dict[str, Any]] = []
+    for batch_size in (int(b) for b in cfg.ssl_batch_sizes):
+        results = _measure(
+            cfg, "ssl", threads, batch_size=batch_size, dim=int(cfg.ssl_dim),
+            repeats=int(cfg.repeats), warmup=int(cfg.warmup),
+        )  # fmt: skip
+        ntxent, hug = results["ntxent"]["ms"], results["hug_criterion"]["ms"]
+        rows.append(
+            {"batch": batch_size, "ntxent_ms": ntxent, "hug_ms": hug, "hug/ntxent": hug / ntxent}
+        )
+        print(rows[-1], flush=True)
+        write_tables(rows, Path(cfg.out_dir) / "bench_ssl", header, digits=2)
+    return rows
+
+
+def train_rows(cfg: Any, threads: int | None, header: list[str]) -> list[dict[str, Any]]:
+    """The training-step table: CE vs HUG per model."""
+    rows: list[dict[str, Any]] = []
+    for model in cfg.train_models:
+        results = _measure(
+            cfg, "train", threads, model=str(model), num_classes=int(cfg.train_classes),
+            batch_size=int(cfg.train_batch_size), repeats=int(cfg.train_repeats),
+            warmup=int(cfg.train_warmup),
+        )  # fmt: skip
+        ce, hug = results["ce"]["ms"], results["hug"]["ms"]
+        rows.append(
+            {"model": benchmark.TRAIN_MODELS[str(model)], "ce_ms": ce, "hug_ms": hug,
+             "overhead_%": 100.0 * (hug / ce - 1.0)}
+        )  # fmt: skip
+        print(rows[-1], flush=True)
+        write_tables(rows, Path(cfg.out_dir) / "bench_train", header, digits=2)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    cfg = parse_cli(argv, "bench_loss", description=__doc__)
+    if cfg.device == "auto":
+        cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+    threads = int(cfg.threads) or None
+    if threads:
+        torch.set_num_threads(threads)
+    base = [
+        *standard_header_lines(),
+        f"Median of {cfg.repeats} steps after {cfg.warmup} warm-up steps per method, methods "
+        f"interleaved step by step in one process; device {cfg.device}.",
+    ]
+    loss_header = [
+        *base,
+        f"Loss step = forward + backward, B = {cfg.batch_size}, d = {cfg.dim}. ce = nn.Linear + "
+        "cross-entropy; hug = HUGLoss() (fused, compiled where set_compile('auto') does); "
+        "unchecked = without value checks; eager = fused, never compiled; reference = the "
+        "composed path (set_fused(False)); static = static proxies (O(B d) step); hug_full = "
+        "full O(C^2 d) energy; naive = the authors' formula as written.",
+        "peak = extra peak memory of the step over its inputs (CUDA: max_memory_allocated; "
+        "CPU: ru_maxrss in a fresh process).",
+    ]
+    ssl_header = [
+        *base,
+        f"Two views of B embeddings, d = {cfg.ssl_dim}, forward + backward: lightly's "
+        "NTXentLoss() vs HUGCriterion().",
+    ]
+    train_header = [
+        *base[:-1],
+        f"Median of {cfg.train_repeats} steps after {cfg.train_warmup} warm-up steps per method, "
+        f"interleaved; one SGD step (forward, loss, backward, update), batch "
+        f"{cfg.train_batch_size}, {cfg.train_classes} classes: linear head + CE vs "
+        "ProxyHead + HUGLoss(), same backbone weights.",
+    ]
+    return {
+        "loss": loss_rows(cfg, threads, loss_header),
+        "ssl": ssl_rows(cfg, threads, ssl_header),
+        "train": train_rows(cfg, threads, train_header),
+    }
 
 
 if __name__ == "__main__":

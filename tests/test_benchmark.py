@@ -10,7 +10,15 @@ import torch
 from torch import nn
 
 from hug_plugins._checks import validation_enabled
-from hug_plugins.benchmark import METHODS, measure_loss_step
+from hug_plugins.benchmark import (
+    METHODS,
+    TRAIN_MODELS,
+    measure_loss_step,
+    measure_side_by_side,
+    measure_ssl_side_by_side,
+    measure_train_side_by_side,
+)
+from hug_plugins.fused import compile_mode, fused_enabled
 from hug_plugins.losses import HUGLoss
 from hug_plugins.reference import authors_hug_loss, cross_entropy_head_loss
 
@@ -26,8 +34,11 @@ def _expected_loss(method: str, num_classes: int, batch_size: int, dim: int, see
     proxies = torch.randn(num_classes, dim, generator=gen)
     if method == "naive":
         return float(authors_hug_loss(features, labels, proxies))
+    # Static proxies (no gradient): the inter term is the exact (full-mode) energy, whatever
+    # the mode; learnable ones in rows mode (C > B here) get the batch's rows estimate.
+    proxies.requires_grad_(method != "hug_static")
     mode = "full" if method == "hug_full" else "auto"
-    return float(HUGLoss.preset("mhe", energy_mode=mode)(features, labels, proxies))
+    return float(HUGLoss(energy_mode=mode)(features, labels, proxies))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -74,7 +85,7 @@ def test_bench_script_writes_tables(tmp_path: Path) -> None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    rows = module.main(
+    tables = module.main(
         [
             "--preset",
             "quick",
@@ -87,8 +98,42 @@ def test_bench_script_writes_tables(tmp_path: Path) -> None:
             "naive_max_classes=16",
         ]
     )
+    rows = tables["loss"]
     assert [row["C"] for row in rows] == [16, 64]
-    assert "naive/hug" in rows[0] and "extrap." in str(rows[1]["naive_peak_mib"])
-    text = (tmp_path / "bench_loss.md").read_text()
-    assert "Command:" in text and "| C |" in text
-    assert (tmp_path / "bench_loss.csv").read_text().count("\n") >= 3
+    assert "naive/hug" in rows[0] and "naive/hug" not in rows[1]  # naive capped at C = 16
+    for row in rows:
+        for ratio in ("hug/ce", "unchecked/ce", "eager/ce", "reference/ce", "static/ce"):
+            assert row[ratio] > 0
+        assert row["hug_peak_mib"] >= 0  # memory: true in the quick preset
+    assert [row["batch"] for row in tables["ssl"]] == [32]
+    assert tables["ssl"][0]["hug/ntxent"] > 0
+    assert [row["model"] for row in tables["train"]] == [TRAIN_MODELS["mlp"]]
+    for name in ("bench_loss", "bench_ssl", "bench_train"):
+        text = (tmp_path / f"{name}.md").read_text()
+        assert "Command:" in text and "Median of" in text
+        assert (tmp_path / f"{name}.csv").read_text().count("\n") >= 2
+
+
+def test_side_by_side_times_every_method_on_the_same_inputs() -> None:
+    results = measure_side_by_side(
+        ["ce", "hug", "hug_reference", "hug_eager"], num_classes=12, batch_size=8, dim=4,
+        repeats=2, warmup=1, seed=7,
+    )  # fmt: skip
+    assert all(r["steps"] == 3 and r["ms"] > 0 for r in results.values())
+    # The fused, eager and reference paths compute the same loss on the same inputs.
+    expected = _expected_loss("hug", 12, 8, 4, seed=7)
+    for method in ("hug", "hug_reference", "hug_eager"):
+        assert results[method]["loss"] == pytest.approx(expected, rel=1e-5)
+    assert compile_mode() == "auto" and fused_enabled()  # switches restored
+
+
+def test_ssl_and_train_measurements_run_the_named_losses() -> None:
+    ssl = measure_ssl_side_by_side(16, dim=8, repeats=1, warmup=1)
+    assert set(ssl) == {"ntxent", "hug_criterion"}
+    assert ssl["ntxent"]["loss"] != ssl["hug_criterion"]["loss"]
+    train = measure_train_side_by_side("mlp", batch_size=8, repeats=2, warmup=1)
+    assert set(train) == {"ce", "hug"}
+    # CE of 10 classes starts near log(10); HUG's default loss is on another scale.
+    assert abs(train["ce"]["loss"] - 2.3) < 0.5
+    with pytest.raises(ValueError, match="unknown model"):
+        measure_train_side_by_side("vit", batch_size=2, repeats=1, warmup=0)

@@ -1,0 +1,407 @@
+"""Fused P-HUG: the proxy HUG loss as one autograd node with a hand-written backward pass.
+
+The reference path of :class:`hug_plugins.losses.HUGLoss` composes general pieces: a
+normalized ``(C, d)`` copy of the proxies (``unit_rows``) and its backward pass, the chunked
+pair-kernel mean, the intra term, each an autograd node. At large ``C`` the extra passes over
+the ``(C, d)`` proxies and over the ``(m, C)`` pair block cost as much as the three matrix
+products that a linear head + cross-entropy also needs; at small ``C`` the ~50 small operations
+cost more than the arithmetic. This module computes the same loss with
+
+* **no normalized copy of the proxies**: the pair block is ``(U W^T) * r`` with ``U`` the
+  normalized anchor proxies and ``r`` the inverse proxy norms; normalization enters the
+  backward pass as one rank-1 correction per proxy (one fused ``(C, d)`` pass);
+* **one autograd node** for the whole loss (intra and inter term), whose backward pass is two
+  matrix products plus ``O(B d + C d)`` element-wise work, as a linear layer's;
+* **the element-wise work on the pair block in one function** (:func:`pair_block`), which
+  ``torch.compile`` fuses into one or two passes when the block is large enough for that to pay
+  off (:func:`set_compile`); eager otherwise, and whenever compilation is unavailable.
+
+The fused path covers the MHE and MHS inter terms (every kernel) with the ``"distance"`` and
+``"squared_distance"`` intra terms, in both reductions and both energy modes, when the pair
+block fits in memory (:func:`fused_supported`); everything else runs the reference path. The
+two paths agree to rounding (tested in float64, values and gradients).
+
+Example:
+    >>> import torch
+    >>> from hug_plugins.losses import HUGLoss
+    >>> loss_fn = HUGLoss()  # uses this module whenever fused_supported(...) holds
+    >>> features = torch.randn(8, 16, requires_grad=True)
+    >>> proxies = torch.nn.Parameter(torch.randn(4, 16))
+    >>> loss_fn(features, torch.tensor([0, 1, 2, 3] * 2), proxies).backward()
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from hug_plugins.uniformity import PairKernel
+
+UNIT_EPS = 1e-12
+"""Norm floor of the feature and proxy normalization (as :func:`~hug_plugins.unit_rows`)."""
+
+MAX_FUSED_PAIRS = 1 << 26
+"""Largest pair block (``m * C`` elements, 256 MiB in float32) the fused path holds at once;
+beyond it the reference path walks the block in chunks."""
+
+COMPILE_MIN_PAIRS = 1 << 17
+"""Smallest pair block (128k elements, e.g. ``C = 512`` at ``B = 256``) compiled in ``"auto"``
+mode. Below it a step's element-wise work is a fraction of a millisecond, and the first
+compilation (10-30 s on a CPU; cached on disk for later processes) would take thousands of
+steps to pay off."""
+
+CompileMode = Literal["auto", "always", "never"]
+_compile_mode: CompileMode = "auto"
+_compiled_fns: dict[str, Callable[..., Any]] = {}
+_compile_failed = False
+_fused_enabled = True
+
+
+def set_fused(enabled: bool) -> None:
+    """Turns the fused path on (default) or off (every loss runs the reference path).
+
+    The reference path exists for comparison: tests and ``integrations/bench_loss.py`` use
+    this switch to measure one against the other.
+    """
+    global _fused_enabled
+    _fused_enabled = bool(enabled)
+
+
+def fused_enabled() -> bool:
+    """Whether the fused path is on (see :func:`set_fused`)."""
+    return _fused_enabled
+
+
+def set_compile(mode: CompileMode) -> None:
+    """Chooses when :func:`pair_block` runs through ``torch.compile``.
+
+    * ``"auto"`` (default): for pair blocks of at least :data:`COMPILE_MIN_PAIRS` elements,
+      when a C++ compiler is on the path (CPU) or the block is on CUDA;
+    * ``"always"``: for every block (tests use it to check the compiled code);
+    * ``"never"``: eager only.
+
+    A failed compilation warns once and falls back to eager for the rest of the process.
+
+    Raises:
+        ValueError: On an unknown mode.
+    """
+    global _compile_mode
+    if mode not in ("auto", "always", "never"):
+        raise ValueError(f"compile mode must be 'auto', 'always' or 'never', got {mode!r}")
+    _compile_mode = mode
+
+
+def compile_mode() -> CompileMode:
+    """The current :func:`set_compile` mode."""
+    return _compile_mode
+
+
+def _want_compiled(pairs: int, device: torch.device) -> bool:
+    if _compile_failed or _compile_mode == "never":
+        return False
+    if _compile_mode == "always":
+        return True
+    if pairs < COMPILE_MIN_PAIRS:
+        return False
+    return (
+        device.type == "cuda" or shutil.which("c++") is not None or shutil.which("g++") is not None
+    )
+
+
+@dataclass(frozen=True)
+class FusedSpec:
+    """What the fused node computes (constants of one loss configuration).
+
+    Attributes:
+        kernel: Pair kernel of the inter term.
+        squared: Intra term is the squared distance (else the distance).
+        eps: Distance floor of the intra term.
+        rows: Anchors are the batch labels (rows mode) rather than all proxies (full mode).
+        train_targets: Proxies receive the intra term's gradient (``detach_proxies=False``).
+    """
+
+    kernel: PairKernel
+    squared: bool
+    eps: float
+    rows: bool
+    train_targets: bool
+
+
+def fused_supported(config: Any, anchors: int, num_classes: int) -> bool:
+    """Whether the fused node computes the loss of ``config`` (a ``HUGConfig``).
+
+    Args:
+        config: The loss configuration.
+        anchors: Rows of the pair block (batch size in rows mode, ``C`` in full mode).
+        num_classes: Number of proxies ``C``.
+    """
+    return (
+        _fused_enabled
+        and config.inter in ("mhe", "mhs")
+        and config.intra in ("distance", "squared_distance")
+        and config.ce_weight == 0
+        and anchors * num_classes <= MAX_FUSED_PAIRS
+    )
+
+
+def pair_block(
+    unit_anchors: Tensor,
+    proxies: Tensor,
+    inv_norms: Tensor,
+    sq_rows: Tensor,
+    sq_cols: Tensor,
+    row_weights: Tensor,
+    exclude: Tensor,
+    kernel: PairKernel,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Pair sums of one loss step: ``sum_i a_i sum_{c != exclude_i} K(d2_ic)`` and its gradient.
+
+    ``d2_ic = sq_rows_i + sq_cols_c - 2 <U_i, W_c> r_c`` is the squared distance between the
+    normalized anchor ``U_i`` and the normalized proxy ``W_c r_c`` (``sq`` are their squared
+    norms: 1, or 0 for a zero vector).
+
+    Args:
+        unit_anchors: ``(m, d)`` normalized anchors ``U``.
+        proxies: ``(C, d)`` raw proxies ``W``.
+        inv_norms: ``(C,)`` inverse proxy norms ``r``.
+        sq_rows: ``(m,)`` squared norms of ``U``.
+        sq_cols: ``(C,)`` squared norms of ``W r``.
+        row_weights: ``(m,)`` positive row weights ``a_i``.
+        exclude: ``(m,)`` column excluded from each row.
+        kernel: The pair kernel.
+        need_grad: Whether to return the gradient factors.
+
+    Returns:
+        ``(stat, D, colsum)``. Plain kernels: ``stat = sum_i a_i sum_c K_ic``, ``D_ic = K'_ic
+        r_c`` (derivative in ``d2``, unweighted) and ``colsum_c = sum_i a_i D_ic <U_i, W_c>``.
+        Log-mean-exp kernels: ``stat = logsumexp_ic(g_ic + log a_i)``, ``D_ic = softmax_ic
+        g'_ic r_c`` and ``colsum_c = sum_i D_ic <U_i, W_c>``. ``D`` and ``colsum`` are
+        ``None`` without ``need_grad``.
+    """
+    gram = unit_anchors @ proxies.T
+    d2 = torch.addcmul(sq_cols[None, :], gram, inv_norms[None, :], value=-2.0)
+    d2 = d2.add_(sq_rows[:, None]).clamp_(min=0.0)
+    values, deriv = kernel.evaluate(d2, need_grad)
+    index = exclude[:, None]
+    if kernel.log_mean_exp:
+        values = values.add_(torch.log(row_weights)[:, None]).scatter_(1, index, -math.inf)
+        stat = torch.logsumexp(values.flatten(), dim=0)
+        if not need_grad:
+            return stat, None, None
+        coef = values.sub_(stat).exp_()
+        coef = coef.mul_(deriv) if deriv is not None else coef.mul_(-kernel.param)
+        coef = coef.mul_(inv_norms[None, :])
+        return stat, coef, gram.mul_(coef).sum(0)
+    stat = values.scatter_(1, index, 0.0).sum(1) @ row_weights
+    if deriv is None:
+        return stat, None, None
+    coef = deriv.scatter_(1, index, 0.0).mul_(inv_norms[None, :])
+    return stat, coef, gram.mul_(coef).T @ row_weights
+
+
+def hug_forward(
+    features: Tensor,
+    proxies: Tensor,
+    labels: Tensor,
+    anchors: Tensor,
+    row_weights: Tensor,
+    intra_weights: Tensor,
+    spec: FusedSpec,
+    need_grad: bool,
+) -> tuple[Tensor, ...]:
+    """Forward math of the fused node: ``(intra, inter, *saved)`` (see :func:`fused_proxy_hug`).
+
+    A pure function of tensors and constants, so that ``torch.compile`` can fuse it.
+    """
+    norms_x = torch.linalg.vector_norm(features, dim=1)
+    clamped_x = norms_x.clamp_min(UNIT_EPS)
+    x_hat = features / clamped_x[:, None]
+    norms_w = torch.linalg.vector_norm(proxies, dim=1)
+    inv_w = norms_w.clamp_min(UNIT_EPS).reciprocal()
+    sq_w = (norms_w * inv_w).square()
+    unit_anchors = proxies[anchors] * inv_w[anchors, None]
+    targets = unit_anchors if spec.rows else unit_anchors[labels]
+    diff = x_hat - targets
+    d2 = torch.linalg.vecdot(diff, diff, dim=1)
+    eps2 = spec.eps * spec.eps
+    if spec.squared:
+        intra = d2 @ intra_weights
+        pull = intra_weights
+    else:
+        dist = d2.clamp_min(eps2).sqrt()
+        intra = dist @ intra_weights
+        pull = torch.where(d2 > eps2, 0.5 * intra_weights / dist, 0.0)
+    pair_total = row_weights.sum() * (proxies.shape[0] - 1)
+    stat, coef, colsum = pair_block(
+        unit_anchors, proxies, inv_w, sq_w[anchors], sq_w, row_weights, anchors, spec.kernel,
+        need_grad,
+    )  # fmt: skip
+    if spec.kernel.log_mean_exp:
+        inter = stat - torch.log(pair_total)
+        anchor_scale = torch.ones_like(row_weights)
+    else:
+        inter = stat / pair_total
+        anchor_scale = row_weights / pair_total
+        colsum = None if colsum is None else colsum / pair_total
+    if not need_grad:
+        return intra, inter
+    assert coef is not None and colsum is not None
+    return (
+        intra, inter, x_hat, clamped_x, norms_x > UNIT_EPS, inv_w, norms_w > UNIT_EPS,
+        unit_anchors, diff, pull, coef, colsum, anchor_scale,
+    )  # fmt: skip
+
+
+def hug_backward(
+    grad_intra: Tensor,
+    grad_inter: Tensor,
+    proxies: Tensor,
+    labels: Tensor,
+    anchors: Tensor,
+    saved: tuple[Tensor, ...],
+    spec: FusedSpec,
+    need_x: bool,
+    need_w: bool,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Backward math of the fused node: gradients of features and proxies.
+
+    With ``D``, ``colsum`` and the anchor scales ``s_i`` of :func:`pair_block` and
+    ``g = grad_inter``: ``dL/dW_c = -2 g (D^T (s U))_c + 2 g r_c^2 colsum_c W_c`` (columns;
+    the second part is the normalization's radial correction), ``dL/dU_i = -2 g s_i (D W)_i``
+    (anchors, then through the normalization of ``W[anchors]``), and the intra term's
+    ``dL/dx_hat_b = 2 pull_b (x_hat_b - t_b)`` through the features' normalization.
+    """
+    (
+        x_hat, clamped_x, active_x, inv_w, active_w,
+        unit_anchors, diff, pull, coef, colsum, anchor_scale,
+    ) = saved  # fmt: skip
+    grad_diff = diff * (2.0 * grad_intra * pull)[:, None]
+    grad_x = None
+    if need_x:
+        radial = torch.linalg.vecdot(grad_diff, x_hat, dim=1) * active_x
+        grad_x = torch.addcmul(grad_diff, x_hat, radial[:, None], value=-1.0) / clamped_x[:, None]
+    if not need_w:
+        return grad_x, None
+    scale = (-2.0 * grad_inter) * anchor_scale
+    grad_w = coef.T @ (unit_anchors * scale[:, None])
+    column_radial = (2.0 * grad_inter) * inv_w * inv_w * colsum * active_w
+    grad_w = torch.addcmul(grad_w, proxies, column_radial[:, None])
+    grad_anchors = (coef @ proxies) * scale[:, None]
+    if spec.train_targets:
+        if spec.rows:
+            grad_anchors = grad_anchors - grad_diff
+        else:
+            grad_anchors = grad_anchors.index_add(0, labels, grad_diff, alpha=-1.0)
+    radial = torch.linalg.vecdot(grad_anchors, unit_anchors, dim=1) * active_w[anchors]
+    grad_anchors = torch.addcmul(grad_anchors, unit_anchors, radial[:, None], value=-1.0)
+    grad_anchors = grad_anchors * inv_w[anchors, None]
+    return grad_x, grad_w.index_add(0, anchors, grad_anchors)
+
+
+def _compiled(fn: Callable[..., Any], device: torch.device, size: int) -> Callable[..., Any]:
+    """``fn`` itself, or its ``torch.compile`` d version when :func:`set_compile` asks for it."""
+    global _compile_failed
+    if not _want_compiled(size, device):
+        return fn
+    key = f"{fn.__name__}:{device.type}"
+    if key not in _compiled_fns:
+        _compiled_fns[key] = torch.compile(fn, dynamic=None)
+    compiled = _compiled_fns[key]
+
+    def run(*args: Any) -> Any:
+        global _compile_failed
+        try:
+            return compiled(*args)
+        except Exception as exc:  # no compiler, unsupported backend: eager from now on
+            _compile_failed = True
+            warnings.warn(
+                f"torch.compile of the fused HUG loss failed ({type(exc).__name__}: {exc}); "
+                "running eager",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return fn(*args)
+
+    return run
+
+
+class _FusedProxyHUG(torch.autograd.Function):
+    """``(intra, inter)`` of P-HUG in one node; see :func:`hug_backward` for the algebra."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        features: Tensor,
+        proxies: Tensor,
+        labels: Tensor,
+        anchors: Tensor,
+        row_weights: Tensor,
+        intra_weights: Tensor,
+        spec: FusedSpec,
+    ) -> tuple[Tensor, Tensor]:
+        needs = ctx.needs_input_grad  # type: ignore[attr-defined]
+        need_x, need_w = bool(needs[0]), bool(needs[1])
+        need_grad = need_x or need_w
+        size = anchors.shape[0] * proxies.shape[0]
+        forward = _compiled(hug_forward, proxies.device, size)
+        with torch.no_grad():
+            out = forward(
+                features, proxies, labels, anchors, row_weights, intra_weights, spec, need_grad
+            )
+        ctx.spec = spec  # type: ignore[attr-defined]
+        ctx.flags = (need_x, need_w, size)  # type: ignore[attr-defined]
+        if need_grad:
+            ctx.save_for_backward(proxies, labels, anchors, *out[2:])
+        return out[0], out[1]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_intra: Tensor, grad_inter: Tensor) -> tuple[Tensor | None, ...]:
+        proxies, labels, anchors, *saved = ctx.saved_tensors
+        need_x, need_w, size = ctx.flags
+        backward = _compiled(hug_backward, proxies.device, size)
+        grad_x, grad_w = backward(
+            grad_intra, grad_inter, proxies, labels, anchors, tuple(saved), ctx.spec, need_x, need_w
+        )
+        return grad_x, grad_w, None, None, None, None, None
+
+
+def fused_proxy_hug(
+    features: Tensor,
+    proxies: Tensor,
+    labels: Tensor,
+    anchors: Tensor,
+    row_weights: Tensor,
+    intra_weights: Tensor,
+    spec: FusedSpec,
+) -> tuple[Tensor, Tensor]:
+    """Unweighted intra term and inter pair mean of P-HUG in one autograd node.
+
+    Args:
+        features: ``(B, d)`` raw features (normalized here).
+        proxies: ``(C, d)`` raw proxies (normalized here), same dtype as ``features``.
+        labels: ``(B,)`` int64 labels.
+        anchors: ``(m,)`` int64 anchor proxies of the pair block: ``labels`` (rows mode) or
+            ``arange(C)`` (full mode); anchor ``i`` skips column ``anchors[i]``.
+        row_weights: ``(m,)`` positive anchor weights.
+        intra_weights: ``(B,)`` weights of the per-sample intra distances.
+        spec: What to compute.
+
+    Returns:
+        ``(intra, inter)``: ``sum_b intra_weights_b dist_b`` and the weighted pair mean of the
+        kernel (log-mean-exp kernels: the log of the mean of ``exp``), as
+        :func:`~hug_plugins.uniformity.pair_kernel_mean` returns it.
+    """
+    intra, inter = _FusedProxyHUG.apply(
+        features, proxies, labels, anchors, row_weights, intra_weights, spec
+    )
+    return intra, inter

@@ -1,0 +1,171 @@
+"""The fused P-HUG node and the static-proxy shortcut equal the reference path (float64)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from hug_plugins import fused, losses
+from hug_plugins.fused import set_compile, set_fused
+from hug_plugins.losses import HUGLoss, preset_config
+
+
+@pytest.fixture(autouse=True)
+def _restore_switches() -> Iterator[None]:
+    yield
+    set_fused(True)
+    set_compile("auto")
+
+
+def _loss_and_grads(
+    config: Any, features: torch.Tensor, labels: torch.Tensor, proxies: torch.Tensor, on: bool
+) -> list[torch.Tensor]:
+    set_fused(on)
+    features.grad = None
+    proxies.grad = None
+    terms = HUGLoss(config).terms(features, labels, proxies)
+    terms.loss.backward()
+    assert features.grad is not None and proxies.grad is not None
+    out = [terms.loss.detach(), terms.inter.detach(), terms.intra.detach()]
+    return [*out, features.grad.clone(), proxies.grad.clone()]
+
+
+def _inputs(num_classes: int, batch: int = 12, dim: int = 7, seed: int = 0) -> tuple[Any, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    features = torch.randn(batch, dim, generator=gen, dtype=torch.float64).requires_grad_(True)
+    proxies = torch.randn(num_classes, dim, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, num_classes, (batch,), generator=gen)
+    return features, labels, proxies.requires_grad_(True)
+
+
+def _assert_same(fast: list[torch.Tensor], reference: list[torch.Tensor]) -> None:
+    for got, want in zip(fast, reference, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("preset", ["default", "mhe", "mhs", "authors", "mhe_sum", "mhs_sum"])
+@pytest.mark.parametrize("mode", ["full", "rows"])
+@pytest.mark.parametrize("intra", ["distance", "squared_distance"])
+@pytest.mark.parametrize("detach", [True, False])
+def test_fused_equals_reference(preset: str, mode: str, intra: str, detach: bool) -> None:
+    config = preset_config(preset, energy_mode=mode, intra=intra, detach_proxies=detach)
+    assert fused.fused_supported(config, 12, 9)
+    features, labels, proxies = _inputs(num_classes=9)
+    fast = _loss_and_grads(config, features, labels, proxies, on=True)
+    reference = _loss_and_grads(config, features, labels, proxies, on=False)
+    _assert_same(fast, reference)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"kernel": "gaussian"},
+        {"kernel": "log"},
+        {"kernel": "riesz", "s": 1.0},
+        {"kernel": "riesz", "s": -1.0},
+        {"intra_reduction": "sample_mean"},
+        {"reduction": "sum", "kernel": "gaussian"},
+    ],
+)
+@pytest.mark.parametrize("num_classes", [5, 40])  # auto mode: full (C <= B) and rows
+def test_fused_equals_reference_for_every_kernel(
+    overrides: dict[str, Any], num_classes: int
+) -> None:
+    config = HUGLoss(**overrides).config
+    features, labels, proxies = _inputs(num_classes)
+    fast = _loss_and_grads(config, features, labels, proxies, on=True)
+    _assert_same(fast, _loss_and_grads(config, features, labels, proxies, on=False))
+
+
+def test_fused_handles_zero_vectors_like_the_reference() -> None:
+    features, labels, proxies = _inputs(num_classes=6)
+    with torch.no_grad():
+        features[0] = 0.0
+        proxies[labels[1]] = 0.0
+    config = HUGLoss(energy_mode="rows").config
+    fast = _loss_and_grads(config, features, labels, proxies, on=True)
+    assert all(bool(torch.isfinite(t).all()) for t in fast)
+    _assert_same(fast, _loss_and_grads(config, features, labels, proxies, on=False))
+
+
+def test_unsupported_settings_take_the_reference_path() -> None:
+    for overrides in (
+        {"inter": "mgd", "energy_mode": "full"},
+        {"intra": "max_distance"},
+        {"ce_weight": 1.0},
+    ):
+        assert not fused.fused_supported(HUGLoss(**overrides).config, 8, 4)  # type: ignore[arg-type]
+    assert not fused.fused_supported(HUGLoss().config, 1 << 14, 1 << 13)  # block too large
+    set_fused(False)
+    assert not fused.fused_supported(HUGLoss().config, 8, 4)
+
+
+def test_compiled_path_equals_eager() -> None:
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("torch.compile needs a C++ compiler on the CPU")
+    config = HUGLoss(energy_mode="rows").config
+    features, labels, proxies = _inputs(num_classes=30)
+    set_compile("never")
+    eager = _loss_and_grads(config, features, labels, proxies, on=True)
+    set_compile("always")
+    compiled = _loss_and_grads(config, features, labels, proxies, on=True)
+    assert not fused._compile_failed
+    _assert_same(compiled, eager)
+
+
+def test_set_compile_rejects_unknown_modes() -> None:
+    with pytest.raises(ValueError, match="compile mode"):
+        set_compile("sometimes")  # type: ignore[arg-type]
+
+
+def test_static_proxies_step_is_exact_and_computes_the_energy_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    features, labels, proxies = _inputs(num_classes=40)  # C > B: rows mode if learnable
+    static = proxies.detach().clone()
+    calls = []
+    original = losses._inter_term
+
+    def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(losses, "_inter_term", counting)
+    loss_fn = HUGLoss()
+    for _ in range(3):
+        features.grad = None
+        terms = loss_fn.terms(features, labels, static)
+        terms.loss.backward()
+    assert len(calls) == 1  # the constant inter term is cached
+    # The value is the exact (full-mode) energy; the feature gradient is the reference one.
+    set_fused(False)
+    exact = HUGLoss(energy_mode="full")
+    want = exact.terms(features, labels, proxies.detach().requires_grad_(True))
+    torch.testing.assert_close(terms.inter, want.inter.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(terms.intra, want.intra.detach(), rtol=1e-12, atol=0)
+    grad = features.grad.clone()
+    features.grad = None
+    exact(features, labels, proxies.detach().requires_grad_(True)).backward()
+    torch.testing.assert_close(grad, features.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_static_cache_follows_in_place_updates_and_checks_values() -> None:
+    features, labels, proxies = _inputs(num_classes=6)
+    static = proxies.detach().clone()
+    loss_fn = HUGLoss()
+    before = loss_fn.terms(features, labels, static).inter
+    with torch.no_grad():
+        static[0] = static[1]  # version bump: a duplicate proxy raises the energy
+    after = loss_fn.terms(features, labels, static).inter
+    assert float(after) > float(before)
+    static[2, 0] = float("nan")
+    with pytest.raises(ValueError, match="proxies contains non-finite"):
+        loss_fn(features, labels, static)
+    # A new tensor with the same values is a cache miss, not a stale hit.
+    fresh = static.clone()
+    fresh[2, 0] = 0.0
+    assert torch.isfinite(loss_fn(features, labels, fresh))
