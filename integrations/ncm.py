@@ -38,6 +38,7 @@ import math
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import threading
@@ -393,6 +394,7 @@ COLUMNS = [
     "backend",
     "device",
     "qps",
+    "vs_matmul",
     "gflops",
     "gemm_bound_pct",
     "search_s",
@@ -424,8 +426,10 @@ def render(cfg: Any, preset: str, rows: list[dict], probe: list[dict], notes: li
         out.write(f"- {note}\n")
     out.write(
         "\nexact = disagreements with the float64 brute-force rule on the checked queries "
-        "(which include the near-tie queries); qps = queries/s of the search alone "
-        "(build_s = index build incl. backend calibration); gflops = 2 N C d / search_s; "
+        "(which include the near-tie queries); qps = queries/s of the search alone, median over "
+        f"{getattr(cfg, 'repeats', 1)} interleaved rounds (build_s = index build incl. backend "
+        "calibration); vs_matmul = torch_matmul's search time / ncm's (>= 1: the exact search is "
+        "at least as fast as plain float32 matmul + argmax); gflops = 2 N C d / search_s; "
         "host_mib = peak host RSS delta; dev_mib = peak device-memory delta.\n\n"
     )
     out.write("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n")
@@ -497,33 +501,47 @@ def main(argv: list[str] | None = None) -> int:
             means, queries = make_problem(kind, n, c, dim, int(cfg.near_ties), base, int(cfg.seed))
             check = min(int(cfg.check_queries), n)
             ref = ncm_reference(queries[:check].to(_ref_device()), means.to(_ref_device())).cpu()
-            for method in cfg.methods:
-                nm = n
-                if method == "sklearn":
-                    if c > cfg.sklearn_max_classes:
-                        continue
-                    cap = cfg.sklearn_max_tflop * 1e12 / (2 * c * dim)
-                    nm = int(max(check, min(n, cfg.sklearn_max_queries, cap)))
-                q = queries[:nm]
-                with PeakMemory() as mem:
-                    pred, info = METHODS[method](means, q, cfg)
+            # Methods run round-robin, `repeats` rounds; each row keeps its median search time,
+            # so a drift of the machine's speed hits every method alike.
+            repeats = int(getattr(cfg, "repeats", 1))
+            cell: dict[str, dict] = {}
+            for _ in range(repeats):
+                for method in cfg.methods:
+                    nm = n
+                    if method == "sklearn":
+                        if c > cfg.sklearn_max_classes:
+                            continue
+                        cap = cfg.sklearn_max_tflop * 1e12 / (2 * c * dim)
+                        nm = int(max(check, min(n, cfg.sklearn_max_queries, cap)))
+                    q = queries[:nm]
+                    with PeakMemory() as mem:
+                        pred, info = METHODS[method](means, q, cfg)
+                    entry = cell.setdefault(method, {"n": nm, "times": [], "mem": mem})
+                    entry["times"].append(info["search_s"])
+                    entry.update(info=info, wrong=int((pred[:check] != ref).sum()))
+                    del pred
+            for method, entry in cell.items():
+                nm, mem, info = entry["n"], entry["mem"], entry["info"]
+                search_s = statistics.median(entry["times"])
                 flops = 2.0 * nm * c * dim
                 row = {
                     "dataset": kind,
                     "C": c,
                     "N": nm,
                     "method": method,
-                    "qps": nm / info["search_s"],
-                    "gflops": flops / info["search_s"] / 1e9,
-                    "gemm_bound_pct": 100 * flops / peak / info["search_s"] if peak else None,
+                    "qps": nm / search_s,
+                    "gflops": flops / search_s / 1e9,
+                    "gemm_bound_pct": 100 * flops / peak / search_s if peak else None,
                     "host_mib": mem.host_mib,
                     "dev_mib": mem.dev_mib if torch.cuda.is_available() else None,
-                    "exact": f"{int((pred[:check] != ref).sum())}/{check}",
+                    "exact": f"{entry['wrong']}/{check}",
                     **{k: v for k, v in info.items() if k in COLUMNS},
                 }
+                row["search_s"] = search_s
+                if method == "ncm" and "torch_matmul" in cell:
+                    row["vs_matmul"] = statistics.median(cell["torch_matmul"]["times"]) / search_s
                 rows.append(row)
                 print(json.dumps({k: fmt(v) for k, v in row.items()}), flush=True)
-                del pred
             del means, queries
             _trim()
             atomic_write(out_dir / f"ncm_{preset}.csv", to_csv(rows))

@@ -333,3 +333,30 @@ def test_approximate_reports_recall(kind: str) -> None:
     assert index.describe()["mode"] == kind
     exact = NearestMeanIndex(means, backend="faiss")
     assert exact.estimate_recall(queries) == 1.0
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_single_block_certificate_flags_what_the_top2_test_flags(metric: str) -> None:
+    means, queries = near_tie_problem(metric=metric)
+    scorer = ncm_mod._TorchScorer(means, means, metric)
+    assert scorer.single_block(queries.shape[0])  # the CPU path under test
+    idx1, unsure = scorer.top1_certified(queries)
+    q = scorer.prepare(queries)
+    cost1, top_idx, cost2 = scorer.top2(q)
+    top2_unsure = (cost2.double() - cost1.double()) <= 2.0 * scorer.tolerance(q)
+    # conservative: every row the top-2 test flags is flagged, and certified rows agree
+    assert bool((unsure | ~top2_unsure).all())
+    assert torch.equal(idx1[~unsure], top_idx[~unsure])
+    assert int(unsure.sum()) <= int(top2_unsure.sum()) + 5  # and hardly any extra row
+    assert torch.equal(scorer.search(queries), brute_force(queries, means, metric))
+
+
+def test_l2_centring_only_where_it_shrinks_the_bound() -> None:
+    gen = torch.Generator().manual_seed(0)
+    spread = torch.randn(50, 16, generator=gen)
+    assert ncm_mod._TorchScorer(spread, spread, "l2").center is None  # means around 0
+    offset = spread + 20.0  # ReLU-like common offset: centring shrinks the norms ~5x
+    scorer = ncm_mod._TorchScorer(offset, offset, "l2")
+    assert scorer.center is not None
+    queries = offset[:10] + 0.1 * torch.randn(10, 16, generator=gen)
+    assert torch.equal(scorer.search(queries), brute_force(queries, offset))
