@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import math
 import os
 import platform
@@ -454,3 +455,58 @@ def write_result_tables(
         title=f"{title}: every run",
     )
     return {"md": md, "csv": csv_path, "runs_md": runs_md, "runs_csv": runs_csv}
+
+
+class RunLog:
+    """Finished runs of a long job, one JSON line each, so that a killed job resumes.
+
+    Each finished run is appended (and flushed) as one line of ``path``; a rerun loads them and
+    skips the runs whose key is present. A line cut by a kill mid-write is ignored.
+
+    Args:
+        path: The ``.jsonl`` file.
+        key_fields: Fields that identify a run (e.g. ``("method", "seed")``).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> log = RunLog(pathlib.Path(tempfile.mkdtemp()) / "runs.jsonl", ("method", "seed"))
+        >>> log.append({"method": "ce", "seed": 0, "acc": 91.5})
+        >>> RunLog(log.path, ("method", "seed")).done({"method": "ce", "seed": 0})
+        True
+    """
+
+    def __init__(self, path: PathLike, key_fields: Sequence[str]) -> None:
+        self.path = Path(path)
+        self.key_fields = tuple(key_fields)
+        self.records: list[dict[str, Any]] = []
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    self.records.append(json.loads(line))
+                except json.JSONDecodeError:  # the last line of a killed write
+                    continue
+
+    def _key(self, record: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(record[f] for f in self.key_fields)
+
+    def done(self, key: Mapping[str, Any]) -> bool:
+        """Whether a run with these key fields has finished."""
+        wanted = self._key(key)
+        return any(self._key(r) == wanted for r in self.records)
+
+    def get(self, key: Mapping[str, Any]) -> dict[str, Any]:
+        """The record of a finished run (``KeyError`` if none)."""
+        wanted = self._key(key)
+        for record in self.records:
+            if self._key(record) == wanted:
+                return record
+        raise KeyError(wanted)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Records a finished run (one line, flushed and synced)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.records.append(record)

@@ -35,6 +35,7 @@ from hug_plugins.engine import (
     torch_threads,
 )
 from hug_plugins.io import (
+    RunLog,
     atomic_write_text,
     standard_header_lines,
     summarize,
@@ -174,10 +175,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if "ce" not in recipes:
         raise ValueError("recipes must include 'ce' (the baseline every recipe is paired with)")
     stem = Path(str(cfg.output_dir)) / str(cfg.output_name)
-    log = stem.parent / f"{stem.name}_runs.jsonl"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    runs = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
-    done = {(r["setting"], r["recipe"], r["seed"]) for r in runs}
+    run_log = RunLog(stem.parent / f"{stem.name}_runs.jsonl", ("setting", "recipe", "seed"))
     started = time.perf_counter()
     with torch_threads(cfg.num_threads):
         for name, setting in settings.items():
@@ -185,15 +183,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 if setting.get("recipes") and recipe_name not in setting.recipes:
                     continue  # the setting runs a shortlist (the baseline is always "ce")
                 for seed in seeds:
-                    if (name, recipe_name, seed) in done:
+                    record: dict[str, Any] = {"setting": name, "recipe": recipe_name, "seed": seed}
+                    if run_log.done(record):
                         continue
-                    record = {"setting": name, "recipe": recipe_name, "seed": seed}
                     record.update(run_one(setting, recipe, seed, cfg))
-                    runs.append(record)
-                    with log.open("a", encoding="utf-8") as handle:  # one line per finished run
-                        handle.write(json.dumps(record) + "\n")
+                    run_log.append(record)  # one line per finished run
                     print(json.dumps(record), file=sys.stderr, flush=True)
-    runs = [r for r in runs if r["setting"] in settings and r["recipe"] in recipes]
+    runs = [r for r in run_log.records if r["setting"] in settings and r["recipe"] in recipes]
     rows, overall = summarize_runs(runs, list(settings), list(recipes))
     header = [
         *standard_header_lines(["integrations/calibrate.py", *args]),

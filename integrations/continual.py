@@ -56,7 +56,8 @@ from hug_plugins.continual import (
     ReplayMemoryPlugin,
     class_incremental_tensors,
 )
-from hug_plugins.io import standard_header_lines, summarize, write_tables
+from hug_plugins.datasets import load_image_dataset
+from hug_plugins.io import RunLog, standard_header_lines, summarize, write_tables
 from hug_plugins.losses import preset_config
 
 TASK = "continual"
@@ -77,36 +78,24 @@ def _digits(cfg: DictConfig) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tenso
 
 
 def _mnist(cfg: DictConfig) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[int]]:
-    from torchvision.datasets import MNIST
-
-    root = Path(str(cfg.data.root)) / "mnist"
-    out = []
-    for train in (True, False):
-        ds = MNIST(str(root), train=train, download=False)
-        x = (ds.data.float().div(255.0) - 0.1307) / 0.3081
-        out.append((x.reshape(len(x), -1).contiguous(), ds.targets.long()))
-    return out[0], out[1], (784,)
+    train, test, info = load_image_dataset("mnist", str(cfg.data.root))
+    (x_train, y_train), (x_test, y_test) = (_normalized(d, info) for d in (train, test))
+    return (x_train.flatten(1), y_train), (x_test.flatten(1), y_test), (784,)
 
 
 def _cifar10(
     cfg: DictConfig,
 ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[int, int, int]]:
-    import numpy as np
-    from PIL import Image
-    from torchvision.datasets import ImageFolder
+    train, test, info = load_image_dataset("cifar10", str(cfg.data.root))
+    return _normalized(train, info), _normalized(test, info), (3, 32, 32)
 
-    root = Path(str(cfg.data.root)) / "cifar10-jpeg"
-    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
-    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
-    out = []
-    for split in ("train", "test"):
-        folder = ImageFolder(str(root / split))
-        images = np.stack(
-            [np.asarray(Image.open(path).convert("RGB")) for path, _ in folder.samples]
-        )
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
-        out.append((((x - mean) / std).contiguous(), torch.tensor(folder.targets).long()))
-    return out[0], out[1], (3, 32, 32)
+
+def _normalized(dataset: Any, info: Any) -> tuple[Tensor, Tensor]:
+    """Float images standardized with the training set's channel statistics, and labels."""
+    shape = (1, -1, 1, 1)
+    mean, std = torch.tensor(info.mean).view(shape), torch.tensor(info.std).view(shape)
+    images = (dataset.images.float().div(255.0) - mean) / std
+    return images.contiguous(), dataset.targets.long()
 
 
 def _cap_per_class(x: Tensor, y: Tensor, cap: int | None, seed: int) -> tuple[Tensor, Tensor]:
@@ -282,6 +271,15 @@ def run_one(
                 match = _EXP_KEY.search(key)
                 if match:
                     matrix[i][int(match.group(1))] = float(value)
+            elapsed = time.perf_counter() - start
+            left = elapsed / (i + 1) * (num_exp - i - 1)
+            print(
+                f"  {method} mem={mem_size} seed={seed}: experience {i + 1}/{num_exp}, "
+                f"mean seen-class accuracy {100.0 * sum(matrix[i][: i + 1]) / (i + 1):.1f} %, "
+                f"{elapsed:.0f} s, ~{left:.0f} s left in this run",
+                file=sys.stderr,
+                flush=True,
+            )
         seconds = time.perf_counter() - start
     last = num_exp - 1
     forgetting = [max(matrix[i][j] for i in range(j, last)) - matrix[last][j] for j in range(last)]
@@ -297,6 +295,13 @@ def run_one(
 
 
 # ---------------------------------------------------------------------------- main
+
+
+def _eta(start: float, fresh: int, remaining: int) -> str:
+    """Time left at the pace of the runs trained in this invocation."""
+    if fresh == 0:
+        return "? left"
+    return f"{(time.perf_counter() - start) / fresh * remaining / 60:.0f} min left"
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -320,6 +325,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     methods = [str(m) for m in cfg.methods]
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     run_rows: list[dict[str, Any]] = []
+    # Finished runs are kept one per line: a killed job resumes with the next run.
+    run_log = RunLog(stem.with_name(stem.name + "_done.jsonl"), ("method", "mem_size", "seed"))
+    total = len(cfg.seeds) * len(cfg.mem_sizes) * len(methods)
+    job_start = time.perf_counter()
+    fresh = 0
     for seed in [int(s) for s in cfg.seeds]:
         if avalanche_split:  # Avalanche's own generator: torchvision MNIST under the root
             from avalanche.benchmarks.classic import SplitMNIST
@@ -335,7 +345,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             )
         for mem_size in [int(m) for m in cfg.mem_sizes]:
             for method in methods:
-                res = run_one(cfg, benchmark, shape, method, mem_size, seed, log_path)
+                key = {"method": method, "mem_size": mem_size, "seed": seed}
+                restored = run_log.done(key)
+                if restored:
+                    res = run_log.get(key)
+                else:
+                    res = run_one(cfg, benchmark, shape, method, mem_size, seed, log_path)
+                    run_log.append({**key, **res})
+                    fresh += 1
                 results.setdefault((method, mem_size), []).append(res)
                 run_rows.append(
                     {
@@ -352,7 +369,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 print(
                     f"[{cfg.data.name}] {method:7s} mem={mem_size:5d} seed={seed} "
                     f"acc={res['acc']:.2f} forgetting={res['forgetting']:.2f} "
-                    f"({res['seconds']:.1f}s)",
+                    f"({res['seconds']:.1f}s{', restored' if restored else ''}); "
+                    f"run {len(run_rows)}/{total}, "
+                    f"~{_eta(job_start, fresh, total - len(run_rows))}",
                     flush=True,
                 )
     sizes = (

@@ -127,3 +127,19 @@ def test_write_tables_defaults_and_errors(tmp_path: Path) -> None:
         write_tables([], tmp_path / "t", [])
     with pytest.raises(ValueError, match="do not occur"):
         write_tables([{"a": 1}], tmp_path / "t", [], columns=["a", "zzz"])
+
+
+def test_run_log_resumes_and_ignores_a_cut_last_line(tmp_path: Path) -> None:
+    from hug_plugins.io import RunLog
+
+    path = tmp_path / "runs.jsonl"
+    log = RunLog(path, ("method", "seed"))
+    log.append({"method": "ce", "seed": 0, "acc": 91.5})
+    log.append({"method": "hug", "seed": 0, "acc": 93.0})
+    with path.open("a") as handle:
+        handle.write('{"method": "ce", "se')  # a write cut by a kill
+    again = RunLog(path, ("method", "seed"))
+    assert again.done({"method": "hug", "seed": 0}) and not again.done({"method": "ce", "seed": 1})
+    assert again.get({"method": "ce", "seed": 0})["acc"] == 91.5
+    with pytest.raises(KeyError):
+        again.get({"method": "ce", "seed": 1})

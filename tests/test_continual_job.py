@@ -1,0 +1,48 @@
+"""The continual benchmark script: table, progress lines and resume after a kill."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "integrations" / "continual.py"
+
+
+def _load() -> Any:
+    spec = importlib.util.spec_from_file_location("continual_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_job_writes_tables_and_resumes_finished_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "--preset", "quick", f"output.dir={tmp_path}", "seeds=[0]", "mem_sizes=[40]",
+        "num_experiences=2", "train.epochs=1", "data.train_per_class=30",
+        "data.test_per_class=10",
+    ]  # fmt: skip
+    module = _load()
+    first = module.main(args)
+    err = capsys.readouterr().err
+    assert "experience 2/2" in err and "left in this run" in err  # progress per experience
+    done = tmp_path / "quick_done.jsonl"
+    records = [json.loads(line) for line in done.read_text().splitlines()]
+    assert {(r["method"], r["mem_size"], r["seed"]) for r in records} == {
+        ("er_ce", 40, 0),
+        ("er_hug", 40, 0),
+    }
+    table = (tmp_path / "quick.csv").read_text()
+    # A rerun (as after a kill) trains nothing and rebuilds the same table.
+    second = module.main(args)
+    out = capsys.readouterr().out
+    assert out.count("restored") == 2
+    assert second == first
+    assert (tmp_path / "quick.csv").read_text() == table
+    assert len(done.read_text().splitlines()) == 2  # nothing appended
