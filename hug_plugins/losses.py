@@ -77,7 +77,7 @@ from hug_plugins.fused import FusedSpec, fused_proxy_hug, fused_supported
 from hug_plugins.uniformity import (
     DEFAULT_EPS,
     PairKernel,
-    _autocast_disabled,
+    autocast_disabled,
     gram_log_det,
     make_kernel,
     pair_kernel_mean,
@@ -265,6 +265,23 @@ def _class_counts(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tenso
     return torch.bincount(labels, minlength=num_classes).to(dtype)
 
 
+def class_means(features: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Mean row of each class and the class counts, without a loop over classes.
+
+    Args:
+        features: ``(N, d)`` rows.
+        labels: ``(N,)`` int64 class of each row, in ``[0, num_classes)``.
+        num_classes: Number of classes ``C``.
+
+    Returns:
+        ``(means, counts)``: ``(C, d)`` means (zero for an absent class) and ``(C,)`` counts
+        in the dtype of ``features``.
+    """
+    counts = torch.bincount(labels, minlength=num_classes).to(features.dtype)
+    sums = features.new_zeros(num_classes, features.shape[1]).index_add(0, labels, features)
+    return sums / counts.clamp_min(1.0)[:, None], counts
+
+
 def _intra_weights(labels: Tensor, counts: Tensor, config: HUGConfig) -> Tensor:
     """Per-sample weights ``w_b`` with ``intra = sum_b w_b dist_b`` (distance intra forms)."""
     if config.reduction == "sum":
@@ -275,21 +292,25 @@ def _intra_weights(labels: Tensor, counts: Tensor, config: HUGConfig) -> Tensor:
     return (counts[labels] * num_present).reciprocal()
 
 
-def _intra_term(
+def intra_term(
     features: Tensor,
     targets: Tensor,
+    *,
     labels: Tensor,
     counts: Tensor,
     config: HUGConfig,
 ) -> Tensor:
-    """Intra-class pull of normalized features to their (normalized) class targets.
+    """Intra-class pull of normalized features to their (normalized) class targets (unweighted).
+
+    The term that :class:`HUGLoss`, :class:`ClassMeanHUGLoss` and
+    :class:`~hug_plugins.ssl.HUGCriterion` share; see the module docstring for the reductions.
 
     Args:
         features: ``(B, d)`` normalized features.
         targets: ``(B, d)`` the class target of each sample (proxy or class mean).
-        labels: ``(B,)`` labels.
+        labels: ``(B,)`` labels (class slots).
         counts: ``(C,)`` samples per class in the batch.
-        config: Loss configuration.
+        config: Loss configuration (``intra``, ``intra_reduction``, ``reduction``, ``eps``).
     """
     d2 = (features - targets).pow(2).sum(1)
     eps2 = config.eps * config.eps
@@ -312,16 +333,18 @@ def _intra_term(
     return (dist / counts[labels]).sum() / num_present
 
 
-def _inter_term(
+def inter_term(
     points: Tensor,
+    *,
     labels: Tensor,
     counts: Tensor,
-    present: Tensor | None,
     config: HUGConfig,
     kernel: PairKernel | None,
+    present: Tensor | None = None,
     unit_input: bool = False,
 ) -> Tensor:
-    """Uniformity term of normalized class points (proxies or class means), as a loss.
+    """Uniformity term of normalized class points (proxies or class means), as a loss
+    (unweighted); shared by every HUG loss of the package.
 
     Args:
         points: ``(C, d)`` normalized points.
@@ -387,6 +410,18 @@ def inter_from_pair_mean(value: Tensor, num_points: Tensor, config: HUGConfig) -
     return value
 
 
+def weighted_terms(
+    config: HUGConfig, inter: Tensor, intra: Tensor, ce: Tensor | None = None
+) -> HUGTerms:
+    """``HUGTerms`` of ``alpha * inter + beta * intra [+ ce_weight * ce]`` (each term weighted)."""
+    loss = config.alpha * inter + config.beta * intra
+    weighted_ce = None
+    if ce is not None:
+        weighted_ce = config.ce_weight * ce
+        loss = loss + weighted_ce
+    return HUGTerms(loss, config.alpha * inter, config.beta * intra, weighted_ce)
+
+
 def _masked_gram_log_det(points: Tensor, present: Tensor, config: HUGConfig) -> Tensor:
     """``log det`` of the Gram matrix of the present points only, without indexing."""
     d2 = (2.0 - 2.0 * points @ points.T).clamp_min(0.0)
@@ -429,13 +464,7 @@ class _HUGBase(nn.Module):
         return text
 
     def _finish(self, inter: Tensor, intra: Tensor, ce: Tensor | None = None) -> HUGTerms:
-        c = self.config
-        loss = c.alpha * inter + c.beta * intra
-        weighted_ce = None
-        if ce is not None:
-            weighted_ce = c.ce_weight * ce
-            loss = loss + weighted_ce
-        terms = HUGTerms(loss, c.alpha * inter, c.beta * intra, weighted_ce)
+        terms = weighted_terms(self.config, inter, intra, ce)
         self.last_terms = terms.detached()
         return terms
 
@@ -500,13 +529,13 @@ class HUGLoss(_HUGBase):
         static = not proxies.requires_grad and config.ce_weight == 0
         check_batch(features, labels, num_classes, proxies, proxy_values=not static)
         dtype = compute_dtype(features) if features.dtype == proxies.dtype else torch.float32
-        with _autocast_disabled(features.device.type):
+        with autocast_disabled(features.device.type):
             labels = labels.long()
             counts = _class_counts(labels, num_classes, dtype)
             if static:
                 x_hat = unit_rows(features.to(dtype))
                 targets = unit_rows(proxies[labels].to(dtype))
-                intra = _intra_term(x_hat, targets, labels, counts, config)
+                intra = intra_term(x_hat, targets, labels=labels, counts=counts, config=config)
                 return self._finish(self._static_inter(proxies, dtype), intra)
             rows = resolve_energy_mode(config, num_classes, labels.shape[0]) == "rows"
             if fused_supported(config, labels.shape[0] if rows else num_classes, num_classes):
@@ -532,8 +561,15 @@ class HUGLoss(_HUGBase):
             x_hat = unit_rows(features.to(dtype))
             w_hat = unit_rows(proxies.to(dtype))
             targets = (w_hat.detach() if config.detach_proxies else w_hat)[labels]
-            intra = _intra_term(x_hat, targets, labels, counts, config)
-            inter = _inter_term(w_hat, labels, counts, None, config, self._kernel, True)
+            intra = intra_term(x_hat, targets, labels=labels, counts=counts, config=config)
+            inter = inter_term(
+                w_hat,
+                labels=labels,
+                counts=counts,
+                config=config,
+                kernel=self._kernel,
+                unit_input=True,
+            )
             ce = None
             if config.ce_weight > 0:
                 logits = config.logit_scale * (x_hat @ w_hat.T)
@@ -557,7 +593,14 @@ class HUGLoss(_HUGBase):
             empty = torch.zeros(0, dtype=torch.long, device=proxies.device)
             counts = torch.zeros(proxies.shape[0], dtype=dtype, device=proxies.device)
             full = replace(self.config, energy_mode="full")
-            inter = _inter_term(w_hat, empty, counts, None, full, self._kernel, True)
+            inter = inter_term(
+                w_hat,
+                labels=empty,
+                counts=counts,
+                config=full,
+                kernel=self._kernel,
+                unit_input=True,
+            )
         self._static_cache = (weakref.ref(proxies), key, inter)
         return inter
 
@@ -611,21 +654,21 @@ class ClassMeanHUGLoss(_HUGBase):
         """Computes the loss and its weighted terms (see :meth:`HUGLoss.terms`)."""
         check_batch(features, labels, self.num_classes)
         dtype = compute_dtype(features)
-        with _autocast_disabled(features.device.type):
+        with autocast_disabled(features.device.type):
             x_hat = unit_rows(features.to(dtype))
             labels = labels.long()
-            counts = _class_counts(labels, self.num_classes, dtype)
+            means, counts = class_means(x_hat, labels, self.num_classes)
             present = (counts > 0).to(dtype)
-            sums = torch.zeros(self.num_classes, x_hat.shape[1], dtype=dtype, device=x_hat.device)
-            sums = sums.index_add(0, labels, x_hat)
-            means = sums / counts.clamp_min(1.0)[:, None]
             if self.center:
                 global_mean = (means * present[:, None]).sum(0) / present.sum().clamp_min(1.0)
                 means = means - global_mean * present[:, None]
             mu_hat = unit_rows(means)
             targets = (mu_hat.detach() if self.config.detach_proxies else mu_hat)[labels]
-            intra = _intra_term(x_hat, targets, labels, counts, self.config)
-            inter = _inter_term(mu_hat, labels, counts, present, self.config, self._kernel, True)
+            intra = intra_term(x_hat, targets, labels=labels, counts=counts, config=self.config)
+            inter = inter_term(
+                mu_hat, labels=labels, counts=counts, config=self.config, kernel=self._kernel,
+                present=present, unit_input=True,
+            )  # fmt: skip
         return self._finish(inter, intra)
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:

@@ -50,8 +50,17 @@ from torch import Tensor, nn
 from torch import distributed as torch_dist
 
 from hug_plugins._checks import check_labels, check_matrix, compute_dtype
-from hug_plugins.losses import HUGConfig, HUGTerms, IntraMeasure, _inter_term, _intra_term
-from hug_plugins.uniformity import DEFAULT_EPS, PairKernel, _autocast_disabled, pair_kernel_mean
+from hug_plugins.losses import (
+    HUGConfig,
+    HUGTerms,
+    IntraMeasure,
+    class_means,
+    inter_kernel,
+    inter_term,
+    intra_term,
+    weighted_terms,
+)
+from hug_plugins.uniformity import DEFAULT_EPS, autocast_disabled, pair_kernel_mean
 
 __all__ = ["DEFAULT_PARAMS", "HUGCriterion", "Uniformity"]
 
@@ -342,7 +351,7 @@ class HUGCriterion(nn.Module):
             )
         dtype = compute_dtype(views)
         config = self.config
-        with _autocast_disabled(views.device.type):
+        with autocast_disabled(views.device.type):
             x_local = F.normalize(views.to(dtype), dim=2, eps=1e-12)
             bank: Tensor | None = None
             if self.bank_size[0] > 0:
@@ -357,30 +366,28 @@ class HUGCriterion(nn.Module):
             num = x_hat.shape[0]
             device = x_hat.device
             rows = x_hat.reshape(num * num_views, dim)
+            present: Tensor | None = None  # every instance is its own (present) class
             if labels is None:
                 slot = torch.arange(num, device=device)
-                means = x_hat.mean(1)
-                counts = torch.full((num,), float(num_views), dtype=dtype, device=device)
-                present: Tensor | None = None
             else:
                 # Class slot of an instance = index of the first instance with its label.
                 labels = labels.long().to(device)
                 slot = (labels[:, None] == labels[None, :]).to(torch.uint8).argmax(1)
-                counts = torch.bincount(slot, minlength=num).to(dtype) * num_views
-                present = (counts > 0).to(dtype)
-                sums = torch.zeros(num, dim, dtype=dtype, device=device)
-                means = sums.index_add(0, slot, x_hat.sum(1)) / counts.clamp_min(1.0)[:, None]
             row_slot = slot.repeat_interleave(num_views)
+            means, counts = class_means(rows, row_slot, num)
+            if labels is not None:
+                present = (counts > 0).to(dtype)
             mu_hat = F.normalize(means, dim=1, eps=1e-12)
             targets = (mu_hat.detach() if config.detach_proxies else mu_hat)[row_slot]
-            intra = _intra_term(rows, targets, row_slot, counts, config)
+            intra = intra_term(rows, targets, labels=row_slot, counts=counts, config=config)
             if bank is None:
-                inter = _inter_term(mu_hat, row_slot, counts, present, config, self._kernel)
+                inter = inter_term(
+                    mu_hat, labels=row_slot, counts=counts, config=config, kernel=self._kernel,
+                    present=present,
+                )  # fmt: skip
             else:
                 inter = self._inter_with_bank(mu_hat, bank.to(device=device, dtype=dtype))
-        terms = HUGTerms(
-            config.alpha * inter + config.beta * intra, config.alpha * inter, config.beta * intra
-        )
+        terms = weighted_terms(config, inter, intra)
         self.last_terms = terms.detached()
         return terms
 
@@ -388,11 +395,7 @@ class HUGCriterion(nn.Module):
         """Energy of the batch means against batch means and constant bank entries."""
         config = self.config
         num = mu_hat.shape[0]
-        kernel = (
-            self._kernel
-            if self._kernel is not None
-            else PairKernel("softmin", config.separation_t, config.eps)
-        )
+        kernel = inter_kernel(config, self._kernel)
         columns = torch.cat([mu_hat, bank.detach()], 0)
         exclude = torch.arange(num, device=mu_hat.device)
         value = pair_kernel_mean(mu_hat, columns, kernel, exclude, None, None, config.chunk_size)

@@ -178,7 +178,12 @@ def make_kernel(
 
 
 @contextlib.contextmanager
-def _autocast_disabled(device_type: str) -> Iterator[None]:
+def autocast_disabled(device_type: str) -> Iterator[None]:
+    """Disables autocast on ``device_type`` (a no-op where the device has none).
+
+    Every energy, kernel and loss term of the package runs inside it, so that fp16/bf16
+    training computes them in float32.
+    """
     try:
         ctx = torch.autocast(device_type=device_type, enabled=False)
     except (RuntimeError, ValueError):  # device without autocast support
@@ -350,7 +355,7 @@ class _PairKernelMean(torch.autograd.Function):
         m, n = x.shape[0], y.shape[0]
         need_grad = any(ctx.needs_input_grad[:2])  # type: ignore[attr-defined]
         cache = need_grad and m * n <= _CACHE_BUDGET
-        with _autocast_disabled(x.device.type), torch.no_grad():
+        with autocast_disabled(x.device.type), torch.no_grad():
             x_sq = _sq_norms(x)
             y_sq = _sq_norms(y)
             norm = _pair_normalizer(row_w, col_w, exclude, m, n, x)
@@ -403,7 +408,7 @@ class _PairKernelMean(torch.autograd.Function):
         need_x = need_y if rows_mode else ctx.needs_input_grad[0]
         m = x.shape[0]
         single = m <= chunk
-        with _autocast_disabled(x.device.type):
+        with autocast_disabled(x.device.type):
             grad_x = (torch.empty_like(x) if single else torch.zeros_like(x)) if need_x else None
             grad_y: Tensor | None = None
             x_sq = _sq_norms(x) if cached is None else x.new_empty(0)
@@ -505,7 +510,7 @@ def pair_kernel_mean(
 def _prepare(points: Tensor, normalize: bool, name: str = "points") -> Tensor:
     check_matrix(points, name)
     dtype = compute_dtype(points)
-    with _autocast_disabled(points.device.type):
+    with autocast_disabled(points.device.type):
         pts = points.to(dtype)
         return unit_rows(pts) if normalize else pts
 
@@ -694,7 +699,7 @@ def min_separation(points: Tensor, normalize: bool = True, chunk_size: int | Non
         raise ValueError(f"min_separation needs at least 2 points, got {n}")
     chunk = _chunk_size(n, n, chunk_size, pts.device.type)
     best = torch.full((), math.inf, dtype=pts.dtype, device=pts.device)
-    with torch.no_grad(), _autocast_disabled(pts.device.type):
+    with torch.no_grad(), autocast_disabled(pts.device.type):
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
             dist = pairwise_distances(pts[start:stop], pts)
@@ -776,7 +781,7 @@ def gram_log_det(
         raise ValueError(f"jitter must be > 0, got {jitter}")
     pts = _prepare(points, normalize)
     n = pts.shape[0]
-    with _autocast_disabled(pts.device.type):
+    with autocast_disabled(pts.device.type):
         d2 = (pts * pts).sum(1)[:, None] + (pts * pts).sum(1)[None, :] - 2.0 * pts @ pts.T
         gram = torch.exp(-gamma * d2.clamp_min(0.0))
         gram = 0.5 * (gram + gram.T) + jitter * torch.eye(n, dtype=pts.dtype, device=pts.device)

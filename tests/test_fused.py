@@ -128,13 +128,13 @@ def test_static_proxies_step_is_exact_and_computes_the_energy_once(
     features, labels, proxies = _inputs(num_classes=40)  # C > B: rows mode if learnable
     static = proxies.detach().clone()
     calls = []
-    original = losses._inter_term
+    original = losses.inter_term
 
     def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(losses, "_inter_term", counting)
+    monkeypatch.setattr(losses, "inter_term", counting)
     loss_fn = HUGLoss()
     for _ in range(3):
         features.grad = None
