@@ -82,6 +82,7 @@ def check_batch(
     num_classes: int | None,
     proxies: Tensor | None = None,
     proxy_values: bool = True,
+    values: bool = True,
 ) -> None:
     """Validates a training batch with a single device read for all value checks.
 
@@ -96,6 +97,8 @@ def check_batch(
         proxies: Optional ``(C, d)`` proxies (``d`` must match ``features``).
         proxy_values: Whether to check the proxies' values too (callers that check them once
             per version, e.g. for static proxies, pass ``False``).
+        values: Whether to check values at all (``False``: shapes and dtypes only, for callers
+            that check values after the computation with :func:`check_deferred`).
 
     Raises:
         ValueError: Naming the first problem found.
@@ -106,7 +109,7 @@ def check_batch(
     else:
         check_matrix(features, "features", values=False)
     check_labels(labels, features.shape[0], num_classes, values=False)
-    if not _VALIDATE:
+    if not (_VALIDATE and values):
         return
     low, high = torch.aminmax(labels)
     flags = [_finite_flag(features), low >= 0]
@@ -122,6 +125,40 @@ def check_batch(
         bound = f"[0, {num_classes})" if num_classes is not None else "[0, inf)"
         raise ValueError(f"labels out of range {bound}: min {int(low)}, max {int(high)}")
     if proxies is not None and check_proxies and not ok[-1]:
+        _raise_non_finite(proxies, "proxies")
+
+
+def check_deferred(
+    flags: Tensor,
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    proxies: Tensor,
+) -> None:
+    """Raises what :func:`check_batch` would, from flags computed alongside a loss.
+
+    A loss that already reduces its inputs (the fused P-HUG node computes every feature and
+    proxy norm) gets their finiteness for ``O(B + C)`` instead of two passes over the
+    ``(B, d)`` and ``(C, d)`` tensors; it computes with labels clamped into range, then reads
+    these flags (one device read) and raises before the loss is returned.
+
+    Args:
+        flags: Booleans ``[labels >= 0, labels < C, features finite, proxies finite]``.
+        features: The features (confirmed element-wise before raising).
+        labels: The labels as given.
+        num_classes: Exclusive upper bound of the labels.
+        proxies: The proxies.
+
+    Raises:
+        ValueError: In the order of :func:`check_batch`.
+    """
+    ok = flags.tolist()
+    if not ok[2]:
+        _raise_non_finite(features, "features")
+    if not (ok[0] and ok[1]):
+        low, high = torch.aminmax(labels)
+        raise ValueError(f"labels out of range [0, {num_classes}): min {int(low)}, max {int(high)}")
+    if not ok[3]:
         _raise_non_finite(proxies, "proxies")
 
 

@@ -218,7 +218,10 @@ def hug_forward(
     spec: FusedSpec,
     need_grad: bool,
 ) -> tuple[Tensor, ...]:
-    """Forward math of the fused node: ``(intra, inter, *saved)`` (see :func:`fused_proxy_hug`).
+    """Forward math of the fused node: ``(intra, inter, norm_sums, *saved)``.
+
+    ``norm_sums`` are the sums of the feature and of the proxy norms (finite iff the inputs
+    are, barring overflow); see :func:`fused_proxy_hug`.
 
     A pure function of tensors and constants, so that ``torch.compile`` can fuse it.
     """
@@ -252,12 +255,14 @@ def hug_forward(
         inter = stat / pair_total
         anchor_scale = row_weights / pair_total
         colsum = None if colsum is None else colsum / pair_total
+    # NaN/inf anywhere in the inputs makes a norm sum non-finite: the value checks read this.
+    norm_sums = torch.stack([norms_x.sum(), norms_w.sum()])
     if not need_grad:
-        return intra, inter
+        return intra, inter, norm_sums
     assert coef is not None and colsum is not None
     return (
-        intra, inter, x_hat, clamped_x, norms_x > UNIT_EPS, inv_w, norms_w > UNIT_EPS,
-        unit_anchors, diff, pull, coef, colsum, anchor_scale,
+        intra, inter, norm_sums, x_hat, clamped_x, norms_x > UNIT_EPS, inv_w,
+        norms_w > UNIT_EPS, unit_anchors, diff, pull, coef, colsum, anchor_scale,
     )  # fmt: skip
 
 
@@ -347,7 +352,7 @@ class _FusedProxyHUG(torch.autograd.Function):
         row_weights: Tensor,
         intra_weights: Tensor,
         spec: FusedSpec,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         needs = ctx.needs_input_grad  # type: ignore[attr-defined]
         need_x, need_w = bool(needs[0]), bool(needs[1])
         need_grad = need_x or need_w
@@ -360,12 +365,15 @@ class _FusedProxyHUG(torch.autograd.Function):
         ctx.spec = spec  # type: ignore[attr-defined]
         ctx.flags = (need_x, need_w, size)  # type: ignore[attr-defined]
         if need_grad:
-            ctx.save_for_backward(proxies, labels, anchors, *out[2:])
-        return out[0], out[1]
+            ctx.save_for_backward(proxies, labels, anchors, *out[3:])
+        ctx.mark_non_differentiable(out[2])
+        return out[0], out[1], out[2]
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_intra: Tensor, grad_inter: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(
+        ctx: Any, grad_intra: Tensor, grad_inter: Tensor, _grad_norms: Tensor
+    ) -> tuple[Tensor | None, ...]:
         proxies, labels, anchors, *saved = ctx.saved_tensors
         need_x, need_w, size = ctx.flags
         backward = _compiled(hug_backward, proxies.device, size)
@@ -383,7 +391,7 @@ def fused_proxy_hug(
     row_weights: Tensor,
     intra_weights: Tensor,
     spec: FusedSpec,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Unweighted intra term and inter pair mean of P-HUG in one autograd node.
 
     Args:
@@ -397,11 +405,12 @@ def fused_proxy_hug(
         spec: What to compute.
 
     Returns:
-        ``(intra, inter)``: ``sum_b intra_weights_b dist_b`` and the weighted pair mean of the
-        kernel (log-mean-exp kernels: the log of the mean of ``exp``), as
-        :func:`~hug_plugins.uniformity.pair_kernel_mean` returns it.
+        ``(intra, inter, norm_sums)``: ``sum_b intra_weights_b dist_b``, the weighted pair
+        mean of the kernel (log-mean-exp kernels: the log of the mean of ``exp``), as
+        :func:`~hug_plugins.uniformity.pair_kernel_mean` returns it, and the sums of the
+        feature and proxy norms (no gradient; finite iff the inputs are, barring overflow).
     """
-    intra, inter = _FusedProxyHUG.apply(
+    intra, inter, norm_sums = _FusedProxyHUG.apply(
         features, proxies, labels, anchors, row_weights, intra_weights, spec
     )
-    return intra, inter
+    return intra, inter, norm_sums

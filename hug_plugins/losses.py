@@ -38,6 +38,14 @@ cross-entropy of the scaled-cosine logits ``logit_scale * <x_hat_i, w_hat_c>`` (
 is vectorized: no Python loop over classes and no host synchronisation (value checks aside,
 see :func:`hug_plugins.set_validation`).
 
+Execution: for the MHE and MHS inter terms with a distance or squared-distance pull (the
+default recipe and the paper's MHE presets), :class:`HUGLoss` runs the fused node of
+:mod:`hug_plugins.fused` (one autograd node, no normalized copy of the proxies, compiled for
+large pair blocks) and reads its value checks from the norms that node computes; everything
+else runs the composed reference path below, which gives the same values and gradients.
+Proxies that get no gradient (static proxies) skip the inter term: it is a constant, computed
+once per proxy tensor version as the exact full energy, and a step costs ``O(B d)``.
+
 Energy modes for the inter term of proxies:
 
 * ``"full"``: the energy of all ``C`` proxies, ``O(C^2 d)`` per step (chunked: ``O(C * chunk)``
@@ -72,7 +80,14 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from hug_plugins._checks import check_batch, check_matrix, compute_dtype, raise_non_finite
+from hug_plugins._checks import (
+    check_batch,
+    check_deferred,
+    check_matrix,
+    compute_dtype,
+    raise_non_finite,
+    validation_enabled,
+)
 from hug_plugins.fused import FusedSpec, fused_proxy_hug, fused_supported
 from hug_plugins.uniformity import (
     DEFAULT_EPS,
@@ -527,18 +542,28 @@ class HUGLoss(_HUGBase):
             raise ValueError(f"HUG needs at least 2 proxies, got {num_classes}")
         config = self.config
         static = not proxies.requires_grad and config.ce_weight == 0
-        check_batch(features, labels, num_classes, proxies, proxy_values=not static)
+        batch = labels.shape[0] if isinstance(labels, Tensor) and labels.ndim == 1 else 0
+        rows = resolve_energy_mode(config, num_classes, batch) == "rows"
+        fused = not static and fused_supported(config, batch if rows else num_classes, num_classes)
+        # The fused node reduces every input anyway: it checks values after computing (with
+        # labels clamped into range), for O(B + C) instead of two passes over the inputs.
+        deferred = fused and validation_enabled()
+        check_batch(
+            features, labels, num_classes, proxies, proxy_values=not static, values=not deferred
+        )
         dtype = compute_dtype(features) if features.dtype == proxies.dtype else torch.float32
         with autocast_disabled(features.device.type):
+            given_labels = labels
             labels = labels.long()
+            if deferred:
+                labels = labels.clamp(0, num_classes - 1)
             counts = _class_counts(labels, num_classes, dtype)
             if static:
                 x_hat = unit_rows(features.to(dtype))
                 targets = unit_rows(proxies[labels].to(dtype))
                 intra = intra_term(x_hat, targets, labels=labels, counts=counts, config=config)
                 return self._finish(self._static_inter(proxies, dtype), intra)
-            rows = resolve_energy_mode(config, num_classes, labels.shape[0]) == "rows"
-            if fused_supported(config, labels.shape[0] if rows else num_classes, num_classes):
+            if fused:
                 anchors = labels if rows else torch.arange(num_classes, device=labels.device)
                 spec = FusedSpec(
                     kernel=inter_kernel(config, self._kernel),
@@ -547,7 +572,7 @@ class HUGLoss(_HUGBase):
                     rows=rows,
                     train_targets=not config.detach_proxies,
                 )
-                intra, value = fused_proxy_hug(
+                intra, value, norm_sums = fused_proxy_hug(
                     features.to(dtype),
                     proxies.to(dtype),
                     labels,
@@ -556,6 +581,11 @@ class HUGLoss(_HUGBase):
                     _intra_weights(labels, counts, config),
                     spec,
                 )
+                if deferred:
+                    low, high = torch.aminmax(given_labels)
+                    finite = torch.isfinite(norm_sums)
+                    flags = torch.stack([low >= 0, high < num_classes, finite[0], finite[1]])
+                    check_deferred(flags, features, given_labels, num_classes, proxies)
                 inter = inter_from_pair_mean(value, value.new_tensor(float(num_classes)), config)
                 return self._finish(inter, intra)
             x_hat = unit_rows(features.to(dtype))

@@ -169,3 +169,39 @@ def test_static_cache_follows_in_place_updates_and_checks_values() -> None:
     fresh = static.clone()
     fresh[2, 0] = 0.0
     assert torch.isfinite(loss_fn(features, labels, fresh))
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ("nan_features", "features contains non-finite"),
+        ("inf_proxies", "proxies contains non-finite"),
+        ("label_high", r"labels out of range \[0, 6\): min 0, max 6"),
+        ("label_low", r"labels out of range \[0, 6\): min -1"),
+    ],
+)
+@pytest.mark.parametrize("on", [True, False])
+def test_value_checks_raise_the_same_errors_on_both_paths(change: str, match: str, on: bool) -> None:
+    features, labels, proxies = _inputs(num_classes=6)
+    with torch.no_grad():
+        if change == "nan_features":
+            features[3, 1] = float("nan")
+        elif change == "inf_proxies":
+            proxies[2, 0] = float("inf")
+    if change == "label_high":
+        labels = labels.clamp(0, 5)
+        labels[0] = 6
+    elif change == "label_low":
+        labels = labels.clamp(0, 5)
+        labels[1] = -1
+    set_fused(on)
+    assert fused.fused_supported(HUGLoss().config, 12, 6) == on
+    with pytest.raises(ValueError, match=match):
+        HUGLoss()(features, labels, proxies)
+
+
+def test_deferred_checks_accept_huge_finite_values() -> None:
+    features, labels, proxies = _inputs(num_classes=6)
+    with torch.no_grad():
+        features[0] = 1e300  # finite, but its norm overflows: confirmed element-wise, no error
+    assert torch.isfinite(HUGLoss()(features, labels, proxies))
