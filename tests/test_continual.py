@@ -311,3 +311,26 @@ def test_checkpoint_round_trip_resumes_with_the_same_state(benchmark: Any, tmp_p
 def test_missing_checkpoint_is_a_fresh_start(tmp_path: Path) -> None:
     sentinel = object()
     assert load_strategy_checkpoint(sentinel, tmp_path / "none.pkl") == (sentinel, 0)
+
+
+def test_default_static_proxies_skip_the_inter_term_after_the_first_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hug_plugins import losses
+
+    calls: list[int] = []
+    original = losses.inter_term
+
+    def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(losses, "inter_term", counting)
+    plugin = HUGPlugin(num_classes=10, feature_dim=16, mem_size=50)
+    assert plugin.head.mode == "static_optimized" and not plugin.head.proxies.requires_grad
+    features = torch.randn(32, 16, requires_grad=True)
+    labels = torch.randint(0, 10, (32,))
+    for _ in range(4):
+        plugin.loss_fn(features, labels, plugin.head.proxies).backward()
+    assert len(calls) == 1  # a constant: computed once, then O(B d) steps
+    assert features.grad is not None and bool(torch.isfinite(features.grad).all())
