@@ -181,7 +181,9 @@ def test_static_cache_follows_in_place_updates_and_checks_values() -> None:
     ],
 )
 @pytest.mark.parametrize("on", [True, False])
-def test_value_checks_raise_the_same_errors_on_both_paths(change: str, match: str, on: bool) -> None:
+def test_value_checks_raise_the_same_errors_on_both_paths(
+    change: str, match: str, on: bool
+) -> None:
     features, labels, proxies = _inputs(num_classes=6)
     with torch.no_grad():
         if change == "nan_features":
