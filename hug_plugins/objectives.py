@@ -1,6 +1,6 @@
 """Supervised training objectives with one signature: ``objective(features, logits, labels)``.
 
-A classification model used with :class:`hug_plugins.engine.Trainer` returns
+A classification model used with :class:`hug_plugins.train.Trainer` returns
 ``(features, logits)``; an objective turns that pair and the labels into a scalar loss. This
 lets the same model, loop and evaluation run cross-entropy and every HUG variant:
 

@@ -2,7 +2,7 @@
 
 :func:`plot_collapse` draws one panel per metric and one line per method (the mean over seeds,
 with a band from the smallest to the largest seed), from the per-epoch history entries that
-:class:`hug_plugins.engine.Trainer` returns. The PNG is rendered off-screen (Agg) and written
+:class:`hug_plugins.train.Trainer` returns. The PNG is rendered off-screen (Agg) and written
 atomically.
 
 Example:

@@ -423,7 +423,7 @@ def autoattack_accuracy(
 
 
 def load_checkpoint_weights(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Loads the model weights of a :class:`hug_plugins.engine.Trainer` checkpoint (or a bare
+    """Loads the model weights of a :class:`hug_plugins.train.Trainer` checkpoint (or a bare
     state dict) into ``model``.
 
     Args:
@@ -670,7 +670,7 @@ def train_or_load(
         model: From :func:`build_classifier`.
         method: ``"ce"`` or ``"hug"``.
         train_data: Training set.
-        trainer_cfg: :class:`~hug_plugins.engine.TrainerConfig` fields.
+        trainer_cfg: :class:`~hug_plugins.train.TrainerConfig` fields.
         seed: Run seed (overrides ``trainer_cfg``).
         checkpoint: Checkpoint file (``None``: no checkpoint).
         hug_preset: :class:`~hug_plugins.losses.HUGLoss` preset of the HUG method.
@@ -682,9 +682,9 @@ def train_or_load(
     """
     import time
 
-    from hug_plugins.engine import Trainer, TrainerConfig
     from hug_plugins.losses import HUGLoss
     from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
+    from hug_plugins.train import Trainer, TrainerConfig
 
     if eval_only:
         if checkpoint is None:

@@ -25,15 +25,6 @@ from torch import nn
 
 from hug_plugins.config import check_seeds, parse_cli, to_dict
 from hug_plugins.datasets import BatchAugment, load_image_dataset, split_holdout, subset
-from hug_plugins.engine import (
-    AugmentedLoss,
-    Trainer,
-    TrainerConfig,
-    evaluate_classifier,
-    evaluate_collapse,
-    seed_everything,
-    torch_threads,
-)
 from hug_plugins.io import (
     RunLog,
     atomic_write_text,
@@ -44,6 +35,15 @@ from hug_plugins.io import (
 from hug_plugins.losses import HUGLoss
 from hug_plugins.models import build_classifier, classifier_weight
 from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
+from hug_plugins.train import (
+    AugmentedLoss,
+    Trainer,
+    TrainerConfig,
+    evaluate_classifier,
+    evaluate_collapse,
+    seed_everything,
+    torch_threads,
+)
 
 TASK = "calibrate"
 

@@ -5,7 +5,7 @@ partially learnable class proxies (the paper: ResNet-18). Table "architectures":
 across backbones (the paper: ResNet-18, VGG-16, DenseNet-121). Both on every dataset listed in
 ``data.names`` (the paper: CIFAR-10 and CIFAR-100).
 
-Every run trains on the shared loop (:class:`hug_plugins.engine.Trainer`) with the same
+Every run trains on the shared loop (:class:`hug_plugins.train.Trainer`) with the same
 backbone, optimizer, schedule, epochs, augmentation and seeds; CE and HUG differ only in the
 head (``nn.Linear`` vs. :class:`~hug_plugins.proxies.ProxyHead`) and the objective
 (:class:`~hug_plugins.objectives.CrossEntropyObjective` vs.
@@ -53,7 +53,12 @@ from hug_plugins.datasets import (
     load_image_dataset,
     subset,
 )
-from hug_plugins.engine import (
+from hug_plugins.io import atomic_write_text, standard_header_lines, summarize, write_tables
+from hug_plugins.losses import HUGLoss
+from hug_plugins.models import ARCHITECTURES, build_classifier, classifier_weight
+from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
+from hug_plugins.plots import COLLAPSE_METRICS, plot_collapse
+from hug_plugins.train import (
     AugmentedLoss,
     Trainer,
     TrainerConfig,
@@ -64,11 +69,6 @@ from hug_plugins.engine import (
     seed_everything,
     torch_threads,
 )
-from hug_plugins.io import atomic_write_text, standard_header_lines, summarize, write_tables
-from hug_plugins.losses import HUGLoss
-from hug_plugins.models import ARCHITECTURES, build_classifier, classifier_weight
-from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
-from hug_plugins.plots import COLLAPSE_METRICS, plot_collapse
 
 TASK = "classification"
 

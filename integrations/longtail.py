@@ -5,7 +5,7 @@ cross-entropy; ``hug``: ProxyHead + MHE-HUG) and seed, the job builds the long-t
 set of :func:`hug_plugins.longtail.make_longtail` (class ``c`` keeps
 ``int(n_max * ratio ** (c / (C - 1)))`` images, the first of a shuffle seeded with 0; the test
 set stays balanced), trains the same model with the same trainer settings through
-:mod:`hug_plugins.engine`, and reports top-1 test accuracy and many/medium/few-shot accuracy
+:mod:`hug_plugins.train`, and reports top-1 test accuracy and many/medium/few-shot accuracy
 (more than 100, 20 to 100, fewer than 20 training images per class; both thresholds scaled by
 ``n_max / 500`` when ``n_max < 500``, see :func:`hug_plugins.longtail.shot_thresholds`), mean ±
 std over seeds. Every run is checkpointed (``checkpoint_dir``): a killed job resumes, a
@@ -33,7 +33,6 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from hug_plugins.config import check_choices, check_seeds, parse_cli, set_values, to_dict
-from hug_plugins.engine import TrainerConfig, seed_everything, torch_threads
 from hug_plugins.io import standard_header_lines, summarize, write_result_tables
 from hug_plugins.longtail import (
     SHOT_GROUPS,
@@ -51,6 +50,7 @@ from hug_plugins.robustness import (
     load_pixel_datasets,
     train_or_load,
 )
+from hug_plugins.train import TrainerConfig, seed_everything, torch_threads
 
 TASK = "longtail"
 METHODS = {"ce": "CE", "hug": "HUG"}

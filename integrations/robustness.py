@@ -1,7 +1,7 @@
 """Adversarial robustness: clean error and PGD robust accuracy of CE vs. HUG models.
 
 Both models are trained normally (no adversarial training, like the paper) through
-:mod:`hug_plugins.engine`, with a checkpoint per (method, seed): a finished checkpoint is
+:mod:`hug_plugins.train`, with a checkpoint per (method, seed): a finished checkpoint is
 reloaded instead of retrained (``eval_only=true`` refuses to train at all), so the attack can
 be rerun or changed without retraining; a killed run resumes. Inputs are ``[0, 1]`` pixels and
 the normalization is the model's first layer.
@@ -36,7 +36,6 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from hug_plugins.config import check_choices, check_seeds, parse_cli, set_values, to_dict
-from hug_plugins.engine import TrainerConfig, resolve_device, seed_everything, torch_threads
 from hug_plugins.io import standard_header_lines, summarize, write_result_tables
 from hug_plugins.robustness import (
     DATASET_STATS,
@@ -47,6 +46,7 @@ from hug_plugins.robustness import (
     load_pixel_datasets,
     train_or_load,
 )
+from hug_plugins.train import TrainerConfig, resolve_device, seed_everything, torch_threads
 
 TASK = "robustness"
 METHODS = {"ce": "CE", "hug": "HUG"}

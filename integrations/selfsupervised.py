@@ -2,7 +2,7 @@
 
 Every criterion trains the same backbone and lightly ``SimCLRProjectionHead`` with the same
 epochs, batch, optimizer, schedule and seeds, through the library's one training loop
-(:class:`hug_plugins.engine.Trainer`). After training, on the L2-normalized backbone features:
+(:class:`hug_plugins.train.Trainer`). After training, on the L2-normalized backbone features:
 
 * **kNN top-1** on the test set with the training set as the feature bank (lightly's
   ``knn_predict``, k = 200, t = 0.1, as lightly's benchmarks);
@@ -39,7 +39,7 @@ Distributed: ``torchrun --nproc_per_node=N integrations/selfsupervised.py --pres
 on CPUs, NCCL on GPUs) prints and writes the same tables. ``trainer.batch_size`` is the *global*
 batch: each of the N processes trains on ``batch_size / N`` images per step (it must divide) from
 its own shard of the training set (the trainer's ``DistributedSampler``), and the model is
-wrapped in ``DistributedDataParallel`` (:class:`hug_plugins.engine.Trainer`), so the figures are
+wrapped in ``DistributedDataParallel`` (:class:`hug_plugins.train.Trainer`), so the figures are
 comparable with a single-process run. ``HUGCriterion`` and ``NTXentLoss`` gather the
 projections of all ranks (``gather_distributed=True``) and compute the loss of the global
 batch. Lightly's ``HypersphereLoss`` has no gather: each rank computes alignment and
@@ -75,7 +75,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from hug_plugins.config import parse_cli, to_dict
-from hug_plugins.engine import (
+from hug_plugins.io import standard_header_lines, summarize, write_tables
+from hug_plugins.metrics import NCMAgreement, NeuralCollapseMetrics
+from hug_plugins.ssl import HUGCriterion
+from hug_plugins.train import (
     Trainer,
     TrainerConfig,
     distributed_info,
@@ -83,9 +86,6 @@ from hug_plugins.engine import (
     is_main_process,
     seed_everything,
 )
-from hug_plugins.io import standard_header_lines, summarize, write_tables
-from hug_plugins.metrics import NCMAgreement, NeuralCollapseMetrics
-from hug_plugins.ssl import HUGCriterion
 
 CRITERIA = ("hug", "ntxent", "hypersphere")
 CRITERION_NAMES = {

@@ -1,4 +1,4 @@
-"""Tests of hug_plugins.engine: the shared training/evaluation loop."""
+"""Tests of hug_plugins.train: the shared training/evaluation loop."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from hug_plugins.data import make_blobs_dataset
-from hug_plugins.engine import (
+from hug_plugins.objectives import CrossEntropyObjective, HUGObjective
+from hug_plugins.train import (
     EpochLRSchedule,
     SupervisedLoss,
     Trainer,
@@ -29,7 +30,6 @@ from hug_plugins.engine import (
     torch_threads,
     unwrap_model,
 )
-from hug_plugins.objectives import CrossEntropyObjective, HUGObjective
 
 NUM_CLASSES = 3
 DIM = 6

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from hug_plugins.data import make_blobs_dataset
-from hug_plugins.engine import (
+from hug_plugins.objectives import CrossEntropyObjective
+from hug_plugins.train import (
     Trainer,
     TrainerConfig,
     distributed_info,
@@ -23,7 +24,6 @@ from hug_plugins.engine import (
     is_main_process,
     seed_everything,
 )
-from hug_plugins.objectives import CrossEntropyObjective
 
 WORLD_SIZE = 2
 

@@ -39,10 +39,17 @@ def test_core_imports_only_torch_and_the_standard_library(name: str) -> None:
             assert module.split(".")[1] in CORE, f"core module {name} imports {module}"
 
 
+@pytest.mark.parametrize("path", sorted((PACKAGE / "train").glob("*.py")), ids=lambda p: p.name)
+def test_training_loop_imports_no_framework_adapter(path: Path) -> None:
+    for module, _ in _imports(path):
+        assert module.split(".")[0] not in ("lightly", "avalanche", "faiss", "torchattacks")
+        assert module not in ("hug_plugins.ssl", "hug_plugins.continual"), (path.name, module)
+
+
 def test_no_module_imports_another_modules_private_names() -> None:
     offenders = [
-        f"{path.name}: from {module} import {name}"
-        for path in sorted(PACKAGE.glob("*.py"))
+        f"{path.relative_to(PACKAGE)}: from {module} import {name}"
+        for path in sorted(PACKAGE.rglob("*.py"))
         for module, names in _imports(path)
         if module.startswith("hug_plugins")
         for name in names

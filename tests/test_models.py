@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from hug_plugins.engine import seed_everything
 from hug_plugins.models import (
     ARCHITECTURES,
     FeatureClassifier,
@@ -18,6 +17,7 @@ from hug_plugins.models import (
     make_head,
 )
 from hug_plugins.proxies import ProxyHead
+from hug_plugins.train import seed_everything
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -1,0 +1,519 @@
+"""The training loop: :class:`Trainer` and the loss adapters it calls."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
+
+from hug_plugins.io import atomic_torch_save
+from hug_plugins.objectives import Objective
+from hug_plugins.train.config import TrainerConfig
+from hug_plugins.train.evaluate import evaluate_classifier, features_and_logits, split_batch
+from hug_plugins.train.runtime import (
+    capture_rng,
+    distributed_info,
+    epoch_seed,
+    move_to_device,
+    resolve_device,
+    restore_rng,
+    seed_everything,
+    seed_worker,
+    unwrap_model,
+)
+from hug_plugins.train.schedule import EpochLRSchedule
+
+LossFn = Callable[[nn.Module, Any], Tensor]
+"""``loss_fn(model, batch) -> scalar Tensor``; the batch is already on the training device."""
+
+EvalFn = Callable[[nn.Module], Mapping[str, float]]
+"""``eval_fn(model) -> {name: value}``; called with the unwrapped model in eval mode."""
+
+EpochCallback = Callable[[int, Mapping[str, float]], None]
+"""``on_epoch_end(epoch_index, history_entry)``, called on every rank after each epoch."""
+
+CHECKPOINT_FORMAT = 1
+"""Version number stored in every checkpoint."""
+
+# --------------------------------------------------------------------------- losses
+
+
+class SupervisedLoss(nn.Module):
+    """Adapts an objective ``objective(features, logits, labels)`` to ``loss_fn(model, batch)``.
+
+    The batch is ``(inputs, labels, ...)``; the model returns ``(features, logits)`` (a model
+    returning only logits passes them as both, fine for objectives that ignore the features).
+
+    Args:
+        objective: E.g. :class:`hug_plugins.objectives.CrossEntropyObjective` or
+            :class:`hug_plugins.objectives.HUGObjective`; if it is a module, its parameters
+            (e.g. proxies outside the model) are trained too.
+
+    Example:
+        >>> from hug_plugins.objectives import CrossEntropyObjective
+        >>> loss_fn = SupervisedLoss(CrossEntropyObjective())
+        >>> loss_fn(nn.Linear(2, 3), (torch.randn(4, 2), torch.tensor([0, 1, 2, 0]))).ndim
+        0
+    """
+
+    objective: Objective
+
+    def __init__(self, objective: Objective) -> None:
+        super().__init__()
+        if not callable(objective):
+            raise ValueError(f"objective must be callable, got {type(objective).__name__}")
+        self.objective = objective
+
+    def forward(self, model: nn.Module, batch: Any) -> Tensor:
+        """Returns ``objective(*model(inputs), labels)`` for a batch ``(inputs, labels, ...)``."""
+        inputs, labels = split_batch(batch)
+        features, logits = features_and_logits(model(inputs))
+        return self.objective(features, logits, labels)
+
+
+class AugmentedLoss(nn.Module):
+    """``loss_fn(model, batch)`` for the trainer: augments the batch inputs, then the objective.
+
+    The augmentation runs inside the loss, on the training device, drawing from the global
+    RNG that the trainer seeds and checkpoints.
+
+    Args:
+        objective: ``objective(features, logits, labels)``.
+        augment: Batch augmentation (e.g. :class:`~hug_plugins.datasets.BatchAugment`).
+    """
+
+    def __init__(self, objective: Objective, augment: nn.Module) -> None:
+        super().__init__()
+        self.supervised = SupervisedLoss(objective)
+        self.augment = augment
+
+    def forward(self, model: nn.Module, batch: Any) -> Tensor:
+        """Returns the objective on the augmented ``(inputs, labels)`` batch."""
+        loss: Tensor = self.supervised(model, (self.augment(batch[0]), batch[1], *batch[2:]))
+        return loss
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class FitResult:
+    """What :meth:`Trainer.fit` returns.
+
+    Attributes:
+        history: One entry per completed epoch (including epochs restored from a checkpoint):
+            ``epoch`` (1-based), ``loss`` (mean training loss over all ranks), ``lr`` and, in
+            evaluated epochs, the metrics of ``eval_fn``.
+        start_epoch: Epochs already completed (from a checkpoint) when ``fit`` was called.
+        epochs: The configured number of epochs.
+    """
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    start_epoch: int = 0
+    epochs: int = 0
+
+    @property
+    def final(self) -> dict[str, float]:
+        """The last history entry (it includes the metrics of the final evaluation)."""
+        return dict(self.history[-1]) if self.history else {}
+
+    @property
+    def resumed(self) -> bool:
+        """Whether training continued from a checkpoint."""
+        return self.start_epoch > 0
+
+
+class Trainer:
+    """Trains a model with a loss function; see the module docstring for what it handles.
+
+    Args:
+        config: The settings; a mapping is converted with :meth:`TrainerConfig.from_mapping`.
+
+    Attributes:
+        config: The validated settings.
+        device: The device training runs on.
+        optimizer: The optimizer of the last :meth:`fit` call (``None`` before).
+
+    Example:
+        >>> trainer = Trainer(TrainerConfig(epochs=1, device="cpu", progress=False))
+        >>> trainer.device
+        device(type='cpu')
+    """
+
+    def __init__(self, config: TrainerConfig | Mapping[str, Any] | None = None) -> None:
+        if config is None:
+            config = TrainerConfig()
+        elif not isinstance(config, TrainerConfig):
+            config = TrainerConfig.from_mapping(config)
+        config.validate()
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    # -- building blocks ------------------------------------------------------------------
+
+    def _amp_dtype(self) -> torch.dtype:
+        name = self.config.amp_dtype
+        if name == "auto":
+            return torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        return torch.float16 if name == "float16" else torch.bfloat16
+
+    def _build_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        cfg = self.config
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(
+                params,
+                lr=cfg.lr,
+                momentum=cfg.momentum,
+                weight_decay=cfg.weight_decay,
+                nesterov=cfg.nesterov and cfg.momentum > 0,
+            )
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def _build_loader(
+        self,
+        data: Dataset[Any] | DataLoader[Any],
+        collate_fn: Callable[[list[Any]], Any] | None,
+    ) -> tuple[DataLoader[Any], torch.Generator | None]:
+        cfg = self.config
+        rank, world = distributed_info()
+        if isinstance(data, DataLoader):
+            if world > 1 and not isinstance(_loader_sampler(data), DistributedSampler):
+                raise ValueError(
+                    "under torch.distributed a DataLoader passed to fit() must use a "
+                    "DistributedSampler; pass the Dataset instead and the trainer builds one"
+                )
+            return data, None
+        if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
+            raise ValueError(
+                f"train_data must be a Dataset or DataLoader, got {type(data).__name__}"
+            )
+        if len(data) == 0:
+            raise ValueError("train_data is empty")
+        generator = torch.Generator()
+        generator.manual_seed(cfg.seed)
+        sampler: DistributedSampler[Any] | None = None
+        if world > 1:
+            sampler = DistributedSampler(
+                data,
+                num_replicas=world,
+                rank=rank,
+                shuffle=cfg.shuffle,
+                seed=cfg.seed,
+                drop_last=cfg.drop_last,
+            )
+        loader: DataLoader[Any] = DataLoader(
+            data,
+            batch_size=cfg.batch_size,
+            shuffle=cfg.shuffle if sampler is None else False,
+            sampler=sampler,
+            num_workers=cfg.num_workers,
+            collate_fn=collate_fn,
+            pin_memory=self.device.type == "cuda",
+            drop_last=cfg.drop_last,
+            generator=generator,
+            worker_init_fn=seed_worker if cfg.num_workers > 0 else None,
+        )
+        return loader, generator
+
+    def _checkpoint_state(
+        self,
+        model: nn.Module,
+        loss_module: nn.Module | None,
+        optimizer: torch.optim.Optimizer,
+        schedule: EpochLRSchedule,
+        scaler: torch.amp.GradScaler,
+        epoch: int,
+        history: list[dict[str, float]],
+    ) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "loss_fn": loss_module.state_dict() if loss_module is not None else None,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": schedule.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": capture_rng(),
+            "history": [dict(entry) for entry in history],
+            "config": self.config.to_dict(),
+        }
+
+    # -- public API -----------------------------------------------------------------------
+
+    def fit(
+        self,
+        model: nn.Module,
+        train_data: Dataset[Any] | DataLoader[Any],
+        loss_fn: LossFn,
+        eval_fn: EvalFn | None = None,
+        *,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        on_epoch_end: EpochCallback | None = None,
+    ) -> FitResult:
+        """Trains ``model`` for ``config.epochs`` epochs (resuming from a checkpoint if any).
+
+        Seeds everything with ``config.seed`` first; build the model after
+        :func:`seed_everything` for reproducible initial weights. All trainable parameters
+        should live in ``model``; trainable parameters of a ``loss_fn`` that is an
+        :class:`~torch.nn.Module` are trained too (their gradients are averaged over ranks).
+
+        Args:
+            model: The model; moved to the trainer's device (in place).
+            train_data: A Dataset (the trainer builds a seeded, shuffling, DDP-aware loader) or
+                a DataLoader (used as is; under DDP it must use a DistributedSampler).
+            loss_fn: ``loss_fn(model, batch) -> scalar Tensor``; receives the (DDP-wrapped)
+                model and the batch moved to the device.
+            eval_fn: ``eval_fn(model) -> {name: float}``, called with the unwrapped model in
+                eval mode every ``eval_every`` epochs and after the last epoch, on every rank.
+            collate_fn: Passed to the DataLoader built from a Dataset.
+            on_epoch_end: Called as ``on_epoch_end(epoch_index, history_entry)`` on every rank.
+
+        Returns:
+            A :class:`FitResult` with the per-epoch history.
+
+        Raises:
+            ValueError: On bad data, a non-scalar loss, or a checkpoint that does not fit.
+            FloatingPointError: If the epoch's mean training loss is not finite.
+        """
+        cfg = self.config
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise ValueError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        if eval_fn is not None and not callable(eval_fn):
+            raise ValueError(f"eval_fn must be callable or None, got {type(eval_fn).__name__}")
+        rank, world = distributed_info()
+        distributed = world > 1
+        device = self.device
+        loader, generator = self._build_loader(train_data, collate_fn)
+        seed_everything(cfg.seed)
+
+        model.to(device)
+        loss_module = loss_fn if isinstance(loss_fn, nn.Module) else None
+        if loss_module is not None:
+            loss_module.to(device)
+        model_param_ids = {id(p) for p in model.parameters()}
+        params = [p for p in model.parameters() if p.requires_grad]
+        extra: list[nn.Parameter] = []
+        if loss_module is not None:
+            extra = [
+                p
+                for p in loss_module.parameters()
+                if p.requires_grad and id(p) not in model_param_ids
+            ]
+        if not params and not extra:
+            raise ValueError("model (and loss_fn) have no trainable parameters")
+        optimizer = self._build_optimizer(params + extra)
+        schedule = EpochLRSchedule(optimizer, cfg)
+        amp_dtype = self._amp_dtype()
+        use_scaler = cfg.amp and amp_dtype == torch.float16 and device.type == "cuda"
+        scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        self.optimizer = optimizer
+
+        history: list[dict[str, float]] = []
+        start_epoch = 0
+        ckpt_path = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
+        if ckpt_path is not None and ckpt_path.is_file():
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(f"{str(ckpt_path)!r} is not a hug_plugins trainer checkpoint")
+            try:
+                model.load_state_dict(state["model"])
+                if loss_module is not None and state.get("loss_fn") is not None:
+                    loss_module.load_state_dict(state["loss_fn"])
+                optimizer.load_state_dict(state["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise ValueError(
+                    f"checkpoint {str(ckpt_path)!r} does not match this model/optimizer: {exc}"
+                ) from None
+            schedule.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            start_epoch = int(state["epoch"])
+            history = [dict(entry) for entry in state["history"]]
+            restore_rng(state["rng"])
+
+        if distributed and cfg.sync_batchnorm:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
+        train_model: nn.Module = model
+        if distributed:
+            train_model = DistributedDataParallel(
+                model,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=cfg.find_unused_parameters,
+            )
+            for p in extra:  # keep parameters outside the model identical on all ranks
+                dist.broadcast(p.data, src=0)
+
+        all_params = params + extra
+        show = cfg.progress and rank == 0
+        epoch_bar = tqdm(
+            total=cfg.epochs,
+            initial=min(start_epoch, cfg.epochs),
+            desc="train",
+            unit="epoch",
+            disable=not show,
+            dynamic_ncols=True,
+        )
+        try:
+            for epoch in range(start_epoch, cfg.epochs):
+                if generator is not None:
+                    generator.manual_seed(epoch_seed(cfg.seed, epoch))
+                sampler = _loader_sampler(loader)
+                if isinstance(sampler, DistributedSampler):
+                    sampler.set_epoch(epoch)
+                schedule.set_epoch(epoch)
+                train_model.train()
+                loss_sum = torch.zeros((), device=device, dtype=torch.float32)
+                n_batches = 0
+                batch_bar = tqdm(
+                    loader,
+                    desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                    leave=False,
+                    disable=not show,
+                    dynamic_ncols=True,
+                )
+                for batch in batch_bar:
+                    batch = move_to_device(batch, device)
+                    optimizer.zero_grad(set_to_none=True)
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
+                        loss = loss_fn(train_model, batch)
+                    if not isinstance(loss, Tensor) or loss.numel() != 1:
+                        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss)
+                        raise ValueError(f"loss_fn must return a scalar tensor, got {shape}")
+                    scaled: Tensor = scaler.scale(loss.reshape(()))
+                    scaled.backward()  # type: ignore[no-untyped-call]
+                    if distributed:
+                        for p in extra:
+                            if p.grad is not None:
+                                dist.all_reduce(p.grad)
+                                p.grad.div_(world)
+                    if cfg.grad_clip is not None:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(all_params, cfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    loss_sum += loss.detach().float().reshape(())
+                    n_batches += 1
+                batch_bar.close()
+                if n_batches == 0:
+                    raise ValueError(
+                        "the training loader produced no batches (is the dataset smaller than "
+                        "batch_size with drop_last=True?)"
+                    )
+                totals = torch.stack([loss_sum, torch.tensor(float(n_batches), device=device)])
+                if distributed:
+                    dist.all_reduce(totals)
+                mean_loss = float((totals[0] / totals[1]).item())
+                if not math.isfinite(mean_loss):
+                    raise FloatingPointError(
+                        f"training loss is {mean_loss} in epoch {epoch + 1}; lower the learning "
+                        "rate, enable grad_clip, or check the loss inputs"
+                    )
+                entry: dict[str, float] = {
+                    "epoch": epoch + 1,
+                    "loss": mean_loss,
+                    "lr": float(optimizer.param_groups[0]["lr"]),
+                }
+                is_last = epoch + 1 == cfg.epochs
+                if eval_fn is not None and ((epoch + 1) % cfg.eval_every == 0 or is_last):
+                    inner = unwrap_model(train_model)
+                    was_training = inner.training
+                    inner.eval()
+                    try:
+                        metrics = eval_fn(inner)
+                    finally:
+                        inner.train(was_training)
+                    clash = sorted(set(metrics) & set(entry))
+                    if clash:
+                        raise ValueError(f"eval_fn returned reserved metric names {clash}")
+                    entry.update({str(k): float(v) for k, v in metrics.items()})
+                history.append(entry)
+                if ckpt_path is not None:
+                    if rank == 0:
+                        atomic_torch_save(
+                            self._checkpoint_state(
+                                unwrap_model(train_model),
+                                loss_module,
+                                optimizer,
+                                schedule,
+                                scaler,
+                                epoch + 1,
+                                history,
+                            ),
+                            ckpt_path,
+                        )
+                    if distributed:
+                        dist.barrier()
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, entry)
+                epoch_bar.set_postfix(
+                    {k: f"{v:.4g}" for k, v in entry.items() if k != "epoch"}, refresh=False
+                )
+                epoch_bar.update(1)
+        finally:
+            epoch_bar.close()
+        return FitResult(history=history, start_epoch=start_epoch, epochs=cfg.epochs)
+
+    def fit_classifier(
+        self,
+        model: nn.Module,
+        train_data: Dataset[Any] | DataLoader[Any],
+        objective: Objective,
+        eval_data: Dataset[Any] | DataLoader[Any] | None = None,
+        *,
+        eval_prefix: str = "test_",
+        eval_batch_size: int = 512,
+        on_epoch_end: EpochCallback | None = None,
+    ) -> FitResult:
+        """Supervised classification: ``objective(*model(x), y)`` with accuracy evaluation.
+
+        Args:
+            model: Returns ``(features, logits)`` for a batch of inputs.
+            train_data: Yields ``(inputs, labels)``; see :meth:`fit`.
+            objective: ``objective(features, logits, labels) -> scalar Tensor``.
+            eval_data: If given, :func:`evaluate_classifier` runs on it (as ``eval_fn``).
+            eval_prefix: Prefix of the evaluation metric names.
+            eval_batch_size: Batch size of the evaluation.
+            on_epoch_end: See :meth:`fit`.
+
+        Returns:
+            The :class:`FitResult`; with ``eval_data`` its entries carry
+            ``<prefix>accuracy`` and ``<prefix>error``.
+        """
+        eval_fn: EvalFn | None = None
+        if eval_data is not None:
+            data = eval_data
+            device = self.device
+
+            def eval_fn(inner: nn.Module) -> dict[str, float]:
+                return evaluate_classifier(
+                    inner,
+                    data,
+                    batch_size=eval_batch_size,
+                    device=device,
+                    num_workers=self.config.num_workers,
+                    prefix=eval_prefix,
+                )
+
+        return self.fit(
+            model, train_data, SupervisedLoss(objective), eval_fn, on_epoch_end=on_epoch_end
+        )
+
+
+def _loader_sampler(loader: DataLoader[Any]) -> Any:
+    """The index sampler of a loader (the one inside its batch sampler, if any)."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    inner = getattr(batch_sampler, "sampler", None)
+    return inner if inner is not None else loader.sampler
