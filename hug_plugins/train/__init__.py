@@ -66,13 +66,12 @@ from hug_plugins.train.runtime import (
     unwrap_model,
 )
 from hug_plugins.train.schedule import EpochLRSchedule
+from hug_plugins.train.supervised import AugmentedLoss, SupervisedLoss
 from hug_plugins.train.trainer import (
     CHECKPOINT_FORMAT,
-    AugmentedLoss,
     EvalFn,
     FitResult,
     LossFn,
-    SupervisedLoss,
     Trainer,
 )
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from hug_plugins.io import atomic_torch_save
 from hug_plugins.objectives import Objective
 from hug_plugins.train.config import TrainerConfig
-from hug_plugins.train.evaluate import evaluate_classifier, features_and_logits, split_batch
+from hug_plugins.train.evaluate import evaluate_classifier
 from hug_plugins.train.runtime import (
     capture_rng,
     distributed_info,
@@ -31,6 +31,7 @@ from hug_plugins.train.runtime import (
     unwrap_model,
 )
 from hug_plugins.train.schedule import EpochLRSchedule
+from hug_plugins.train.supervised import SupervisedLoss
 
 LossFn = Callable[[nn.Module, Any], Tensor]
 """``loss_fn(model, batch) -> scalar Tensor``; the batch is already on the training device."""
@@ -43,63 +44,6 @@ EpochCallback = Callable[[int, Mapping[str, float]], None]
 
 CHECKPOINT_FORMAT = 1
 """Version number stored in every checkpoint."""
-
-# --------------------------------------------------------------------------- losses
-
-
-class SupervisedLoss(nn.Module):
-    """Adapts an objective ``objective(features, logits, labels)`` to ``loss_fn(model, batch)``.
-
-    The batch is ``(inputs, labels, ...)``; the model returns ``(features, logits)`` (a model
-    returning only logits passes them as both, fine for objectives that ignore the features).
-
-    Args:
-        objective: E.g. :class:`hug_plugins.objectives.CrossEntropyObjective` or
-            :class:`hug_plugins.objectives.HUGObjective`; if it is a module, its parameters
-            (e.g. proxies outside the model) are trained too.
-
-    Example:
-        >>> from hug_plugins.objectives import CrossEntropyObjective
-        >>> loss_fn = SupervisedLoss(CrossEntropyObjective())
-        >>> loss_fn(nn.Linear(2, 3), (torch.randn(4, 2), torch.tensor([0, 1, 2, 0]))).ndim
-        0
-    """
-
-    objective: Objective
-
-    def __init__(self, objective: Objective) -> None:
-        super().__init__()
-        if not callable(objective):
-            raise ValueError(f"objective must be callable, got {type(objective).__name__}")
-        self.objective = objective
-
-    def forward(self, model: nn.Module, batch: Any) -> Tensor:
-        """Returns ``objective(*model(inputs), labels)`` for a batch ``(inputs, labels, ...)``."""
-        inputs, labels = split_batch(batch)
-        features, logits = features_and_logits(model(inputs))
-        return self.objective(features, logits, labels)
-
-
-class AugmentedLoss(nn.Module):
-    """``loss_fn(model, batch)`` for the trainer: augments the batch inputs, then the objective.
-
-    The augmentation runs inside the loss, on the training device, drawing from the global
-    RNG that the trainer seeds and checkpoints.
-
-    Args:
-        objective: ``objective(features, logits, labels)``.
-        augment: Batch augmentation (e.g. :class:`~hug_plugins.datasets.BatchAugment`).
-    """
-
-    def __init__(self, objective: Objective, augment: nn.Module) -> None:
-        super().__init__()
-        self.supervised = SupervisedLoss(objective)
-        self.augment = augment
-
-    def forward(self, model: nn.Module, batch: Any) -> Tensor:
-        """Returns the objective on the augmented ``(inputs, labels)`` batch."""
-        loss: Tensor = self.supervised(model, (self.augment(batch[0]), batch[1], *batch[2:]))
-        return loss
 
 
 # --------------------------------------------------------------------------- trainer
@@ -130,6 +74,22 @@ class FitResult:
     def resumed(self) -> bool:
         """Whether training continued from a checkpoint."""
         return self.start_epoch > 0
+
+
+@dataclass
+class _Run:
+    """What :meth:`Trainer.fit` builds once and its steps share."""
+
+    model: nn.Module
+    loss_module: nn.Module | None
+    params: list[nn.Parameter]
+    extra: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    schedule: EpochLRSchedule
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype
+    rank: int
+    world: int
 
 
 class Trainer:
@@ -294,12 +254,56 @@ class Trainer:
             raise ValueError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
         if eval_fn is not None and not callable(eval_fn):
             raise ValueError(f"eval_fn must be callable or None, got {type(eval_fn).__name__}")
-        rank, world = distributed_info()
-        distributed = world > 1
-        device = self.device
         loader, generator = self._build_loader(train_data, collate_fn)
         seed_everything(cfg.seed)
+        run = self._prepare(model, loss_fn)
+        history: list[dict[str, float]] = []
+        start_epoch = 0
+        ckpt_path = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
+        if ckpt_path is not None and ckpt_path.is_file():
+            start_epoch, history = self._restore(run, ckpt_path)
+        train_model = self._wrap_distributed(run)
+        show = cfg.progress and run.rank == 0
+        epoch_bar = tqdm(
+            total=cfg.epochs,
+            initial=min(start_epoch, cfg.epochs),
+            desc="train",
+            unit="epoch",
+            disable=not show,
+            dynamic_ncols=True,
+        )
+        try:
+            for epoch in range(start_epoch, cfg.epochs):
+                entry: dict[str, float] = {
+                    "epoch": epoch + 1,
+                    "loss": self._train_epoch(
+                        run, train_model, loss_fn, loader, generator, epoch, show
+                    ),
+                    "lr": float(run.optimizer.param_groups[0]["lr"]),
+                }
+                is_last = epoch + 1 == cfg.epochs
+                if eval_fn is not None and ((epoch + 1) % cfg.eval_every == 0 or is_last):
+                    entry.update(self._evaluate(train_model, eval_fn, entry))
+                history.append(entry)
+                if ckpt_path is not None:
+                    self._save(run, train_model, epoch + 1, history, ckpt_path)
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, entry)
+                epoch_bar.set_postfix(
+                    {k: f"{v:.4g}" for k, v in entry.items() if k != "epoch"}, refresh=False
+                )
+                epoch_bar.update(1)
+        finally:
+            epoch_bar.close()
+        return FitResult(history=history, start_epoch=start_epoch, epochs=cfg.epochs)
 
+    # ---- the named steps of fit ---------------------------------------------------------
+
+    def _prepare(self, model: nn.Module, loss_fn: LossFn) -> _Run:
+        """Moves the model (and a module loss) to the device; builds optimizer, schedule, scaler."""
+        cfg = self.config
+        rank, world = distributed_info()
+        device = self.device
         model.to(device)
         loss_module = loss_fn if isinstance(loss_fn, nn.Module) else None
         if loss_module is not None:
@@ -321,150 +325,157 @@ class Trainer:
         use_scaler = cfg.amp and amp_dtype == torch.float16 and device.type == "cuda"
         scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
         self.optimizer = optimizer
+        return _Run(
+            model, loss_module, params, extra, optimizer, schedule, scaler, amp_dtype, rank, world
+        )
 
-        history: list[dict[str, float]] = []
-        start_epoch = 0
-        ckpt_path = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
-        if ckpt_path is not None and ckpt_path.is_file():
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"{str(ckpt_path)!r} is not a hug_plugins trainer checkpoint")
-            try:
-                model.load_state_dict(state["model"])
-                if loss_module is not None and state.get("loss_fn") is not None:
-                    loss_module.load_state_dict(state["loss_fn"])
-                optimizer.load_state_dict(state["optimizer"])
-            except (RuntimeError, ValueError, KeyError) as exc:
-                raise ValueError(
-                    f"checkpoint {str(ckpt_path)!r} does not match this model/optimizer: {exc}"
-                ) from None
-            schedule.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            start_epoch = int(state["epoch"])
-            history = [dict(entry) for entry in state["history"]]
-            restore_rng(state["rng"])
+    def _restore(self, run: _Run, ckpt_path: Path) -> tuple[int, list[dict[str, float]]]:
+        """Loads a checkpoint into the run; returns the epoch to start from and the history."""
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{str(ckpt_path)!r} is not a hug_plugins trainer checkpoint")
+        try:
+            run.model.load_state_dict(state["model"])
+            if run.loss_module is not None and state.get("loss_fn") is not None:
+                run.loss_module.load_state_dict(state["loss_fn"])
+            run.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise ValueError(
+                f"checkpoint {str(ckpt_path)!r} does not match this model/optimizer: {exc}"
+            ) from None
+        run.schedule.load_state_dict(state["scheduler"])
+        run.scaler.load_state_dict(state["scaler"])
+        restore_rng(state["rng"])
+        return int(state["epoch"]), [dict(entry) for entry in state["history"]]
 
-        if distributed and cfg.sync_batchnorm:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
-        train_model: nn.Module = model
-        if distributed:
-            train_model = DistributedDataParallel(
-                model,
-                device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=cfg.find_unused_parameters,
-            )
-            for p in extra:  # keep parameters outside the model identical on all ranks
-                dist.broadcast(p.data, src=0)
+    def _wrap_distributed(self, run: _Run) -> nn.Module:
+        """The model to train: DDP-wrapped (and SyncBatchNorm if asked) under torch.distributed."""
+        cfg = self.config
+        if run.world == 1:
+            return run.model
+        if cfg.sync_batchnorm:
+            run.model = nn.SyncBatchNorm.convert_sync_batchnorm(run.model)  # type: ignore[no-untyped-call]
+        device = self.device
+        wrapped = DistributedDataParallel(
+            run.model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.find_unused_parameters,
+        )
+        for p in run.extra:  # keep parameters outside the model identical on all ranks
+            dist.broadcast(p.data, src=0)
+        return wrapped
 
-        all_params = params + extra
-        show = cfg.progress and rank == 0
-        epoch_bar = tqdm(
-            total=cfg.epochs,
-            initial=min(start_epoch, cfg.epochs),
-            desc="train",
-            unit="epoch",
+    def _train_epoch(
+        self,
+        run: _Run,
+        train_model: nn.Module,
+        loss_fn: LossFn,
+        loader: DataLoader[Any],
+        generator: torch.Generator | None,
+        epoch: int,
+        show: bool,
+    ) -> float:
+        """One epoch of optimizer steps; returns the mean training loss over all ranks."""
+        cfg = self.config
+        device = self.device
+        distributed = run.world > 1
+        if generator is not None:
+            generator.manual_seed(epoch_seed(cfg.seed, epoch))
+        sampler = _loader_sampler(loader)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        run.schedule.set_epoch(epoch)
+        train_model.train()
+        loss_sum = torch.zeros((), device=device, dtype=torch.float32)
+        n_batches = 0
+        all_params = run.params + run.extra
+        batch_bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            leave=False,
             disable=not show,
             dynamic_ncols=True,
         )
+        for batch in batch_bar:
+            batch = move_to_device(batch, device)
+            run.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=run.amp_dtype, enabled=cfg.amp):
+                loss = loss_fn(train_model, batch)
+            if not isinstance(loss, Tensor) or loss.numel() != 1:
+                shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss)
+                raise ValueError(f"loss_fn must return a scalar tensor, got {shape}")
+            scaled: Tensor = run.scaler.scale(loss.reshape(()))
+            scaled.backward()  # type: ignore[no-untyped-call]
+            if distributed:
+                for p in run.extra:
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad.div_(run.world)
+            if cfg.grad_clip is not None:
+                run.scaler.unscale_(run.optimizer)
+                nn.utils.clip_grad_norm_(all_params, cfg.grad_clip)
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            loss_sum += loss.detach().float().reshape(())
+            n_batches += 1
+        batch_bar.close()
+        if n_batches == 0:
+            raise ValueError(
+                "the training loader produced no batches (is the dataset smaller than "
+                "batch_size with drop_last=True?)"
+            )
+        totals = torch.stack([loss_sum, torch.tensor(float(n_batches), device=device)])
+        if distributed:
+            dist.all_reduce(totals)
+        mean_loss = float((totals[0] / totals[1]).item())
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(
+                f"training loss is {mean_loss} in epoch {epoch + 1}; lower the learning "
+                "rate, enable grad_clip, or check the loss inputs"
+            )
+        return mean_loss
+
+    @staticmethod
+    def _evaluate(
+        train_model: nn.Module, eval_fn: EvalFn, entry: Mapping[str, float]
+    ) -> dict[str, float]:
+        """``eval_fn`` on the unwrapped model in eval mode (training mode restored after)."""
+        inner = unwrap_model(train_model)
+        was_training = inner.training
+        inner.eval()
         try:
-            for epoch in range(start_epoch, cfg.epochs):
-                if generator is not None:
-                    generator.manual_seed(epoch_seed(cfg.seed, epoch))
-                sampler = _loader_sampler(loader)
-                if isinstance(sampler, DistributedSampler):
-                    sampler.set_epoch(epoch)
-                schedule.set_epoch(epoch)
-                train_model.train()
-                loss_sum = torch.zeros((), device=device, dtype=torch.float32)
-                n_batches = 0
-                batch_bar = tqdm(
-                    loader,
-                    desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                    leave=False,
-                    disable=not show,
-                    dynamic_ncols=True,
-                )
-                for batch in batch_bar:
-                    batch = move_to_device(batch, device)
-                    optimizer.zero_grad(set_to_none=True)
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
-                        loss = loss_fn(train_model, batch)
-                    if not isinstance(loss, Tensor) or loss.numel() != 1:
-                        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss)
-                        raise ValueError(f"loss_fn must return a scalar tensor, got {shape}")
-                    scaled: Tensor = scaler.scale(loss.reshape(()))
-                    scaled.backward()  # type: ignore[no-untyped-call]
-                    if distributed:
-                        for p in extra:
-                            if p.grad is not None:
-                                dist.all_reduce(p.grad)
-                                p.grad.div_(world)
-                    if cfg.grad_clip is not None:
-                        scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(all_params, cfg.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    loss_sum += loss.detach().float().reshape(())
-                    n_batches += 1
-                batch_bar.close()
-                if n_batches == 0:
-                    raise ValueError(
-                        "the training loader produced no batches (is the dataset smaller than "
-                        "batch_size with drop_last=True?)"
-                    )
-                totals = torch.stack([loss_sum, torch.tensor(float(n_batches), device=device)])
-                if distributed:
-                    dist.all_reduce(totals)
-                mean_loss = float((totals[0] / totals[1]).item())
-                if not math.isfinite(mean_loss):
-                    raise FloatingPointError(
-                        f"training loss is {mean_loss} in epoch {epoch + 1}; lower the learning "
-                        "rate, enable grad_clip, or check the loss inputs"
-                    )
-                entry: dict[str, float] = {
-                    "epoch": epoch + 1,
-                    "loss": mean_loss,
-                    "lr": float(optimizer.param_groups[0]["lr"]),
-                }
-                is_last = epoch + 1 == cfg.epochs
-                if eval_fn is not None and ((epoch + 1) % cfg.eval_every == 0 or is_last):
-                    inner = unwrap_model(train_model)
-                    was_training = inner.training
-                    inner.eval()
-                    try:
-                        metrics = eval_fn(inner)
-                    finally:
-                        inner.train(was_training)
-                    clash = sorted(set(metrics) & set(entry))
-                    if clash:
-                        raise ValueError(f"eval_fn returned reserved metric names {clash}")
-                    entry.update({str(k): float(v) for k, v in metrics.items()})
-                history.append(entry)
-                if ckpt_path is not None:
-                    if rank == 0:
-                        atomic_torch_save(
-                            self._checkpoint_state(
-                                unwrap_model(train_model),
-                                loss_module,
-                                optimizer,
-                                schedule,
-                                scaler,
-                                epoch + 1,
-                                history,
-                            ),
-                            ckpt_path,
-                        )
-                    if distributed:
-                        dist.barrier()
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch, entry)
-                epoch_bar.set_postfix(
-                    {k: f"{v:.4g}" for k, v in entry.items() if k != "epoch"}, refresh=False
-                )
-                epoch_bar.update(1)
+            metrics = eval_fn(inner)
         finally:
-            epoch_bar.close()
-        return FitResult(history=history, start_epoch=start_epoch, epochs=cfg.epochs)
+            inner.train(was_training)
+        clash = sorted(set(metrics) & set(entry))
+        if clash:
+            raise ValueError(f"eval_fn returned reserved metric names {clash}")
+        return {str(k): float(v) for k, v in metrics.items()}
+
+    def _save(
+        self,
+        run: _Run,
+        train_model: nn.Module,
+        epochs_done: int,
+        history: list[dict[str, float]],
+        ckpt_path: Path,
+    ) -> None:
+        """Writes the checkpoint atomically (rank 0), then waits for every rank."""
+        if run.rank == 0:
+            atomic_torch_save(
+                self._checkpoint_state(
+                    unwrap_model(train_model),
+                    run.loss_module,
+                    run.optimizer,
+                    run.schedule,
+                    run.scaler,
+                    epochs_done,
+                    history,
+                ),
+                ckpt_path,
+            )
+        if run.world > 1:
+            dist.barrier()
 
     def fit_classifier(
         self,
