@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from hug_plugins import ncm as ncm_mod
+from hug_plugins.ncm import index as ncm_index
 from hug_plugins.ncm import (
     ClassMeanAccumulator,
     NC4Meter,
@@ -272,7 +273,7 @@ def test_nc4_meter_counts_partial_agreement() -> None:
 
 
 def test_cpu_fallback_without_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ncm_mod, "faiss_num_gpus", lambda: 0)
+    monkeypatch.setattr(ncm_index, "faiss_num_gpus", lambda: 0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     index = NearestMeanIndex(torch.randn(50, 8))
     assert index.device == "cpu"
@@ -286,7 +287,7 @@ def test_cpu_fallback_without_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("num_gpus", [1, 2])
 def test_gpu_path_wiring(monkeypatch: pytest.MonkeyPatch, num_gpus: int) -> None:
     """The GPU / sharded branches are taken only when FAISS reports GPUs (faked here)."""
-    faiss: Any = ncm_mod._import_faiss()
+    faiss: Any = ncm_mod.import_faiss()
     calls: dict[str, Any] = {}
 
     class FakeOptions:
@@ -300,7 +301,7 @@ def test_gpu_path_wiring(monkeypatch: pytest.MonkeyPatch, num_gpus: int) -> None
         calls["shard"] = co.shard
         return index
 
-    monkeypatch.setattr(ncm_mod, "faiss_num_gpus", lambda: num_gpus)
+    monkeypatch.setattr(ncm_index, "faiss_num_gpus", lambda: num_gpus)
     monkeypatch.setattr(faiss, "StandardGpuResources", lambda: object(), raising=False)
     monkeypatch.setattr(faiss, "GpuMultipleClonerOptions", FakeOptions, raising=False)
     monkeypatch.setattr(faiss, "index_cpu_to_gpu", to_gpu, raising=False)
@@ -338,7 +339,7 @@ def test_approximate_reports_recall(kind: str) -> None:
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 def test_single_block_certificate_flags_what_the_top2_test_flags(metric: str) -> None:
     means, queries = near_tie_problem(metric=metric)
-    scorer = ncm_mod._TorchScorer(means, means, metric)
+    scorer = ncm_mod.TorchScorer(means, means, metric)
     assert scorer.single_block(queries.shape[0])  # the CPU path under test
     idx1, unsure = scorer.top1_certified(queries)
     q = scorer.prepare(queries)
@@ -354,9 +355,9 @@ def test_single_block_certificate_flags_what_the_top2_test_flags(metric: str) ->
 def test_l2_centring_only_where_it_shrinks_the_bound() -> None:
     gen = torch.Generator().manual_seed(0)
     spread = torch.randn(50, 16, generator=gen)
-    assert ncm_mod._TorchScorer(spread, spread, "l2").center is None  # means around 0
+    assert ncm_mod.TorchScorer(spread, spread, "l2").center is None  # means around 0
     offset = spread + 20.0  # ReLU-like common offset: centring shrinks the norms ~5x
-    scorer = ncm_mod._TorchScorer(offset, offset, "l2")
+    scorer = ncm_mod.TorchScorer(offset, offset, "l2")
     assert scorer.center is not None
     queries = offset[:10] + 0.1 * torch.randn(10, 16, generator=gen)
     assert torch.equal(scorer.search(queries), brute_force(queries, offset))
