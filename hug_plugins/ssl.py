@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from torch import distributed as torch_dist
 
 from hug_plugins._checks import check_labels, check_matrix, compute_dtype
-from hug_plugins.losses import (
+from hug_plugins.terms import (
     HUGConfig,
     HUGTerms,
     IntraMeasure,

@@ -9,7 +9,6 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from hug_plugins import ncm as ncm_mod
-from hug_plugins.ncm import index as ncm_index
 from hug_plugins.ncm import (
     ClassMeanAccumulator,
     NC4Meter,
@@ -19,6 +18,7 @@ from hug_plugins.ncm import (
     ncm_reference,
     select_cpu_backend,
 )
+from hug_plugins.ncm import index as ncm_index
 
 BACKENDS = ["torch", "faiss"] if ncm_mod.faiss_available() else ["torch"]
 
