@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import warnings
@@ -111,9 +112,13 @@ def _want_compiled(pairs: int, device: torch.device) -> bool:
         return True
     if pairs < COMPILE_MIN_PAIRS:
         return False
-    return (
-        device.type == "cuda" or shutil.which("c++") is not None or shutil.which("g++") is not None
-    )
+    return device.type == "cuda" or _has_cpp_compiler()
+
+
+@functools.cache
+def _has_cpp_compiler() -> bool:
+    """Whether inductor's CPU backend finds a C++ compiler (looked up once per process)."""
+    return shutil.which("c++") is not None or shutil.which("g++") is not None
 
 
 @dataclass(frozen=True)
