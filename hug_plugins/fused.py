@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from hug_plugins.uniformity import PairKernel
+from hug_plugins.kernels import PairKernel
 
 UNIT_EPS = 1e-12
 """Norm floor of the feature and proxy normalization (as :func:`~hug_plugins.unit_rows`)."""

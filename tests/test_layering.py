@@ -15,7 +15,18 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "hug_plugins"
-CORE = ("uniformity", "terms", "losses", "fused", "proxies", "metrics", "_checks", "reference")
+CORE = (
+    "kernels",
+    "pair_sums",
+    "uniformity",
+    "terms",
+    "losses",
+    "fused",
+    "proxies",
+    "metrics",
+    "_checks",
+    "reference",
+)
 ALLOWED_IN_CORE = {"torch", "torchmetrics", "hug_plugins", "__future__"}
 
 

@@ -183,7 +183,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
 
 @pytest.mark.parametrize("kernel", ["riesz", "log", "gaussian"])
 def test_recompute_path_matches_cached_path(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hug_plugins.uniformity as uniformity
+    import hug_plugins.pair_sums as pair_sums
 
     points = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
     weights = torch.linspace(0.2, 1.0, 9).double()
@@ -192,7 +192,7 @@ def test_recompute_path_matches_cached_path(kernel: str, monkeypatch: pytest.Mon
         return hyperspherical_energy(p, kernel, s=1.5, weights=weights, chunk_size=4)  # type: ignore[arg-type]
 
     (cached,) = torch.autograd.grad(energy(points), points)
-    monkeypatch.setattr(uniformity, "_CACHE_BUDGET", 0)
+    monkeypatch.setattr(pair_sums, "_CACHE_BUDGET", 0)
     (recomputed,) = torch.autograd.grad(energy(points), points)
     torch.testing.assert_close(cached, recomputed)
     assert torch.autograd.gradcheck(energy, (points,))
