@@ -350,6 +350,10 @@ def test_single_block_certificate_flags_what_the_top2_test_flags(metric: str) ->
     assert torch.equal(idx1[~unsure], top_idx[~unsure])
     assert int(unsure.sum()) <= int(top2_unsure.sum()) + 5  # and hardly any extra row
     assert torch.equal(scorer.search(queries), brute_force(queries, means, metric))
+    # Settled from the mask's candidates: exact, and the same as the separate re-check.
+    settled, _ = scorer.top1_certified(queries, resolve=True)
+    assert torch.equal(settled, brute_force(queries, means, metric))
+    assert torch.equal(settled[unsure], scorer.recheck(queries[unsure]))
 
 
 def test_l2_centring_only_where_it_shrinks_the_bound() -> None:

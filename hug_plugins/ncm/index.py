@@ -291,8 +291,9 @@ class NearestMeanIndex:
         if self.metric == "cosine":
             check_cosine_rows(q, "queries")
         q_ref = q if q.dtype == torch.float64 else q.float()
+        settled = False
         if self.backend == "torch":
-            idx1, unsure_mask = self._scorer.best_and_unsure(q_ref, self.unit)
+            idx1, unsure_mask, settled = self._scorer.best_and_unsure(q_ref, self.unit)
         else:
             q32 = self._scorer.prepare(q_ref)
             cost1, idx1, cost2 = self._faiss_top2(q32)
@@ -304,8 +305,9 @@ class NearestMeanIndex:
         idx = idx1.clone()
         if unsure.numel():
             self.stats["rechecked"] += int(unsure.numel())
-            rows = q_ref[unsure.to(q_ref.device)]
-            idx[unsure] = self._scorer.recheck(rows).to(idx.device)
+            if not settled:
+                rows = q_ref[unsure.to(q_ref.device)]
+                idx[unsure] = self._scorer.recheck(rows).to(idx.device)
         return idx
 
     def search_positions(self, queries: Tensor) -> Tensor:

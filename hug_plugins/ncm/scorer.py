@@ -189,7 +189,9 @@ class TorchScorer:
         best = torch.full((n,), big, dtype=torch.long, device=rows.device)
         return best.scatter_reduce(0, rows, masked, reduce="amin")
 
-    def top1_certified(self, q_ref: Tensor, unit: float | None = None) -> tuple[Tensor, Tensor]:
+    def top1_certified(
+        self, q_ref: Tensor, unit: float | None = None, resolve: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """Best class of each query and whether it is certified, all classes in one block.
 
         For CPU searches whose classes fit one block (:meth:`single_block`), the top-2
@@ -203,12 +205,18 @@ class TorchScorer:
         test is that of :meth:`search`, made conservative for float32 rounding: it may flag a
         few more rows, never fewer.
 
+        With ``resolve`` the unsure rows are settled at once: their mask already lists every
+        class within the doubled bound of their float32 best (hence the exact nearest one), and
+        only those are re-scored in float64 (no second pass over the classes).
+
         Args:
             q_ref: ``(n, d)`` queries as given (float32 or float64).
             unit: Unit roundoff of the scores (default: the scorer's).
+            resolve: Settle the unsure rows exactly (see above).
 
         Returns:
-            ``(idx1, unsure)``: int64 best classes (meaningful where not unsure) and a mask.
+            ``(idx1, unsure)``: int64 best classes (exact everywhere with ``resolve``, else
+            where not unsure) and the mask of unsure rows.
         """
         # columns (1, c): one skinny product gives each row's mask count and position sum
         probe = torch.stack(
@@ -233,8 +241,17 @@ class TorchScorer:
             slack = margin * 1.001 + best.abs() * (4.0 * U32)
             mask = scores.ge_((best - slack)[:, None])  # in place: 1.0 near the best, else 0.0
             count_and_position = mask @ probe
-            unsure_parts.append(count_and_position[:, 0] >= 2)
-            idx_parts.append(count_and_position[:, 1].long())
+            unsure = count_and_position[:, 0] >= 2
+            idx = count_and_position[:, 1].long()
+            if resolve and bool(unsure.any()):
+                # The mask holds every class within the doubled bound of the row's float32
+                # best, hence the exact nearest one: re-score just those in float64.
+                local = unsure.nonzero()[:, 0]
+                pair_rows, pair_cls = mask[local].nonzero(as_tuple=True)
+                q_unsure = q_ref[r : r + rows][local]
+                idx[local] = self._resolve(q_unsure, pair_rows, pair_cls, int(local.shape[0]))
+            unsure_parts.append(unsure)
+            idx_parts.append(idx)
         return torch.cat(idx_parts), torch.cat(unsure_parts)
 
     def single_block(self, rows: int) -> bool:
@@ -243,21 +260,27 @@ class TorchScorer:
         one_block = self._blocks(min(4096, rows)) >= self.num_means
         return one_block and not self.means.is_cuda and self.means.dtype == torch.float32
 
-    def best_and_unsure(self, q_ref: Tensor, unit: float | None = None) -> tuple[Tensor, Tensor]:
-        """Float32 best class of each query and the mask of rows to re-check."""
+    def best_and_unsure(
+        self, q_ref: Tensor, unit: float | None = None
+    ) -> tuple[Tensor, Tensor, bool]:
+        """Best class of each query, the mask of unsure rows, and whether those are settled.
+
+        Single-block CPU searches settle the unsure rows themselves (:meth:`top1_certified`
+        with ``resolve``); otherwise the caller re-checks them (:meth:`recheck`).
+        """
         if self.single_block(q_ref.shape[0]):
-            return self.top1_certified(q_ref, unit)
+            return (*self.top1_certified(q_ref, unit, resolve=True), True)
         q_search = self.prepare(q_ref)
         cost1, idx1, cost2 = self.top2(q_search)
         tol = self.tolerance(q_search, unit).to(cost1.device)
-        return idx1, (cost2.to(torch.float64) - cost1.to(torch.float64)) <= 2.0 * tol
+        return idx1, (cost2.to(torch.float64) - cost1.to(torch.float64)) <= 2.0 * tol, False
 
     def search(self, q_ref: Tensor) -> Tensor:
         """Exact search: float32 best class with a certificate, then re-check of the unsure rows."""
-        idx1, unsure_mask = self.best_and_unsure(q_ref)
+        idx1, unsure_mask, settled = self.best_and_unsure(q_ref)
         unsure = unsure_mask.nonzero()[:, 0]
         idx = idx1.clone()
-        if unsure.numel():
+        if unsure.numel() and not settled:
             idx[unsure] = self.recheck(q_ref[unsure.to(q_ref.device)])
         return idx
 
