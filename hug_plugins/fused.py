@@ -236,7 +236,9 @@ def hug_forward(
     norms_w = torch.linalg.vector_norm(proxies, dim=1)
     inv_w = norms_w.clamp_min(UNIT_EPS).reciprocal()
     sq_w = (norms_w * inv_w).square()
-    unit_anchors = proxies[anchors] * inv_w[anchors, None]
+    # Full mode: the anchors are all proxies in order (no gather); rows mode: the batch labels.
+    anchor_inv = inv_w[anchors] if spec.rows else inv_w
+    unit_anchors = (proxies[anchors] if spec.rows else proxies) * anchor_inv[:, None]
     targets = unit_anchors if spec.rows else unit_anchors[labels]
     diff = x_hat - targets
     d2 = torch.linalg.vecdot(diff, diff, dim=1)
@@ -250,7 +252,8 @@ def hug_forward(
         pull = torch.where(d2 > eps2, 0.5 * intra_weights / dist, 0.0)
     pair_total = row_weights.sum() * (proxies.shape[0] - 1)
     stat, coef, colsum = pair_block(
-        unit_anchors, proxies, inv_w, sq_w[anchors], sq_w, row_weights, anchors, spec.kernel,
+        unit_anchors, proxies, inv_w, sq_w[anchors] if spec.rows else sq_w, sq_w, row_weights,
+        anchors, spec.kernel,
         need_grad,
     )  # fmt: skip
     if spec.kernel.log_mean_exp:
@@ -311,9 +314,12 @@ def hug_backward(
             grad_anchors = grad_anchors - grad_diff
         else:
             grad_anchors = grad_anchors.index_add(0, labels, grad_diff, alpha=-1.0)
-    radial = torch.linalg.vecdot(grad_anchors, unit_anchors, dim=1) * active_w[anchors]
+    radial = torch.linalg.vecdot(grad_anchors, unit_anchors, dim=1)
+    radial = radial * (active_w[anchors] if spec.rows else active_w)
     grad_anchors = torch.addcmul(grad_anchors, unit_anchors, radial[:, None], value=-1.0)
-    grad_anchors = grad_anchors * inv_w[anchors, None]
+    grad_anchors = grad_anchors * (inv_w[anchors] if spec.rows else inv_w)[:, None]
+    if not spec.rows:  # anchor i is proxy i
+        return grad_x, grad_w + grad_anchors
     return grad_x, grad_w.index_add(0, anchors, grad_anchors)
 
 
