@@ -505,8 +505,12 @@ def main(argv: list[str] | None = None) -> int:
             # so a drift of the machine's speed hits every method alike.
             repeats = int(getattr(cfg, "repeats", 1))
             cell: dict[str, dict] = {}
-            for _ in range(repeats):
-                for method in cfg.methods:
+            methods = list(cfg.methods)
+            for round_index in range(repeats):
+                # rotate the order each round: no method always follows the same one (e.g.
+                # scikit-learn's allocations evicting the caches of whichever runs next)
+                shift = round_index % len(methods)
+                for method in methods[shift:] + methods[:shift]:
                     nm = n
                     if method == "sklearn":
                         if c > cfg.sklearn_max_classes:
