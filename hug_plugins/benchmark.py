@@ -146,30 +146,13 @@ def measure_loss_step(
         base = torch.cuda.memory_allocated(dev)
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    steps = 0
-    loss = torch.zeros(())
-    for _ in range(warmup):
-        loss = step()
-        steps += 1
-    _sync(dev)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        loss = step()
-        steps += 1
-        _sync(dev)
-        times.append((time.perf_counter() - start) * 1e3)
+    result = _interleave({method: step}, dev, repeats, warmup)[method]
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated(dev) - base
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    return {
-        "ms": statistics.median(times),
-        "ms_min": min(times),
-        "peak_mib": max(peak, 0) / 2**20,
-        "steps": steps,
-        "loss": float(loss),
-    }
+    result["peak_mib"] = max(peak, 0) / 2**20
+    return result
 
 
 def _interleave(
@@ -341,18 +324,20 @@ def measure_train_side_by_side(
     return _interleave(steps, dev, repeats, warmup)
 
 
-_TARGETS: dict[str, Callable[..., Any]] = {
+MEASUREMENTS: dict[str, Callable[..., Any]] = {
     "step": measure_loss_step,
     "side_by_side": measure_side_by_side,
     "ssl": measure_ssl_side_by_side,
     "train": measure_train_side_by_side,
 }
+"""The measurements by name, as :func:`measure_isolated` (and ``integrations/bench_loss.py``)
+call them."""
 
 
 def _worker(queue: Any, target: str, kwargs: dict[str, Any]) -> None:
     try:
         torch.set_num_threads(kwargs.pop("threads"))
-        queue.put(("ok", _TARGETS[target](**kwargs)))
+        queue.put(("ok", MEASUREMENTS[target](**kwargs)))
     except Exception as exc:  # reported to the parent, which raises it
         queue.put(("error", f"{type(exc).__name__}: {exc}"))
 

@@ -40,13 +40,7 @@ def _measure(cfg: Any, target: str, threads: int | None, **kwargs: Any) -> dict[
     kwargs.update(device=str(cfg.device), seed=0)
     if cfg.isolated and cfg.device == "cpu":
         return benchmark.measure_isolated(threads=threads, target=target, **kwargs)
-    function = {
-        "side_by_side": benchmark.measure_side_by_side,
-        "step": benchmark.measure_loss_step,
-        "ssl": benchmark.measure_ssl_side_by_side,
-        "train": benchmark.measure_train_side_by_side,
-    }[target]
-    result: dict[str, Any] = function(**kwargs)
+    result: dict[str, Any] = benchmark.MEASUREMENTS[target](**kwargs)
     return result
 
 
