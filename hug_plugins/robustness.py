@@ -60,6 +60,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from hug_plugins.models import FeatureClassifier, InputNormalize, SmallCNN, assemble_classifier
+from hug_plugins.train.evaluate import model_device
 
 __all__ = [
     "DATASET_STATS",
@@ -251,11 +252,6 @@ class RobustnessResult:
         return 1.0 - self.clean_accuracy
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(iter(model.parameters()), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
 def _loss_fn(loss: AttackLoss) -> Any:
     return _margin_loss if loss == "margin" else F.cross_entropy
 
@@ -307,7 +303,7 @@ def evaluate_robustness(
         True
     """
     eps_values = [float(e) for e in eps_list]
-    dev = torch.device(device) if device is not None else _model_device(model)
+    dev = torch.device(device) if device is not None else model_device(model)
     subset: Dataset[Any] = data
     if max_samples is not None:
         if max_samples < 1:
@@ -394,7 +390,7 @@ def autoattack_accuracy(
     Returns:
         Robust accuracy in ``[0, 1]``.
     """
-    dev = torch.device(device) if device is not None else _model_device(model)
+    dev = torch.device(device) if device is not None else model_device(model)
     subset: Dataset[Any] = data
     if max_samples is not None:
         subset = Subset(data, range(min(int(max_samples), len(data))))  # type: ignore[arg-type]
