@@ -61,7 +61,7 @@ steps to pay off."""
 
 CompileMode = Literal["auto", "always", "never"]
 _compile_mode: CompileMode = "auto"
-_compiled_fns: dict[str, Callable[..., Any]] = {}
+_compiled_fns: dict[tuple[str, str], Callable[..., Any]] = {}
 _compile_failed = False
 _fused_enabled = True
 
@@ -324,14 +324,22 @@ def hug_backward(
 
 
 def _compiled(fn: Callable[..., Any], device: torch.device, size: int) -> Callable[..., Any]:
-    """``fn`` itself, or its ``torch.compile`` d version when :func:`set_compile` asks for it."""
-    global _compile_failed
+    """``fn`` itself, or its ``torch.compile`` d version when :func:`set_compile` asks for it.
+
+    The compiled runner (with its eager fallback) is built once per function and device type.
+    """
     if not _want_compiled(size, device):
         return fn
-    key = f"{fn.__name__}:{device.type}"
+    key = (fn.__name__, device.type)
     if key not in _compiled_fns:
-        _compiled_fns[key] = torch.compile(fn, dynamic=None)
-    compiled = _compiled_fns[key]
+        _compiled_fns[key] = _with_eager_fallback(fn, torch.compile(fn, dynamic=None))
+    return _compiled_fns[key]
+
+
+def _with_eager_fallback(
+    fn: Callable[..., Any], compiled: Callable[..., Any]
+) -> Callable[..., Any]:
+    """Runs ``compiled``; on any failure warns once, runs ``fn`` and stays eager from then on."""
 
     def run(*args: Any) -> Any:
         global _compile_failed
