@@ -39,6 +39,7 @@ __all__ = [
     "default_config_root",
     "load_config",
     "parse_cli",
+    "pixel_fit_options",
     "resolve_preset_path",
     "set_values",
     "to_dict",
@@ -353,3 +354,38 @@ def set_values(cfg: DictConfig | None) -> dict[str, Any]:
     if not cfg:
         return {}
     return {k: v for k, v in to_dict(cfg).items() if v is not None}
+
+
+def pixel_fit_options(cfg: DictConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`hug_plugins.train.fit_pixel_classifier` in a job config.
+
+    Reads the schema the robustness and long-tail jobs share: ``model.{arch, hidden,
+    feature_dim, convs_per_stage}``, ``hug.{preset, proxy_mode, scale, loss}``, ``trainer``,
+    ``data.augment`` and ``eval_only`` (``convs_per_stage`` defaults to 2 when absent).
+
+    Example:
+        >>> cfg = OmegaConf.create({
+        ...     "model": {"arch": "mlp", "hidden": 8, "feature_dim": 4},
+        ...     "hug": {"preset": "default", "proxy_mode": "learnable", "scale": 16.0,
+        ...             "loss": {"alpha": None}},
+        ...     "trainer": {"epochs": 1}, "data": {"augment": False}, "eval_only": False})
+        >>> opts = pixel_fit_options(cfg)
+        >>> opts["model_options"]["convs_per_stage"], opts["hug_overrides"], opts["trainer_cfg"]
+        (2, {}, {'epochs': 1})
+    """
+    model, hug = cfg.model, cfg.hug
+    return {
+        "model_options": {
+            "arch": str(model.arch),
+            "hidden": int(model.hidden),
+            "feature_dim": int(model.feature_dim),
+            "convs_per_stage": int(model.get("convs_per_stage", 2)),
+            "proxy_mode": str(hug.proxy_mode),
+            "scale": float(hug.scale),
+        },
+        "hug_preset": str(hug.preset),
+        "hug_overrides": set_values(hug.loss),
+        "trainer_cfg": to_dict(cfg.trainer),
+        "augment": bool(cfg.data.augment),
+        "eval_only": bool(cfg.eval_only),
+    }

@@ -15,6 +15,8 @@ Backbones (:func:`build_backbone`), all adapted to small (CIFAR-sized) images th
   by a global average pool.
 * ``"densenet121"`` -- torchvision DenseNet-121 with a 3x3 stride-1 stem and no stem max-pool.
 * ``"cnn"`` -- :class:`SmallCNN`, a few conv-BN-ReLU stages for CPU budgets.
+* ``"mlp"`` -- :class:`MLP`, two hidden ReLU layers on the flattened input (give
+  ``in_features``; for digits and other tiny inputs).
 
 A neck is used by default because the pooled outputs of these backbones come right after a
 ReLU: they are non-negative, so they cannot reach proxies spread over the whole sphere, which
@@ -43,6 +45,7 @@ from hug_plugins.proxies import ProxyHead
 
 __all__ = [
     "ARCHITECTURES",
+    "MLP",
     "FeatureClassifier",
     "InputNormalize",
     "SmallCNN",
@@ -54,7 +57,7 @@ __all__ = [
 ]
 
 ARCHITECTURES = ("cnn", "resnet18", "vgg16", "densenet121")
-"""Backbone names accepted by :func:`build_backbone`."""
+"""Image backbone names accepted by :func:`build_backbone` (which also takes ``"mlp"``)."""
 
 _HEADS = ("linear", "proxy")
 
@@ -165,6 +168,32 @@ class SmallCNN(nn.Module):
         return out
 
 
+class MLP(nn.Sequential):
+    """``flatten -> in_features -> hidden -> hidden`` with ReLUs; :attr:`out_dim` = ``hidden``.
+
+    Args:
+        in_features: Size of the flattened input.
+        hidden: Width of both hidden layers.
+
+    Example:
+        >>> MLP(64, 16)(torch.rand(3, 1, 8, 8)).shape
+        torch.Size([3, 16])
+    """
+
+    def __init__(self, in_features: int, hidden: int = 128) -> None:
+        for name, value in (("in_features", in_features), ("hidden", hidden)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        super().__init__(
+            nn.Flatten(),
+            nn.Linear(in_features, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+        )
+        self.out_dim = hidden
+
+
 class _TorchvisionBody(nn.Module):
     """Wraps a torchvision trunk (ending in a pooled, flattened vector) with its output size."""
 
@@ -214,13 +243,23 @@ def _densenet121(in_channels: int) -> _TorchvisionBody:
     return _TorchvisionBody(net, 1024)
 
 
-def build_backbone(arch: str, in_channels: int = 3, *, width: int = 32) -> nn.Module:
+def build_backbone(
+    arch: str,
+    in_channels: int = 3,
+    *,
+    width: int = 32,
+    convs_per_stage: int = 1,
+    in_features: int | None = None,
+) -> nn.Module:
     """Builds a CIFAR-adapted backbone mapping ``(N, C, H, W)`` floats to ``(N, out_dim)``.
 
     Args:
-        arch: One of :data:`ARCHITECTURES`.
+        arch: One of :data:`ARCHITECTURES`, or ``"mlp"``.
         in_channels: Image channels (1 for MNIST/digits, 3 for CIFAR).
-        width: First-stage width of ``"cnn"`` (ignored by the torchvision models).
+        width: First-stage width of ``"cnn"``, hidden width of ``"mlp"`` (ignored by the
+            torchvision models).
+        convs_per_stage: Convolutions per stage of ``"cnn"``.
+        in_features: Flattened input size (``"mlp"`` only, required there).
 
     Returns:
         The backbone; its ``out_dim`` attribute is the output size.
@@ -235,14 +274,18 @@ def build_backbone(arch: str, in_channels: int = 3, *, width: int = 32) -> nn.Mo
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"in_channels must be an integer >= 1, got {in_channels!r}")
     if arch == "cnn":
-        return SmallCNN(in_channels, width=width)
+        return SmallCNN(in_channels, width=width, convs_per_stage=convs_per_stage)
+    if arch == "mlp":
+        if in_features is None:
+            raise ValueError("arch 'mlp' needs in_features (the flattened input size)")
+        return MLP(in_features, width)
     if arch == "resnet18":
         return _resnet18(in_channels)
     if arch == "vgg16":
         return _vgg16(in_channels)
     if arch == "densenet121":
         return _densenet121(in_channels)
-    raise ValueError(f"unknown architecture {arch!r}; choose from {list(ARCHITECTURES)}")
+    raise ValueError(f"unknown architecture {arch!r}; choose from {[*ARCHITECTURES, 'mlp']}")
 
 
 def make_head(
@@ -424,6 +467,8 @@ def build_classifier(
     scale: float = 16.0,
     seed: int = 0,
     width: int = 32,
+    convs_per_stage: int = 1,
+    in_features: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     channels_last: bool = False,
@@ -431,7 +476,7 @@ def build_classifier(
     """Builds a :class:`FeatureClassifier` from names.
 
     Args:
-        arch: Backbone name (:data:`ARCHITECTURES`).
+        arch: Backbone name (:data:`ARCHITECTURES` or ``"mlp"``).
         num_classes: Number of classes.
         in_channels: Image channels.
         feature_dim: Neck size; ``None`` uses the backbone output directly.
@@ -439,7 +484,9 @@ def build_classifier(
         proxy_mode: ProxyHead mode for ``head="proxy"``.
         scale: ProxyHead logit scale.
         seed: Proxy initialization seed (the weights use the global torch RNG: seed first).
-        width: First-stage width of ``"cnn"``.
+        width: First-stage width of ``"cnn"``, hidden width of ``"mlp"``.
+        convs_per_stage: Convolutions per stage of ``"cnn"``.
+        in_features: Flattened input size of ``"mlp"``.
         mean: Per-channel input means (default 0.5 each).
         std: Per-channel input stds (default 0.25 each).
         channels_last: Build the model in channels-last memory format (see
@@ -452,7 +499,11 @@ def build_classifier(
         >>> build_classifier("vgg16", 100, feature_dim=None).feature_dim
         512
     """
-    backbone = build_backbone(arch, in_channels, width=width)
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std, or neither")
+    backbone = build_backbone(
+        arch, in_channels, width=width, convs_per_stage=convs_per_stage, in_features=in_features
+    )
     backbone_dim = int(getattr(backbone, "out_dim"))  # noqa: B009 - typed as nn.Module
     normalize = InputNormalize(
         mean if mean is not None else [0.5] * in_channels,

@@ -47,10 +47,8 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -59,26 +57,20 @@ import torchattacks
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from hug_plugins.models import FeatureClassifier, InputNormalize, SmallCNN, assemble_classifier
+from hug_plugins.data.sampling import stratified_indices
 from hug_plugins.train.evaluate import model_device
 
 __all__ = [
-    "DATASET_STATS",
     "PAPER_EPS",
     "AttackLoss",
-    "AugmentedTensorDataset",
     "LogitsOnly",
     "MarginPGD",
     "RobustnessResult",
+    "attack_subset",
     "autoattack_accuracy",
-    "build_classifier",
-    "checkpoint_file",
     "evaluate_robustness",
-    "load_checkpoint_weights",
-    "load_pixel_datasets",
     "make_pgd",
     "pgd_attack",
-    "train_or_load",
 ]
 
 PAPER_EPS = (2 / 255, 4 / 255, 8 / 255)
@@ -252,6 +244,42 @@ class RobustnessResult:
         return 1.0 - self.clean_accuracy
 
 
+def attack_subset(data: Dataset[Any], max_samples: int | None) -> Dataset[Any]:
+    """The fixed samples an attack evaluates: all, or a class-stratified subset.
+
+    With ``max_samples`` below the dataset size, a dataset exposing ``targets`` gives
+    ``round(max_samples * share)`` samples per class, always the same ones (seed 0, original
+    order), so every method and seed is attacked on the same images even when the test set is
+    sorted by class; a dataset without ``targets`` gives its first ``max_samples`` samples.
+
+    Args:
+        data: The test set.
+        max_samples: Subset size (>= 1), or ``None`` for all.
+
+    Returns:
+        ``data`` or a :class:`~torch.utils.data.Subset` of it.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> ds = TensorDataset(torch.zeros(6, 1), torch.tensor([0, 0, 0, 1, 1, 1]))
+        >>> ds.targets = ds.tensors[1]
+        >>> sorted(int(ds[i][1]) for i in attack_subset(ds, 2).indices)
+        [0, 1]
+    """
+    if max_samples is None:
+        return data
+    if max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
+    size = len(data)  # type: ignore[arg-type]
+    if max_samples >= size:
+        return data
+    targets = getattr(data, "targets", None)
+    if isinstance(targets, Tensor):
+        index = stratified_indices(targets, int(max_samples), 0).tolist()
+        return Subset(data, index)
+    return Subset(data, range(int(max_samples)))
+
+
 def _loss_fn(loss: AttackLoss) -> Any:
     return _margin_loss if loss == "margin" else F.cross_entropy
 
@@ -272,7 +300,7 @@ def evaluate_robustness(
 ) -> RobustnessResult:
     """Clean and PGD robust accuracy on the same samples.
 
-    Iterates once over the first ``max_samples`` samples of ``data`` (in order); per batch it
+    Iterates once over :func:`attack_subset` of ``data`` (in order); per batch it
     computes clean predictions, then attacks the clean-correct samples at every eps (seeded by
     ``(seed, batch, eps index)``). ``eps = 0`` is not attacked: its accuracy equals clean
     accuracy exactly.
@@ -286,7 +314,7 @@ def evaluate_robustness(
         random_start: Random start in the ball.
         loss: Attack loss, ``"ce"`` (the protocol) or ``"margin"``.
         batch_size: Evaluation batch size.
-        max_samples: Evaluate only the first this many samples (``None``: all).
+        max_samples: Evaluate a fixed class-stratified subset of this size (``None``: all).
         seed: Seed of the random starts.
         device: Device; defaults to the model's.
 
@@ -304,11 +332,7 @@ def evaluate_robustness(
     """
     eps_values = [float(e) for e in eps_list]
     dev = torch.device(device) if device is not None else model_device(model)
-    subset: Dataset[Any] = data
-    if max_samples is not None:
-        if max_samples < 1:
-            raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
-        subset = Subset(data, range(min(int(max_samples), len(data))))  # type: ignore[arg-type]
+    subset = attack_subset(data, max_samples)
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False)
     wrapped = LogitsOnly(model)
     was_training = model.training
@@ -383,7 +407,7 @@ def autoattack_accuracy(
         num_classes: Number of classes.
         version: ``"standard"``, ``"plus"`` or ``"rand"``.
         batch_size: Batch size.
-        max_samples: Use the first this many samples only.
+        max_samples: Use a fixed class-stratified subset of this size (:func:`attack_subset`).
         seed: AutoAttack's seed.
         device: Device; defaults to the model's.
 
@@ -391,9 +415,7 @@ def autoattack_accuracy(
         Robust accuracy in ``[0, 1]``.
     """
     dev = torch.device(device) if device is not None else model_device(model)
-    subset: Dataset[Any] = data
-    if max_samples is not None:
-        subset = Subset(data, range(min(int(max_samples), len(data))))  # type: ignore[arg-type]
+    subset = attack_subset(data, max_samples)
     wrapped = LogitsOnly(model)
     was_training = model.training
     model.eval()
@@ -416,313 +438,3 @@ def autoattack_accuracy(
     if total == 0:
         raise ValueError("data is empty")
     return robust / total
-
-
-def load_checkpoint_weights(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Loads the model weights of a :class:`hug_plugins.train.Trainer` checkpoint (or a bare
-    state dict) into ``model``.
-
-    Args:
-        model: The model the checkpoint was trained with (same architecture).
-        path: The checkpoint file.
-
-    Returns:
-        The checkpoint's metadata (``epoch``, ``history``, ``config``; empty for a state dict).
-
-    Raises:
-        ValueError: If the file is missing or does not fit the model.
-    """
-    file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"checkpoint {str(file)!r} does not exist")
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{str(file)!r} is not a checkpoint or state dict")
-    weights = state.get("model", state)
-    try:
-        model.load_state_dict(weights)
-    except (RuntimeError, KeyError) as exc:
-        raise ValueError(f"checkpoint {str(file)!r} does not fit the model: {exc}") from None
-    return {k: v for k, v in state.items() if k in ("epoch", "history", "config")}
-
-
-# --------------------------------------------------------------------------- job helpers
-# Shared by integrations/robustness.py and integrations/longtail.py: data in [0, 1] pixel space,
-# models with the normalization inside, and checkpointed training through the one engine.
-
-DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...], int]] = {
-    "digits": ((0.3053,), (0.3760,), 10),
-    "mnist": ((0.1307,), (0.3081,), 10),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 10),
-}
-"""``name -> (mean, std, num_classes)`` of the pixel data the jobs use (digits: whole set)."""
-
-
-class AugmentedTensorDataset(Dataset[tuple[Tensor, Tensor]]):
-    """Image tensors ``(N, C, H, W)`` with CIFAR augmentation: random crop (zero padding
-    ``padding``) and horizontal flip, drawn from the global torch RNG (seeded by the trainer).
-
-    Exposes ``targets`` so :func:`hug_plugins.longtail.make_longtail` can read the labels.
-
-    Example:
-        >>> ds = AugmentedTensorDataset(torch.rand(2, 3, 8, 8), torch.tensor([0, 1]))
-        >>> ds[1][0].shape, int(ds[1][1])
-        (torch.Size([3, 8, 8]), 1)
-    """
-
-    def __init__(self, images: Tensor, labels: Tensor, padding: int = 4) -> None:
-        self.images, self.targets, self.padding = images, labels, int(padding)
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        image = self.images[index]
-        p = self.padding
-        if p > 0:
-            h, w = image.shape[-2:]
-            padded = F.pad(image, (p, p, p, p))
-            i, j = (int(v) for v in torch.randint(0, 2 * p + 1, (2,)))
-            image = padded[..., i : i + h, j : j + w]
-        if bool(torch.rand(()) < 0.5):
-            image = image.flip(-1)
-        return image, self.targets[index]
-
-
-def load_pixel_datasets(
-    name: str,
-    root: str | os.PathLike[str] | None = None,
-    *,
-    split_seed: int = 0,
-    test_fraction: float = 0.25,
-    augment: bool = False,
-) -> tuple[Dataset[Any], Dataset[Any], tuple[int, ...]]:
-    """Loads ``digits`` (embedded), ``mnist`` or ``cifar10`` as in-memory ``[0, 1]`` tensors.
-
-    ``root`` holds ``mnist/MNIST/raw`` (torchvision layout) or ``cifar10-jpeg/{train,test}``
-    (ImageFolder); nothing is downloaded. Every returned dataset exposes ``targets``.
-
-    Args:
-        name: ``"digits"``, ``"mnist"`` or ``"cifar10"``.
-        root: Data root (not needed for digits).
-        split_seed: Seed of the digits train/test split.
-        test_fraction: Digits test share.
-        augment: CIFAR augmentation (crop + flip) on the training set (cifar10 only).
-
-    Returns:
-        ``(train, test, input_shape)``.
-
-    Example:
-        >>> train, test, shape = load_pixel_datasets("digits")
-        >>> shape, len(train) + len(test), float(train.tensors[0].max()) <= 1.0
-        ((64,), 1797, True)
-    """
-    from torch.utils.data import TensorDataset
-
-    if name == "digits":
-        from hug_plugins.data import load_digits_split
-
-        tr, te = load_digits_split(split_seed, test_fraction=test_fraction)
-        for ds in (tr, te):
-            ds.targets = ds.tensors[1]  # type: ignore[attr-defined]
-        return tr, te, (64,)
-    if name not in DATASET_STATS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {sorted(DATASET_STATS)}")
-    if root is None:
-        raise ValueError(f"the {name} data set needs a data root (--data-root)")
-    base = Path(root)
-    tensors: list[tuple[Tensor, Tensor]] = []
-    if name == "mnist":
-        from torchvision.datasets import MNIST
-
-        for train in (True, False):
-            mnist = MNIST(str(base / "mnist"), train=train, download=False)
-            x = mnist.data.float().div(255.0).reshape(len(mnist.data), -1)
-            tensors.append((x.contiguous(), mnist.targets.long()))
-        shape: tuple[int, ...] = (784,)
-    else:
-        import numpy as np
-        from PIL import Image
-        from torchvision.datasets import ImageFolder
-
-        for split in ("train", "test"):
-            folder = ImageFolder(str(base / "cifar10-jpeg" / split))
-            pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p, _ in folder.samples])
-            x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255.0).contiguous()
-            tensors.append((x, torch.tensor(folder.targets, dtype=torch.long)))
-        shape = (3, 32, 32)
-    datasets: list[Dataset[Any]] = []
-    for k, (x, y) in enumerate(tensors):
-        if augment and k == 0 and len(shape) == 3:
-            datasets.append(AugmentedTensorDataset(x, y))
-        else:
-            ds = TensorDataset(x, y)
-            ds.targets = y  # type: ignore[attr-defined]
-            datasets.append(ds)
-    return datasets[0], datasets[1], shape
-
-
-def _mlp(in_dim: int, hidden: int) -> nn.Sequential:
-    """``flatten -> in_dim -> hidden -> hidden`` with ReLUs (the neck maps to the features)."""
-    return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(in_dim, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, hidden),
-        nn.ReLU(),
-    )
-
-
-def build_classifier(
-    method: str,
-    arch: str,
-    input_shape: Sequence[int],
-    num_classes: int,
-    *,
-    feature_dim: int = 32,
-    hidden: int = 128,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    proxy_mode: str = "learnable",
-    scale: float = 16.0,
-    seed: int = 0,
-) -> FeatureClassifier:
-    """A :class:`~hug_plugins.models.FeatureClassifier` (normalization inside) with a CE or a
-    HUG head.
-
-    The backbone ends in ``hidden`` (MLP) or ``4 hidden`` (CNN) units; the classifier's linear
-    neck maps them to ``feature_dim`` features.
-
-    Args:
-        method: ``"ce"`` (``nn.Linear`` head) or ``"hug"`` (:class:`~hug_plugins.proxies.
-            ProxyHead`, scaled-cosine logits).
-        arch: ``"mlp"`` (``in -> hidden -> hidden -> feature_dim``) or ``"cnn"``
-            (:class:`~hug_plugins.models.SmallCNN`: three stages of two conv-BN-ReLU of width
-            ``hidden``, ``2 hidden``, ``4 hidden``, for images).
-        input_shape: Shape of one input, ``(D,)`` or ``(C, H, W)``.
-        num_classes: Classes.
-        feature_dim: Feature dimension.
-        hidden: MLP width or CNN base width.
-        mean: Per-channel input mean (``None``: no normalization).
-        std: Per-channel input std.
-        proxy_mode: ProxyHead mode of HUG.
-        scale: ProxyHead logit scale of HUG.
-        seed: Seed of the proxy initialization (weights come from the global torch RNG).
-
-    Returns:
-        The model; ``model(x)`` gives ``(features, logits)``.
-
-    Example:
-        >>> net = build_classifier("hug", "mlp", (64,), 10, mean=[0.3], std=[0.4])
-        >>> [tuple(t.shape) for t in net(torch.rand(2, 64))]
-        [(2, 32), (2, 10)]
-    """
-    if (mean is None) != (std is None):
-        raise ValueError("give both mean and std, or neither")
-    if method not in ("ce", "hug"):
-        raise ValueError(f"method must be 'ce' or 'hug', got {method!r}")
-    backbone: nn.Module
-    if arch == "mlp":
-        backbone, backbone_dim = _mlp(math.prod(input_shape), hidden), hidden
-    elif arch == "cnn":
-        if len(input_shape) != 3:
-            raise ValueError(f"arch 'cnn' needs (C, H, W) inputs, got {tuple(input_shape)}")
-        backbone = SmallCNN(int(input_shape[0]), width=hidden, stages=3, convs_per_stage=2)
-        backbone_dim = 4 * hidden
-    else:
-        raise ValueError(f"arch must be 'mlp' or 'cnn', got {arch!r}")
-    normalize = None if mean is None or std is None else InputNormalize(mean, std)
-    return assemble_classifier(
-        backbone,
-        backbone_dim,
-        num_classes,
-        head="linear" if method == "ce" else "proxy",
-        normalize=normalize,
-        feature_dim=feature_dim,
-        proxy_mode=proxy_mode,
-        scale=scale,
-        seed=seed,
-    )
-
-
-def train_or_load(
-    model: FeatureClassifier,
-    method: str,
-    train_data: Dataset[Any],
-    trainer_cfg: dict[str, Any],
-    *,
-    seed: int,
-    checkpoint: str | os.PathLike[str] | None,
-    hug_preset: str = "mhe",
-    hug_overrides: dict[str, Any] | None = None,
-    eval_only: bool = False,
-) -> dict[str, float]:
-    """Trains ``model`` with the engine (CE or HUG objective), resuming from ``checkpoint``.
-
-    A finished checkpoint is simply reloaded (the trainer runs no epoch), so evaluation jobs
-    reuse trained models; a killed run resumes from its last epoch.
-
-    Args:
-        model: From :func:`build_classifier`.
-        method: ``"ce"`` or ``"hug"``.
-        train_data: Training set.
-        trainer_cfg: :class:`~hug_plugins.train.TrainerConfig` fields.
-        seed: Run seed (overrides ``trainer_cfg``).
-        checkpoint: Checkpoint file (``None``: no checkpoint).
-        hug_preset: :class:`~hug_plugins.losses.HUGLoss` preset of the HUG method.
-        hug_overrides: HUG config overrides (e.g. ``alpha``, ``beta``).
-        eval_only: Never train: load ``checkpoint`` (which must exist) and return.
-
-    Returns:
-        ``{"train_loss", "epochs_trained", "train_seconds"}``.
-    """
-    import time
-
-    from hug_plugins.losses import HUGLoss
-    from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
-    from hug_plugins.train import Trainer, TrainerConfig
-
-    if eval_only:
-        if checkpoint is None:
-            raise ValueError("eval_only needs a checkpoint directory")
-        meta = load_checkpoint_weights(model, checkpoint)
-        history = meta.get("history") or [{"loss": math.nan}]
-        return {"train_loss": float(history[-1]["loss"]), "epochs_trained": 0.0}
-    objective: Objective
-    if method == "ce":
-        objective = CrossEntropyObjective()
-    else:
-        loss = HUGLoss.preset(hug_preset, **(hug_overrides or {}))
-        objective = HUGObjective(loss, model.head)
-    config = TrainerConfig.from_mapping(
-        trainer_cfg, seed=seed, checkpoint_path=None if checkpoint is None else str(checkpoint)
-    )
-    start = time.perf_counter()
-    result = Trainer(config).fit_classifier(model, train_data, objective)
-    return {
-        "train_loss": float(result.final["loss"]),
-        "epochs_trained": float(result.epochs - result.start_epoch),
-        "train_seconds": time.perf_counter() - start,
-    }
-
-
-def checkpoint_file(
-    directory: str | os.PathLike[str] | None,
-    data: str,
-    arch: str,
-    method: str,
-    seed: int,
-    ratio: float | None = None,
-) -> Path | None:
-    """The checkpoint path shared by the long-tail and robustness jobs (``None`` if no dir).
-
-    Example:
-        >>> checkpoint_file("ck", "digits", "mlp", "hug", 1, ratio=0.01).name
-        'digits_mlp_lt0.01_hug_seed1.pt'
-        >>> checkpoint_file("ck", "digits", "mlp", "ce", 0).name
-        'digits_mlp_ce_seed0.pt'
-    """
-    if directory is None:
-        return None
-    tail = "" if ratio is None or ratio == 1 else f"_lt{ratio:g}"
-    return Path(directory) / f"{data}_{arch}{tail}_{method}_seed{seed}.pt"

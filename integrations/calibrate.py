@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from hug_plugins.config import check_seeds, parse_cli, to_dict
-from hug_plugins.datasets import BatchAugment, load_image_dataset, split_holdout, subset
+from hug_plugins.data import BatchAugment, load_image_dataset, split_holdout, subset
 from hug_plugins.io import (
     RunLog,
     atomic_write_text,

@@ -10,7 +10,7 @@ backbone, optimizer, schedule, epochs, augmentation and seeds; CE and HUG differ
 head (``nn.Linear`` vs. :class:`~hug_plugins.proxies.ProxyHead`) and the objective
 (:class:`~hug_plugins.objectives.CrossEntropyObjective` vs.
 :class:`~hug_plugins.objectives.HUGObjective` with :class:`~hug_plugins.losses.HUGLoss`).
-Images are decoded once into memory (:mod:`hug_plugins.datasets`) and augmented per batch on
+Images are decoded once into memory (:mod:`hug_plugins.data`) and augmented per batch on
 the training device (random crop with padding, horizontal flip). After every
 ``trainer.eval_every`` epochs each run logs the test error and NC1 / GNC2 / NC3 / NC4 on (a
 stratified subset of) the un-augmented training set; the job draws them per epoch
@@ -46,7 +46,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from hug_plugins.config import check_seeds, parse_cli, set_values, to_dict
-from hug_plugins.datasets import (
+from hug_plugins.data import (
     BatchAugment,
     DatasetInfo,
     ImageTensorDataset,

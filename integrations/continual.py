@@ -56,7 +56,7 @@ from hug_plugins.continual import (
     ReplayMemoryPlugin,
     class_incremental_tensors,
 )
-from hug_plugins.datasets import load_image_dataset
+from hug_plugins.data import load_image_dataset
 from hug_plugins.io import RunLog, standard_header_lines, summarize, write_tables
 from hug_plugins.losses import preset_config
 

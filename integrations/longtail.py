@@ -32,7 +32,8 @@ from typing import Any
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from hug_plugins.config import check_choices, check_seeds, parse_cli, set_values, to_dict
+from hug_plugins.config import check_choices, check_seeds, parse_cli, pixel_fit_options, to_dict
+from hug_plugins.data import PIXEL_DATASETS, PixelDatasetInfo, load_pixel_datasets
 from hug_plugins.io import standard_header_lines, summarize, write_result_tables
 from hug_plugins.longtail import (
     SHOT_GROUPS,
@@ -43,14 +44,7 @@ from hug_plugins.longtail import (
     shot_groups,
     shot_thresholds,
 )
-from hug_plugins.robustness import (
-    DATASET_STATS,
-    build_classifier,
-    checkpoint_file,
-    load_pixel_datasets,
-    train_or_load,
-)
-from hug_plugins.train import TrainerConfig, seed_everything, torch_threads
+from hug_plugins.train import TrainerConfig, checkpoint_file, fit_pixel_classifier, torch_threads
 
 TASK = "longtail"
 METHODS = {"ce": "CE", "hug": "HUG"}
@@ -73,42 +67,19 @@ def run_one(
     ratio: float,
     seed: int,
     cfg: DictConfig,
-    data: tuple[Any, Any, tuple[int, ...]],
+    data: tuple[Any, Any, PixelDatasetInfo],
 ) -> dict[str, Any]:
     """Trains (or reloads) one (method, ratio, seed) and returns its accuracies."""
-    train_full, test, shape = data
-    name = str(cfg.data.name)
-    mean, std, num_classes = DATASET_STATS[name]
+    train_full, test, data_info = data
+    num_classes = data_info.num_classes
     n_max = None if cfg.longtail_n_max is None else int(cfg.longtail_n_max)
     train = make_longtail(
         train_full, ratio, num_classes=num_classes, n_max=n_max, seed=int(cfg.longtail_seed)
     )
-    seed_everything(seed)
-    model = build_classifier(
-        method,
-        str(cfg.model.arch),
-        shape,
-        num_classes,
-        feature_dim=int(cfg.model.feature_dim),
-        hidden=int(cfg.model.hidden),
-        mean=mean,
-        std=std,
-        proxy_mode=str(cfg.hug.proxy_mode),
-        scale=float(cfg.hug.scale),
-        seed=seed,
-    )
-    ckpt = checkpoint_file(cfg.checkpoint_dir, name, str(cfg.model.arch), method, seed, ratio=ratio)
-    overrides = set_values(cfg.hug.loss)
-    info = train_or_load(
-        model,
-        method,
-        train,
-        to_dict(cfg.trainer),
-        seed=seed,
-        checkpoint=ckpt,
-        hug_preset=str(cfg.hug.preset),
-        hug_overrides=overrides,
-        eval_only=bool(cfg.eval_only),
+    arch = str(cfg.model.arch)
+    ckpt = checkpoint_file(cfg.checkpoint_dir, data_info.name, arch, method, seed, ratio=ratio)
+    model, info = fit_pixel_classifier(
+        method, data_info, train, seed=seed, checkpoint=ckpt, **pixel_fit_options(cfg)
     )
     accuracy, support = per_class_accuracy(
         model, test, num_classes, batch_size=int(cfg.eval_batch_size)
@@ -137,8 +108,8 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     seeds = check_seeds(cfg.seeds)
     if not ratios or any(not 0 < r <= 1 for r in ratios):
         raise ValueError(f"ratios must be a non-empty list of numbers in (0, 1], got {ratios}")
-    if str(cfg.data.name) not in DATASET_STATS:
-        raise ValueError(f"data.name must be one of {sorted(DATASET_STATS)}")
+    if str(cfg.data.name) not in PIXEL_DATASETS:
+        raise ValueError(f"data.name must be one of {list(PIXEL_DATASETS)}")
     TrainerConfig.from_mapping(to_dict(cfg.trainer))  # fail fast
 
     started = time.perf_counter()
@@ -149,7 +120,6 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
             cfg.data.root,
             split_seed=int(cfg.data.split_seed),
             test_fraction=float(cfg.data.test_fraction),
-            augment=bool(cfg.data.augment),
         )
         total = len(ratios) * len(methods) * len(seeds)
         with tqdm(total=total, desc=TASK, unit="run", disable=not bool(cfg.progress)) as bar:

@@ -35,18 +35,17 @@ from typing import Any
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from hug_plugins.config import check_choices, check_seeds, parse_cli, set_values, to_dict
+from hug_plugins.config import check_choices, check_seeds, parse_cli, pixel_fit_options, to_dict
+from hug_plugins.data import PIXEL_DATASETS, PixelDatasetInfo, load_pixel_datasets
 from hug_plugins.io import standard_header_lines, summarize, write_result_tables
-from hug_plugins.robustness import (
-    DATASET_STATS,
-    autoattack_accuracy,
-    build_classifier,
+from hug_plugins.robustness import autoattack_accuracy, evaluate_robustness
+from hug_plugins.train import (
+    TrainerConfig,
     checkpoint_file,
-    evaluate_robustness,
-    load_pixel_datasets,
-    train_or_load,
+    fit_pixel_classifier,
+    resolve_device,
+    torch_threads,
 )
-from hug_plugins.train import TrainerConfig, resolve_device, seed_everything, torch_threads
 
 TASK = "robustness"
 METHODS = {"ce": "CE", "hug": "HUG"}
@@ -59,38 +58,14 @@ PAPER_ROBUST = {
 
 
 def run_one(
-    method: str, seed: int, cfg: DictConfig, data: tuple[Any, Any, tuple[int, ...]]
+    method: str, seed: int, cfg: DictConfig, data: tuple[Any, Any, PixelDatasetInfo]
 ) -> list[dict[str, Any]]:
     """Trains or reloads one (method, seed) model and attacks it; one row per attack loss."""
-    train, test, shape = data
-    name = str(cfg.data.name)
-    mean, std, num_classes = DATASET_STATS[name]
-    seed_everything(seed)
-    model = build_classifier(
-        method,
-        str(cfg.model.arch),
-        shape,
-        num_classes,
-        feature_dim=int(cfg.model.feature_dim),
-        hidden=int(cfg.model.hidden),
-        mean=mean,
-        std=std,
-        proxy_mode=str(cfg.hug.proxy_mode),
-        scale=float(cfg.hug.scale),
-        seed=seed,
-    )
+    train, test, data_info = data
+    name, num_classes = data_info.name, data_info.num_classes
     ckpt = checkpoint_file(cfg.checkpoint_dir, name, str(cfg.model.arch), method, seed)
-    overrides = set_values(cfg.hug.loss)
-    info = train_or_load(
-        model,
-        method,
-        train,
-        to_dict(cfg.trainer),
-        seed=seed,
-        checkpoint=ckpt,
-        hug_preset=str(cfg.hug.preset),
-        hug_overrides=overrides,
-        eval_only=bool(cfg.eval_only),
+    model, info = fit_pixel_classifier(
+        method, data_info, train, seed=seed, checkpoint=ckpt, **pixel_fit_options(cfg)
     )
     device = resolve_device(str(cfg.trainer.device))
     model.to(device)
@@ -153,8 +128,8 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     """Runs every (method, seed), writes the tables and returns rows, runs and paths."""
     methods = check_choices("methods", cfg.methods, list(METHODS))
     seeds = check_seeds(cfg.seeds)
-    if str(cfg.data.name) not in DATASET_STATS:
-        raise ValueError(f"data.name must be one of {sorted(DATASET_STATS)}")
+    if str(cfg.data.name) not in PIXEL_DATASETS:
+        raise ValueError(f"data.name must be one of {list(PIXEL_DATASETS)}")
     bad = [x for x in cfg.attack.losses if x not in ("ce", "margin")]
     if bad or not cfg.attack.losses:
         raise ValueError(f"attack.losses must be a non-empty subset of [ce, margin], got {bad}")
@@ -168,7 +143,6 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
             cfg.data.root,
             split_seed=int(cfg.data.split_seed),
             test_fraction=float(cfg.data.test_fraction),
-            augment=bool(cfg.data.augment),
         )
         total = len(methods) * len(seeds)
         with tqdm(total=total, desc=TASK, unit="run", disable=not bool(cfg.progress)) as bar:

@@ -1,4 +1,4 @@
-"""Tests of hug_plugins.datasets: in-memory decoding, ImageFolder roots, batched augmentation."""
+"""Tests of hug_plugins.data: in-memory decoding, ImageFolder roots, batched augmentation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hug_plugins.datasets import (
+from hug_plugins.data import (
     BatchAugment,
     ImageTensorDataset,
     channel_stats,
@@ -193,7 +193,7 @@ def test_batch_augment_is_reproducible_and_device_dtype_agnostic() -> None:
 
 
 def test_split_holdout_is_disjoint_stratified_and_seeded() -> None:
-    from hug_plugins.datasets import split_holdout
+    from hug_plugins.data import split_holdout
 
     images = torch.arange(60, dtype=torch.uint8).view(60, 1, 1, 1)
     data = ImageTensorDataset(images, torch.arange(60) % 3)
@@ -214,7 +214,7 @@ def test_cifar100_archive_is_extracted_once_into_the_cache(
 ) -> None:
     import tarfile
 
-    from hug_plugins.datasets import clear_cache, extraction_cache_dir, load_image_dataset
+    from hug_plugins.data import clear_cache, extraction_cache_dir, load_image_dataset
 
     tree = tmp_path / "tree" / "cifar100-jpeg"
     for split, count in (("train", 3), ("test", 2)):

@@ -7,18 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Subset, TensorDataset
 
 from hug_plugins.config import available_presets, load_config
-from hug_plugins.io import atomic_torch_save
+from hug_plugins.data import PixelDatasetInfo
 from hug_plugins.robustness import (
     LogitsOnly,
-    build_classifier,
+    attack_subset,
     evaluate_robustness,
-    load_checkpoint_weights,
     make_pgd,
     pgd_attack,
 )
+from hug_plugins.train import build_pixel_classifier
 from integrations import robustness as job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,9 +30,8 @@ def _trained(method: str) -> tuple[nn.Module, TensorDataset]:
     centres = torch.rand(3, 12)
     y = torch.arange(3).repeat(40)
     x = (centres[y] + 0.08 * torch.randn(120, 12)).clamp(0, 1)
-    model = build_classifier(
-        method, "mlp", (12,), 3, feature_dim=8, hidden=32, mean=[0.5], std=[0.3]
-    )
+    info = PixelDatasetInfo("toy", (12,), 3, (0.5,), (0.3,))
+    model = build_pixel_classifier(method, info, feature_dim=8, hidden=32)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     for _ in range(60):
         opt.zero_grad()
@@ -89,40 +88,25 @@ def test_attack_is_seeded_and_restores_mode() -> None:
         make_pgd(model, 0.1, loss="hinge")  # type: ignore[arg-type]
 
 
-def test_build_classifier_and_logits_only() -> None:
-    torch.manual_seed(0)
-    net = build_classifier(
-        "ce", "cnn", (3, 8, 8), 4, feature_dim=6, hidden=2, mean=[0.5] * 3, std=[0.25] * 3
-    )
-    features, logits = net(torch.rand(5, 3, 8, 8))
-    assert features.shape == (5, 6) and logits.shape == (5, 4)
-    assert LogitsOnly(net)(torch.rand(5, 3, 8, 8).double().float()).dtype == torch.float32
-    with pytest.raises(ValueError, match="both mean and std"):
-        build_classifier("ce", "mlp", (4,), 2, mean=[0.5])
-    with pytest.raises(ValueError, match="method"):
-        build_classifier("mse", "mlp", (4,), 2)
-    with pytest.raises(ValueError, match="needs \\(C, H, W\\)"):
-        build_classifier("ce", "cnn", (4,), 2)
-    with pytest.raises(ValueError, match="arch"):
-        build_classifier("ce", "vit", (4,), 2)
-
-
-def test_load_checkpoint_weights(tmp_path: Path) -> None:
+def test_logits_only_returns_float32_logits() -> None:
     model, _ = _trained("hug")
-    path = tmp_path / "m.pt"
-    atomic_torch_save({"model": model.state_dict(), "epoch": 3, "history": []}, path)
-    fresh = build_classifier(
-        "hug", "mlp", (12,), 3, feature_dim=8, hidden=32, mean=[0.5], std=[0.3]
-    )
-    meta = load_checkpoint_weights(fresh, path)
-    assert meta["epoch"] == 3
-    x = torch.rand(4, 12)
-    assert torch.equal(fresh(x)[1], model(x)[1])
-    with pytest.raises(ValueError, match="does not exist"):
-        load_checkpoint_weights(fresh, tmp_path / "missing.pt")
-    wrong = build_classifier("ce", "mlp", (12,), 3, feature_dim=8, hidden=32)
-    with pytest.raises(ValueError, match="does not fit"):
-        load_checkpoint_weights(wrong, path)
+    assert LogitsOnly(model)(torch.rand(5, 12).double().float()).dtype == torch.float32
+    assert LogitsOnly(model)(torch.rand(5, 12)).shape == (5, 3)
+
+
+def test_attack_subset_is_fixed_and_stratified_on_a_class_sorted_set() -> None:
+    labels = torch.arange(4).repeat_interleave(25)  # sorted by class, like ImageFolder
+    data = TensorDataset(torch.rand(100, 2), labels)
+    data.targets = labels  # type: ignore[attr-defined]
+    picked = attack_subset(data, 20)
+    assert isinstance(picked, Subset)
+    assert torch.bincount(labels[list(picked.indices)], minlength=4).tolist() == [5, 5, 5, 5]
+    assert list(attack_subset(data, 20).indices) == list(picked.indices)  # type: ignore[attr-defined]
+    assert attack_subset(data, None) is data and attack_subset(data, 100) is data
+    plain = TensorDataset(torch.rand(10, 2), torch.zeros(10, dtype=torch.long))
+    assert list(attack_subset(plain, 3).indices) == [0, 1, 2]  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="max_samples"):
+        attack_subset(data, 0)
 
 
 def test_presets_share_keys() -> None:

@@ -53,6 +53,13 @@ Example:
 
 from __future__ import annotations
 
+from hug_plugins.train.checkpoints import (
+    build_pixel_classifier,
+    checkpoint_file,
+    fit_pixel_classifier,
+    load_checkpoint_weights,
+    train_or_load,
+)
 from hug_plugins.train.config import TrainerConfig
 from hug_plugins.train.evaluate import evaluate_classifier, evaluate_collapse, extract_features
 from hug_plugins.train.runtime import (
@@ -85,15 +92,20 @@ __all__ = [
     "SupervisedLoss",
     "Trainer",
     "TrainerConfig",
+    "build_pixel_classifier",
+    "checkpoint_file",
     "distributed_info",
     "evaluate_classifier",
     "evaluate_collapse",
     "extract_features",
+    "fit_pixel_classifier",
     "init_distributed_from_env",
     "is_main_process",
+    "load_checkpoint_weights",
     "move_to_device",
     "resolve_device",
     "seed_everything",
     "torch_threads",
+    "train_or_load",
     "unwrap_model",
 ]

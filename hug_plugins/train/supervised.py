@@ -54,7 +54,7 @@ class AugmentedLoss(nn.Module):
 
     Args:
         objective: ``objective(features, logits, labels)``.
-        augment: Batch augmentation (e.g. :class:`~hug_plugins.datasets.BatchAugment`).
+        augment: Batch augmentation (e.g. :class:`~hug_plugins.data.BatchAugment`).
     """
 
     def __init__(self, objective: Objective, augment: nn.Module) -> None:

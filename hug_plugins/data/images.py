@@ -1,4 +1,4 @@
-"""Image datasets decoded once into in-memory uint8 tensors, and batched CIFAR augmentation.
+"""Image datasets decoded once into in-memory uint8 tensors.
 
 * :func:`load_image_dataset` -- ``(train, test, info)`` for ``"digits"`` (scikit-learn's
   embedded 8x8 digits, nothing to download), ``"mnist"``, ``"fashionmnist"``, ``"cifar10"``,
@@ -8,18 +8,12 @@
   a process-wide cache (:func:`clear_cache`), so a job that trains many models decodes once.
 * :class:`ImageTensorDataset` -- ``(uint8 image (C, H, W), label)`` pairs backed by two
   tensors; indexing is a tensor slice, so a multi-epoch run never touches the files again.
-* :class:`BatchAugment` -- the standard CIFAR augmentation (random crop with zero padding,
-  random horizontal flip) applied to a whole batch at once with one gather, on the batch's
-  device, drawing from the global torch RNG (which the trainer seeds and checkpoints).
 
 Example:
     >>> train, test, info = load_image_dataset("digits")
     >>> image, label = train[0]
     >>> tuple(image.shape), image.dtype, info.num_classes
     ((1, 8, 8), torch.uint8, 10)
-    >>> augment = BatchAugment(padding=1, flip=False)
-    >>> tuple(augment(train.images[:4]).shape)
-    (4, 1, 8, 8)
 """
 
 from __future__ import annotations
@@ -38,15 +32,13 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "DATASETS",
-    "BatchAugment",
     "DatasetInfo",
     "ImageTensorDataset",
     "channel_stats",
     "clear_cache",
     "decode_dataset",
+    "extraction_cache_dir",
     "load_image_dataset",
-    "split_holdout",
-    "subset",
 ]
 
 DATASETS = ("digits", "mnist", "fashionmnist", "cifar10", "cifar100", "imagefolder")
@@ -253,7 +245,7 @@ def decode_dataset(
 
 
 def _digits(seed: int, test_fraction: float) -> tuple[ImageTensorDataset, ImageTensorDataset]:
-    from hug_plugins.data import load_digits_split
+    from hug_plugins.data.tabular import load_digits_split
 
     out = []
     for split in load_digits_split(seed, test_fraction=test_fraction):
@@ -443,139 +435,3 @@ def load_image_dataset(
 def clear_cache() -> None:
     """Drops every dataset decoded by :func:`load_image_dataset`."""
     _CACHE.clear()
-
-
-def subset(dataset: ImageTensorDataset, size: int | None, seed: int = 0) -> ImageTensorDataset:
-    """A class-stratified random subset of about ``size`` samples (``None``: the dataset).
-
-    Each class keeps ``round(size * share)`` samples (at least one), chosen with ``seed``; the
-    result keeps the original order. The tensors are copied.
-
-    Args:
-        dataset: The dataset.
-        size: Target size (>= number of classes present) or ``None``.
-        seed: Seed of the selection.
-
-    Returns:
-        The subset (or ``dataset`` itself when ``size`` is ``None`` or not smaller).
-
-    Example:
-        >>> images = torch.zeros(10, 1, 2, 2, dtype=torch.uint8)
-        >>> ds = ImageTensorDataset(images, torch.arange(10) % 2)
-        >>> sub = subset(ds, 4)
-        >>> len(sub), sorted(sub.targets.tolist())
-        (4, [0, 0, 1, 1])
-    """
-    if size is None or size >= len(dataset):
-        return dataset
-    if size < 1:
-        raise ValueError(f"size must be >= 1 or None, got {size}")
-    return _take(dataset, _stratified_choice(dataset.targets, size, seed))
-
-
-def _stratified_choice(targets: Tensor, size: int, seed: int) -> Tensor:
-    """Sorted indices of ``round(size * share)`` (at least one) random samples per class."""
-    generator = torch.Generator().manual_seed(seed)
-    keep: list[Tensor] = []
-    n = targets.numel()
-    for label in torch.unique(targets).tolist():
-        index = torch.nonzero(targets == label).flatten()
-        count = max(1, round(size * index.numel() / n))
-        keep.append(index[torch.randperm(index.numel(), generator=generator)[:count]])
-    return torch.cat(keep).sort().values
-
-
-def _take(dataset: ImageTensorDataset, index: Tensor) -> ImageTensorDataset:
-    """A copy of the samples at ``index``."""
-    return ImageTensorDataset(
-        dataset.images[index].clone(), dataset.targets[index].clone(), dataset.classes
-    )
-
-
-def split_holdout(
-    dataset: ImageTensorDataset, holdout: int, seed: int = 0
-) -> tuple[ImageTensorDataset, ImageTensorDataset]:
-    """Splits a dataset into ``(rest, held_out)``: a class-stratified, disjoint hold-out.
-
-    For validation splits carved out of a training set (tune on these, never on test data).
-    Each class gives ``round(holdout * share)`` samples (at least one) to the hold-out, chosen
-    with ``seed``; both parts keep the original order and are copies.
-
-    Args:
-        dataset: The dataset.
-        holdout: Target hold-out size, ``1 <= holdout < len(dataset)``.
-        seed: Seed of the selection.
-
-    Returns:
-        ``(rest, held_out)``.
-
-    Raises:
-        ValueError: On a hold-out size outside that range.
-
-    Example:
-        >>> images = torch.zeros(10, 1, 2, 2, dtype=torch.uint8)
-        >>> rest, val = split_holdout(ImageTensorDataset(images, torch.arange(10) % 2), 4)
-        >>> len(rest), len(val), sorted(val.targets.tolist())
-        (6, 4, [0, 0, 1, 1])
-    """
-    if not 1 <= holdout < len(dataset):
-        raise ValueError(f"holdout must be in [1, {len(dataset)}), got {holdout}")
-    held = _stratified_choice(dataset.targets, holdout, seed)
-    mask = torch.ones(len(dataset), dtype=torch.bool)
-    mask[held] = False
-    return _take(dataset, torch.nonzero(mask).flatten()), _take(dataset, held)
-
-
-class BatchAugment(nn.Module):
-    """Random crop with zero padding and random horizontal flip of a whole batch.
-
-    Each image is shifted by an offset drawn uniformly from ``[-padding, padding]`` in both
-    directions (the uncovered border is zero, as in ``RandomCrop(size, padding)``) and mirrored
-    with probability 1/2 when ``flip``. The offsets and flips are drawn from the global torch
-    CPU RNG (seeded and checkpointed by the trainer, so runs are reproducible and resumable);
-    the gather runs on the batch's device, for uint8 or float images.
-
-    Args:
-        padding: Crop padding in pixels (>= 0; 0 disables the crop).
-        flip: Random horizontal flips.
-
-    Example:
-        >>> x = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4)
-        >>> BatchAugment(padding=0, flip=False)(x).equal(x)
-        True
-        >>> torch.manual_seed(0); y = BatchAugment(padding=2)(x.expand(8, 1, 4, 4))
-        <torch._C.Generator object at ...>
-        >>> y.shape
-        torch.Size([8, 1, 4, 4])
-    """
-
-    def __init__(self, padding: int = 4, flip: bool = True) -> None:
-        super().__init__()
-        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-            raise ValueError(f"padding must be an integer >= 0, got {padding!r}")
-        self.padding = padding
-        self.flip = bool(flip)
-
-    def extra_repr(self) -> str:
-        return f"padding={self.padding}, flip={self.flip}"
-
-    def forward(self, images: Tensor) -> Tensor:
-        """Returns the augmented ``(N, C, H, W)`` batch (same dtype and device)."""
-        if images.ndim != 4:
-            raise ValueError(f"images must be (N, C, H, W), got {tuple(images.shape)}")
-        if self.padding == 0 and not self.flip:
-            return images
-        n, _, h, w = images.shape
-        p = self.padding
-        dy = torch.randint(0, 2 * p + 1, (n, 1)).to(images.device)
-        dx = torch.randint(0, 2 * p + 1, (n, 1)).to(images.device)
-        rows = dy + torch.arange(h, device=images.device)  # (N, H) rows of the padded image
-        cols = torch.arange(w, device=images.device).expand(n, w)
-        if self.flip:
-            flips = (torch.rand(n, 1) < 0.5).to(images.device)
-            cols = torch.where(flips, (w - 1) - cols, cols)
-        cols = cols + dx
-        padded = nn.functional.pad(images, (p, p, p, p)) if p else images
-        batch = torch.arange(n, device=images.device).view(n, 1, 1)
-        out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
-        return out.permute(0, 3, 1, 2).contiguous()

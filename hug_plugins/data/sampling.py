@@ -1,0 +1,109 @@
+"""Class-stratified subsets and hold-out splits of in-memory image datasets.
+
+* :func:`stratified_indices` -- ``round(size * share)`` random indices per class.
+* :func:`subset` -- a stratified random subset of an :class:`~hug_plugins.data.images.
+  ImageTensorDataset`.
+* :func:`split_holdout` -- a stratified, disjoint ``(rest, held_out)`` split, for validation
+  splits carved out of a training set.
+
+Example:
+    >>> images = torch.zeros(10, 1, 2, 2, dtype=torch.uint8)
+    >>> ds = ImageTensorDataset(images, torch.arange(10) % 2)
+    >>> [len(part) for part in split_holdout(ds, 4)]
+    [6, 4]
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hug_plugins.data.images import ImageTensorDataset
+
+__all__ = ["split_holdout", "stratified_indices", "subset", "take"]
+
+
+def subset(dataset: ImageTensorDataset, size: int | None, seed: int = 0) -> ImageTensorDataset:
+    """A class-stratified random subset of about ``size`` samples (``None``: the dataset).
+
+    Each class keeps ``round(size * share)`` samples (at least one), chosen with ``seed``; the
+    result keeps the original order. The tensors are copied.
+
+    Args:
+        dataset: The dataset.
+        size: Target size (>= number of classes present) or ``None``.
+        seed: Seed of the selection.
+
+    Returns:
+        The subset (or ``dataset`` itself when ``size`` is ``None`` or not smaller).
+
+    Example:
+        >>> images = torch.zeros(10, 1, 2, 2, dtype=torch.uint8)
+        >>> ds = ImageTensorDataset(images, torch.arange(10) % 2)
+        >>> sub = subset(ds, 4)
+        >>> len(sub), sorted(sub.targets.tolist())
+        (4, [0, 0, 1, 1])
+    """
+    if size is None or size >= len(dataset):
+        return dataset
+    if size < 1:
+        raise ValueError(f"size must be >= 1 or None, got {size}")
+    return take(dataset, stratified_indices(dataset.targets, size, seed))
+
+
+def stratified_indices(targets: Tensor, size: int, seed: int) -> Tensor:
+    """Sorted indices of ``round(size * share)`` (at least one) random samples per class.
+
+    Example:
+        >>> stratified_indices(torch.tensor([0, 0, 0, 0, 1, 1]), 3, seed=0).numel()
+        3
+    """
+    generator = torch.Generator().manual_seed(seed)
+    keep: list[Tensor] = []
+    n = targets.numel()
+    for label in torch.unique(targets).tolist():
+        index = torch.nonzero(targets == label).flatten()
+        count = max(1, round(size * index.numel() / n))
+        keep.append(index[torch.randperm(index.numel(), generator=generator)[:count]])
+    return torch.cat(keep).sort().values
+
+
+def take(dataset: ImageTensorDataset, index: Tensor) -> ImageTensorDataset:
+    """A copy of the samples at ``index`` (same class names)."""
+    return ImageTensorDataset(
+        dataset.images[index].clone(), dataset.targets[index].clone(), dataset.classes
+    )
+
+
+def split_holdout(
+    dataset: ImageTensorDataset, holdout: int, seed: int = 0
+) -> tuple[ImageTensorDataset, ImageTensorDataset]:
+    """Splits a dataset into ``(rest, held_out)``: a class-stratified, disjoint hold-out.
+
+    For validation splits carved out of a training set (tune on these, never on test data).
+    Each class gives ``round(holdout * share)`` samples (at least one) to the hold-out, chosen
+    with ``seed``; both parts keep the original order and are copies.
+
+    Args:
+        dataset: The dataset.
+        holdout: Target hold-out size, ``1 <= holdout < len(dataset)``.
+        seed: Seed of the selection.
+
+    Returns:
+        ``(rest, held_out)``.
+
+    Raises:
+        ValueError: On a hold-out size outside that range.
+
+    Example:
+        >>> images = torch.zeros(10, 1, 2, 2, dtype=torch.uint8)
+        >>> rest, val = split_holdout(ImageTensorDataset(images, torch.arange(10) % 2), 4)
+        >>> len(rest), len(val), sorted(val.targets.tolist())
+        (6, 4, [0, 0, 1, 1])
+    """
+    if not 1 <= holdout < len(dataset):
+        raise ValueError(f"holdout must be in [1, {len(dataset)}), got {holdout}")
+    held = stratified_indices(dataset.targets, holdout, seed)
+    mask = torch.ones(len(dataset), dtype=torch.bool)
+    mask[held] = False
+    return take(dataset, torch.nonzero(mask).flatten()), take(dataset, held)
