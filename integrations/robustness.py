@@ -42,6 +42,7 @@ from hug_plugins.robustness import autoattack_accuracy, evaluate_robustness
 from hug_plugins.train import (
     TrainerConfig,
     checkpoint_file,
+    find_checkpoint,
     fit_pixel_classifier,
     resolve_device,
     torch_threads,
@@ -63,9 +64,15 @@ def run_one(
     """Trains or reloads one (method, seed) model and attacks it; one row per attack loss."""
     train, test, data_info = data
     name, num_classes = data_info.name, data_info.num_classes
-    ckpt = checkpoint_file(cfg.checkpoint_dir, name, str(cfg.model.arch), method, seed)
+    options = pixel_fit_options(cfg)
+    if cfg.checkpoint_pattern:  # models trained by another job: load, never train
+        run_name = "ce" if method == "ce" else str(cfg.hug.proxy_mode)
+        ckpt = find_checkpoint(str(cfg.checkpoint_pattern), method=run_name, seed=seed)
+        options["eval_only"] = True
+    else:
+        ckpt = checkpoint_file(cfg.checkpoint_dir, name, str(cfg.model.arch), method, seed)
     model, info = fit_pixel_classifier(
-        method, data_info, train, seed=seed, checkpoint=ckpt, **pixel_fit_options(cfg)
+        method, data_info, train, seed=seed, checkpoint=ckpt, **options
     )
     device = resolve_device(str(cfg.trainer.device))
     model.to(device)
@@ -181,13 +188,20 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
             rows.append(row)
 
     t, a = cfg.trainer, cfg.attack
+    attacked = "all" if a.max_samples is None else f"a fixed class-stratified {a.max_samples}"
+    source = (
+        f"Models: the checkpoints {cfg.checkpoint_pattern} (method = ce or the proxy mode), "
+        "trained by another job with this recipe. "
+        if cfg.checkpoint_pattern
+        else ""
+    )
     header = [
         *standard_header_lines(argv),
-        f"Data: {cfg.data.name} (test samples attacked: first {a.max_samples or 'all'}); model "
+        f"Data: {cfg.data.name} (test samples attacked: {attacked}); model "
         f"{cfg.model.arch} (hidden {cfg.model.hidden}, features {cfg.model.feature_dim}), "
         f"normalization inside the model, inputs in [0, 1]. CE = linear head + cross-entropy; "
         f"HUG = ProxyHead({cfg.hug.proxy_mode}, scale {cfg.hug.scale}) + "
-        f"HUG (preset {cfg.hug.preset}); no adversarial training. Trainer: {t.epochs} "
+        f"HUG (preset {cfg.hug.preset}); no adversarial training. {source}Trainer: {t.epochs} "
         f"epochs, batch {t.batch_size}, {t.optimizer} lr {t.lr}, weight decay {t.weight_decay}, "
         f"{t.scheduler}. Seeds {seeds}. Wall time {seconds:.1f} s (training + attacks).",
         f"Attack: torchattacks L-inf PGD, {a.steps} steps, step 2.5·eps/{a.steps}, random start "

@@ -71,6 +71,10 @@ def test_fit_trains_once_then_reloads_the_same_weights(tmp_path: Path) -> None:
     assert torch.equal(model(x)[1], again(x)[1])
     evaluated, third = fit_pixel_classifier("hug", info, train, eval_only=True, **kwargs)
     assert third["epochs_trained"] == 0.0 and torch.equal(evaluated(x)[1], model(x)[1])
+    with pytest.raises(ValueError, match="unfinished: epoch 1 of 3"):
+        fit_pixel_classifier(
+            "hug", info, train, eval_only=True, **{**kwargs, "trainer_cfg": {"epochs": 3}}
+        )
     with pytest.raises(ValueError, match="method"):
         train_or_load(model, "mse", train, {}, seed=0, checkpoint=None)
     with pytest.raises(ValueError, match="eval_only needs"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -112,7 +113,7 @@ def test_attack_subset_is_fixed_and_stratified_on_a_class_sorted_set() -> None:
 def test_presets_share_keys() -> None:
     assert {"quick", "mnist", "cifar10"} <= set(available_presets("robustness"))
     quick = load_config("robustness", "quick")
-    for name in ("mnist", "cifar10"):
+    for name in ("mnist", "cifar10", "cpu-cifar10"):
         other = load_config("robustness", name)
         assert set(other) == set(quick) and set(other.attack) == set(quick.attack)
         assert list(other.attack.eps_255) == [2, 4, 8] and other.attack.steps == 20
@@ -146,3 +147,15 @@ def test_job_trains_once_then_evaluates_from_checkpoints(tmp_path: Path) -> None
         assert a["robust@8/255"] == b["robust@8/255"]  # seeded attack, same weights
     with pytest.raises(ValueError, match="does not exist"):
         job.main([*args, f"checkpoint_dir={tmp_path / 'none'}", "eval_only=true"])
+    # another job's checkpoints, found by pattern (HUG runs named by their proxy mode)
+    shutil.copytree(tmp_path / "ck", tmp_path / "other")
+    (tmp_path / "other" / "digits_mlp_hug_seed0.pt").rename(
+        tmp_path / "other" / "digits_mlp_learnable_seed0_0f3c.pt"
+    )
+    pattern = str(tmp_path / "other" / "digits_mlp_{method}_seed{seed}*.pt")
+    reused = job.main([*args, "checkpoint_dir=null", f"checkpoint_pattern={pattern}"])
+    for a, c in zip(first["runs"], reused["runs"], strict=True):
+        assert c["epochs_trained"] == 0 and a["robust@8/255"] == c["robust@8/255"]
+    assert "trained by another job" in reused["paths"]["md"].read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match="no file match"):
+        job.main([*args, f"checkpoint_pattern={tmp_path / 'none_{method}_{seed}.pt'}"])

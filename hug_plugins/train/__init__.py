@@ -56,6 +56,7 @@ from __future__ import annotations
 from hug_plugins.train.checkpoints import (
     build_pixel_classifier,
     checkpoint_file,
+    find_checkpoint,
     fit_pixel_classifier,
     load_checkpoint_weights,
     train_or_load,
@@ -98,6 +99,7 @@ __all__ = [
     "evaluate_classifier",
     "evaluate_collapse",
     "extract_features",
+    "find_checkpoint",
     "fit_pixel_classifier",
     "init_distributed_from_env",
     "is_main_process",

@@ -36,6 +36,7 @@ from hug_plugins.train.trainer import Trainer
 __all__ = [
     "build_pixel_classifier",
     "checkpoint_file",
+    "find_checkpoint",
     "fit_pixel_classifier",
     "load_checkpoint_weights",
     "train_or_load",
@@ -97,13 +98,15 @@ def train_or_load(
         hug_overrides: HUG config overrides (e.g. ``alpha``, ``beta``).
         augment: Batch augmentation applied to every training batch (e.g.
             :class:`~hug_plugins.data.BatchAugment`); ``None``: none.
-        eval_only: Never train: load ``checkpoint`` (which must exist) and return.
+        eval_only: Never train: load ``checkpoint`` (which must exist and have finished
+            ``trainer_cfg["epochs"]`` epochs) and return.
 
     Returns:
         ``{"train_loss", "epochs_trained"}``, plus ``"train_seconds"`` when it trained.
 
     Raises:
-        ValueError: For an unknown method, or ``eval_only`` without a checkpoint.
+        ValueError: For an unknown method, ``eval_only`` without a checkpoint, or with an
+            unfinished one.
     """
     if method not in ("ce", "hug"):
         raise ValueError(f"method must be 'ce' or 'hug', got {method!r}")
@@ -111,6 +114,11 @@ def train_or_load(
         if checkpoint is None:
             raise ValueError("eval_only needs a checkpoint directory")
         meta = load_checkpoint_weights(model, checkpoint)
+        epochs = trainer_cfg.get("epochs")
+        if "epoch" in meta and epochs is not None and int(meta["epoch"]) < int(epochs):
+            raise ValueError(
+                f"checkpoint {str(checkpoint)!r} is unfinished: epoch {meta['epoch']} of {epochs}"
+            )
         history = meta.get("history") or [{"loss": math.nan}]
         return {"train_loss": float(history[-1]["loss"]), "epochs_trained": 0.0}
     objective: Objective
@@ -262,3 +270,39 @@ def fit_pixel_classifier(
         eval_only=eval_only,
     )
     return model, summary
+
+
+def find_checkpoint(pattern: str, **fields: Any) -> Path:
+    """The one file matching ``pattern`` once its ``{field}`` slots are filled.
+
+    For jobs that evaluate models another job trained, e.g.
+    ``"results/checkpoints/classification/cifar10_cnn_{method}_seed{seed}_*.pt"``.
+
+    Args:
+        pattern: A glob pattern with ``str.format`` slots.
+        **fields: The slot values.
+
+    Returns:
+        The matching file.
+
+    Raises:
+        ValueError: If no file or more than one file matches, or a slot has no value.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "cnn_ce_seed0_ab12.pt").write_bytes(b"")
+        >>> find_checkpoint(str(folder / "cnn_{method}_seed{seed}_*.pt"), method="ce", seed=0).name
+        'cnn_ce_seed0_ab12.pt'
+    """
+    try:
+        filled = Path(pattern.format(**fields))
+    except (KeyError, IndexError) as exc:
+        raise ValueError(
+            f"checkpoint pattern {pattern!r} has a slot without a value: {exc}"
+        ) from None
+    found = sorted(filled.parent.glob(filled.name)) if filled.parent.is_dir() else []
+    if len(found) != 1:
+        what = "no file" if not found else f"{len(found)} files ({[p.name for p in found]})"
+        raise ValueError(f"{what} match {str(filled)!r}; expected exactly one")
+    return found[0]
