@@ -25,7 +25,7 @@ import torch
 
 from hug_plugins import benchmark
 from hug_plugins.config import parse_cli
-from hug_plugins.io import standard_header_lines, write_tables
+from hug_plugins.tables import standard_header_lines, write_tables
 
 RATIOS = {
     "hug/ce": "hug",

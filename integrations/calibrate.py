@@ -25,16 +25,11 @@ from torch import nn
 
 from hug_plugins.config import check_seeds, parse_cli, to_dict
 from hug_plugins.data import BatchAugment, load_image_dataset, split_holdout, subset
-from hug_plugins.io import (
-    RunLog,
-    atomic_write_text,
-    standard_header_lines,
-    summarize,
-    write_result_tables,
-)
+from hug_plugins.io import RunLog, atomic_write_text
 from hug_plugins.losses import HUGLoss
 from hug_plugins.models import build_classifier, classifier_weight
 from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
+from hug_plugins.tables import standard_header_lines, summarize, write_result_tables
 from hug_plugins.train import (
     AugmentedLoss,
     Trainer,

@@ -53,11 +53,12 @@ from hug_plugins.data import (
     load_image_dataset,
     subset,
 )
-from hug_plugins.io import atomic_write_text, standard_header_lines, summarize, write_tables
+from hug_plugins.io import atomic_write_text
 from hug_plugins.losses import HUGLoss
 from hug_plugins.models import ARCHITECTURES, build_classifier, classifier_weight
 from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
 from hug_plugins.plots import COLLAPSE_METRICS, plot_collapse
+from hug_plugins.tables import standard_header_lines, summarize, write_tables
 from hug_plugins.train import (
     AugmentedLoss,
     Trainer,

@@ -57,8 +57,9 @@ from hug_plugins.continual import (
     class_incremental_tensors,
 )
 from hug_plugins.data import load_image_dataset
-from hug_plugins.io import RunLog, standard_header_lines, summarize, write_tables
+from hug_plugins.io import RunLog
 from hug_plugins.losses import preset_config
+from hug_plugins.tables import standard_header_lines, summarize, write_tables
 
 TASK = "continual"
 METHODS = ("er_ce", "er_hug")

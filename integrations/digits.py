@@ -34,10 +34,10 @@ from tqdm.auto import tqdm
 
 from hug_plugins.config import check_choices, check_seeds, parse_cli, to_dict
 from hug_plugins.data import DIGITS_NUM_CLASSES, DIGITS_NUM_FEATURES, load_digits_split
-from hug_plugins.io import standard_header_lines, summarize, write_result_tables
 from hug_plugins.losses import HUGLoss
 from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
 from hug_plugins.proxies import ProxyHead
+from hug_plugins.tables import standard_header_lines, summarize, write_result_tables
 from hug_plugins.train import (
     Trainer,
     TrainerConfig,

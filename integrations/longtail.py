@@ -34,7 +34,6 @@ from tqdm.auto import tqdm
 
 from hug_plugins.config import check_choices, check_seeds, parse_cli, pixel_fit_options, to_dict
 from hug_plugins.data import PIXEL_DATASETS, PixelDatasetInfo, load_pixel_datasets
-from hug_plugins.io import standard_header_lines, summarize, write_result_tables
 from hug_plugins.longtail import (
     SHOT_GROUPS,
     dataset_targets,
@@ -44,6 +43,7 @@ from hug_plugins.longtail import (
     shot_groups,
     shot_thresholds,
 )
+from hug_plugins.tables import standard_header_lines, summarize, write_result_tables
 from hug_plugins.train import TrainerConfig, checkpoint_file, fit_pixel_classifier, torch_threads
 
 TASK = "longtail"

@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 
 from hug_plugins.config import check_choices, check_seeds, parse_cli, pixel_fit_options, to_dict
 from hug_plugins.data import PIXEL_DATASETS, PixelDatasetInfo, load_pixel_datasets
-from hug_plugins.io import standard_header_lines, summarize, write_result_tables
 from hug_plugins.robustness import autoattack_accuracy, evaluate_robustness
+from hug_plugins.tables import standard_header_lines, summarize, write_result_tables
 from hug_plugins.train import (
     TrainerConfig,
     checkpoint_file,

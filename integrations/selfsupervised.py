@@ -18,13 +18,14 @@ Presets (``configs/ssl/``):
 
 * ``quick``: scikit-learn's embedded 8x8 digits, a small CNN, CPU, a few minutes for 3 seeds.
   Lightly's image transforms expect natural RGB (PIL) images, so the digits get a batched
-  tensor augmentation instead (:class:`BatchAugment`: random resized crop + rotation as one
-  affine warp, plus Gaussian noise), applied in the DataLoader's ``collate_fn``.
+  tensor augmentation instead (:class:`hug_plugins.simclr.DigitsViews`: random resized crop +
+  rotation as one affine warp, plus Gaussian noise), applied in the DataLoader's ``collate_fn``.
 * ``cifar10``: ResNet-18 CIFAR variant (3x3 stem, no max-pool), lightly's
   ``SimCLRTransform(input_size=32, cj_strength=0.5, gaussian_blur=0.0)`` as in lightly's
-  CIFAR-10 benchmark; ``--data-root`` points to an ImageFolder root (``train/`` and ``test/``
-  with one folder per class) or a torchvision CIFAR-10 root. Lightly's published reference:
-  SimCLR kNN top-1 0.847 (ResNet-18, 200 epochs, batch 128, GPU).
+  CIFAR-10 benchmark; ``--data-root`` is any root :func:`hug_plugins.data.load_image_dataset`
+  reads (a folder holding ``cifar10-jpeg/``, an ImageFolder root, a torchvision root).
+  Lightly's published reference: SimCLR kNN top-1 0.847 (ResNet-18, 200 epochs, batch 128,
+  GPU).
 
 Output: ``<output>.md`` and ``<output>.csv`` (mean +- std over seeds, with the exact command and
 the hardware in the header) and ``<output>_runs.csv`` (one row per criterion and seed).
@@ -58,26 +59,31 @@ images of all ranks per second of rank 0's wall time.
 from __future__ import annotations
 
 import math
-import os
-import shlex
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from hug_plugins.config import parse_cli, to_dict
-from hug_plugins.io import standard_header_lines, summarize, write_tables
-from hug_plugins.metrics import NCMAgreement, NeuralCollapseMetrics
-from hug_plugins.ssl import HUGCriterion
+from hug_plugins.simclr import (
+    CRITERIA,
+    CRITERION_NAMES,
+    DigitsViews,
+    SSLDatasets,
+    TwoViewLoss,
+    build_criterion,
+    build_ssl_model,
+    evaluate_ssl,
+    images_per_run,
+    load_ssl_datasets,
+    per_process_batch,
+)
+from hug_plugins.tables import standard_header_lines, summarize, write_tables
 from hug_plugins.train import (
     Trainer,
     TrainerConfig,
@@ -87,442 +93,35 @@ from hug_plugins.train import (
     seed_everything,
 )
 
-CRITERIA = ("hug", "ntxent", "hypersphere")
-CRITERION_NAMES = {
-    "hug": "HUGCriterion",
-    "ntxent": "NTXentLoss",
-    "hypersphere": "HypersphereLoss",
-}
 
-# ----------------------------------------------------------------------------- data
-
-
-class TwoViewDataset(Dataset[tuple[list[Tensor], int]]):
-    """Wraps ``(image, label)`` items: returns ``([view0, view1], label)``."""
-
-    def __init__(self, items: Callable[[int], tuple[Any, int]], length: int, view: Any) -> None:
-        self.items = items
-        self.length = length
-        self.view = view
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> tuple[list[Tensor], int]:
-        image, label = self.items(index)
-        return [self.view(image), self.view(image)], label
-
-
-class EvalDataset(Dataset[tuple[Any, int]]):
-    """``(transform(image), label)`` without augmentation (identity when ``view`` is None)."""
-
-    def __init__(
-        self, items: Callable[[int], tuple[Any, int]], length: int, view: Any = None
-    ) -> None:
-        self.items = items
-        self.length = length
-        self.view = view
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        image, label = self.items(index)
-        return (image if self.view is None else self.view(image)), label
-
-
-class BatchAugment:
-    """Batched tensor augmentation for the 8x8 digits, used as the DataLoader ``collate_fn``.
-
-    Each image of a batch gets two independent views, each a random resized crop (area
-    fraction in ``crop_scale``, aspect ratio in [3/4, 4/3]) combined with a random rotation
-    (``+-rotation`` degrees), applied as one affine warp (``affine_grid`` + ``grid_sample``,
-    bilinear, zero padding), plus Gaussian pixel noise of std ``noise_std``. This is the
-    transform torchvision's v2 ``RandomResizedCrop`` + ``RandomRotation`` apply per image,
-    done for the whole batch at once: per-image v2 calls cost about 1 ms per 8x8 image on a
-    CPU, more than the model itself. Randomness comes from ``generator``, by default (``None``)
-    torch's global generator, which the trainer seeds with the same seed on every rank; under
-    DDP :meth:`for_rank` gives each rank its own stream.
-    """
-
-    def __init__(
-        self,
-        crop_scale: Sequence[float],
-        rotation: float,
-        noise_std: float,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        self.scale = (float(crop_scale[0]), float(crop_scale[1]))
-        self.rotation = math.radians(float(rotation))
-        self.noise_std = float(noise_std)
-        self.generator = generator
-
-    def for_rank(self, seed: int, rank: int) -> BatchAugment:
-        """A copy drawing from its own generator seeded with ``(seed, rank)``."""
-        state = np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0]
-        generator = torch.Generator().manual_seed(int(state) % 2**63)
-        return BatchAugment(
-            self.scale, math.degrees(self.rotation), self.noise_std, generator=generator
-        )
-
-    def view(self, images: Tensor) -> Tensor:
-        """One random view of every image of a ``(B, C, H, W)`` batch."""
-        n, gen = images.shape[0], self.generator
-        area = torch.empty(n).uniform_(*self.scale, generator=gen)
-        log_ratio = torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=gen)
-        ratio = torch.exp(log_ratio)
-        sx = torch.sqrt(area * ratio).clamp(max=1.0)
-        sy = torch.sqrt(area / ratio).clamp(max=1.0)
-        tx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sx)
-        ty = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sy)
-        angle = (torch.rand(n, generator=gen) * 2 - 1) * self.rotation
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        theta = torch.stack(
-            [
-                torch.stack([sx * cos, -sy * sin, tx], dim=1),
-                torch.stack([sx * sin, sy * cos, ty], dim=1),
-            ],
-            dim=1,
-        )
-        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-        out = F.grid_sample(images, grid, mode="bilinear", align_corners=False)
-        noise = torch.randn(out.shape, generator=gen, dtype=out.dtype, device=out.device)
-        return out + self.noise_std * noise
-
-    def __call__(self, items: list[tuple[Tensor, int]]) -> tuple[list[Tensor], Tensor]:
-        images = torch.stack([image for image, _ in items])
-        labels = torch.tensor([label for _, label in items], dtype=torch.long)
-        return [self.view(images), self.view(images)], labels
-
-
-def load_data(cfg: DictConfig) -> tuple[Dataset[Any], Dataset[Any], Dataset[Any], int, Any]:
-    """Returns ``(train set, train eval set, test eval set, num_classes, collate_fn)``."""
-    data = cfg.data
-    if data.name == "digits":
-        from hug_plugins.data import load_digits_split
-
-        train, test = load_digits_split(seed=int(data.split_seed), test_fraction=data.test_fraction)
-        train_x = train.tensors[0].reshape(-1, 1, 8, 8)
-        train_y = train.tensors[1].tolist()
-        test_x = test.tensors[0].reshape(-1, 1, 8, 8)
-        test_y = test.tensors[1].tolist()
-
-        def train_item(i: int) -> tuple[Tensor, int]:
-            return train_x[i], train_y[i]
-
-        def test_item(i: int) -> tuple[Tensor, int]:
-            return test_x[i], test_y[i]
-
-        return (
-            EvalDataset(train_item, len(train_y)),
-            EvalDataset(train_item, len(train_y)),
-            EvalDataset(test_item, len(test_y)),
-            10,
-            BatchAugment(data.crop_scale, data.rotation, data.noise_std),
-        )
-    if data.name == "cifar10":
-        return _load_cifar10(cfg)
-    raise ValueError(f"data.name must be 'digits' or 'cifar10', got {data.name!r}")
-
-
-def _decode_split(root: Path, train: bool, download: bool) -> tuple[np.ndarray, list[int]]:
-    """Decodes a CIFAR-10 split into a uint8 ``(N, 32, 32, 3)`` array (kept in memory)."""
-    import torchvision
-
-    split = root / ("train" if train else "test")
-    if split.is_dir():
-        folder = torchvision.datasets.ImageFolder(str(split))
-        images = np.stack(
-            [np.asarray(folder.loader(path).convert("RGB")) for path, _ in folder.samples]
-        )
-        return images, [label for _, label in folder.samples]
-    dataset = torchvision.datasets.CIFAR10(str(root), train=train, download=download)
-    return np.asarray(dataset.data), list(dataset.targets)
-
-
-def _load_cifar10(
-    cfg: DictConfig,
-) -> tuple[Dataset[Any], Dataset[Any], Dataset[Any], int, Any]:
-    from lightly.transforms.simclr_transform import SimCLRTransform
-    from lightly.transforms.utils import IMAGENET_NORMALIZE
-    from PIL import Image
-    from torchvision import transforms as T
-
-    if cfg.data.root is None:
-        raise ValueError("the cifar10 preset needs --data-root (or data.root=PATH)")
-    root = Path(str(cfg.data.root))
-    train_x, train_y = _decode_split(root, True, bool(cfg.data.download))
-    test_x, test_y = _decode_split(root, False, bool(cfg.data.download))
-    ssl_view = SimCLRTransform(
-        input_size=32,
-        cj_strength=0.5,
-        gaussian_blur=0.0,
-        min_scale=float(cfg.data.crop_scale[0]),
-    ).transforms[0]
-    plain = T.Compose(
-        [
-            T.ToTensor(),
-            T.Normalize(mean=IMAGENET_NORMALIZE["mean"], std=IMAGENET_NORMALIZE["std"]),
-        ]
-    )
-
-    def train_item(i: int) -> tuple[Any, int]:
-        return Image.fromarray(train_x[i]), train_y[i]
-
-    def test_item(i: int) -> tuple[Any, int]:
-        return Image.fromarray(test_x[i]), test_y[i]
-
-    return (
-        TwoViewDataset(train_item, len(train_y), ssl_view),
-        EvalDataset(train_item, len(train_y), plain),
-        EvalDataset(test_item, len(test_y), plain),
-        10,
-        None,
-    )
-
-
-# ----------------------------------------------------------------------------- model
-
-
-def digits_cnn(width: int) -> nn.Module:
-    """A small CNN for 8x8 grayscale images; output dimension ``4 * width``."""
-    return nn.Sequential(
-        nn.Conv2d(1, width, 3, padding=1, bias=False),
-        nn.BatchNorm2d(width),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
-        nn.BatchNorm2d(2 * width),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-        nn.Conv2d(2 * width, 4 * width, 3, padding=1, bias=False),
-        nn.BatchNorm2d(4 * width),
-        nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-    )
-
-
-def resnet18_cifar() -> nn.Module:
-    """ResNet-18 CIFAR variant: 3x3 stride-1 stem, no max-pool, 512-d features."""
-    import torchvision
-
-    net: nn.Module = torchvision.models.resnet18()
-    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    net.maxpool = nn.Identity()
-    net.fc = nn.Identity()
-    return net
-
-
-class SimCLR(nn.Module):
-    """Backbone + lightly ``SimCLRProjectionHead``; ``forward`` returns the projection."""
-
-    def __init__(self, backbone: nn.Module, feature_dim: int, hidden: int, out: int) -> None:
-        super().__init__()
-        from lightly.models.modules import SimCLRProjectionHead
-
-        self.backbone = backbone
-        self.projection_head = SimCLRProjectionHead(feature_dim, hidden, out)
-
-    def forward(self, x: Tensor) -> Tensor:
-        features = self.backbone(x).flatten(start_dim=1)
-        out: Tensor = self.projection_head(features)
-        return out
-
-
-def build_model(cfg: DictConfig) -> SimCLR:
-    """Builds the SimCLR model of the preset (call after seeding)."""
-    m = cfg.model
-    if m.backbone == "digits_cnn":
-        return SimCLR(digits_cnn(int(m.width)), 4 * int(m.width), m.proj_hidden, m.proj_dim)
-    if m.backbone == "resnet18_cifar":
-        return SimCLR(resnet18_cifar(), 512, m.proj_hidden, m.proj_dim)
-    raise ValueError(f"model.backbone must be 'digits_cnn' or 'resnet18_cifar', got {m.backbone!r}")
-
-
-# ----------------------------------------------------------------------------- criteria
-
-
-def build_criterion(name: str, cfg: DictConfig, gather: bool) -> nn.Module:
-    """The criterion ``name`` with its preset hyperparameters."""
-    if name == "hug":
-        h = cfg.hug
-        bank = h.memory_bank_size
-        return HUGCriterion(
-            alpha=float(h.alpha),
-            beta=float(h.beta),
-            uniformity=h.uniformity,
-            param=None if h.param is None else float(h.param),
-            intra=h.intra,
-            memory_bank_size=bank if isinstance(bank, int) else tuple(bank),
-            gather_distributed=gather,
-        )
-    if name == "ntxent":
-        from lightly.loss import NTXentLoss
-
-        ntxent: nn.Module = NTXentLoss(
-            temperature=float(cfg.ntxent.temperature), gather_distributed=gather
-        )
-        return ntxent
-    if name == "hypersphere":
-        from lightly.loss.hypersphere_loss import HypersphereLoss
-
-        h = cfg.hypersphere
-        hypersphere: nn.Module = HypersphereLoss(
-            t=float(h.t), lam=float(h.lam), alpha=float(h.alpha)
-        )
-        return hypersphere
-    raise ValueError(f"unknown criterion {name!r}; available: {list(CRITERIA)}")
-
-
-class TwoViewLoss(nn.Module):
-    """``loss_fn(model, batch)`` for the trainer: ``criterion(model(x0), model(x1))``.
-
-    Under mixed precision the model runs in half precision but every criterion gets float32
-    projections with autocast disabled (HUGCriterion does this itself; lightly's
-    ``HypersphereLoss`` has no bfloat16 ``pdist`` on the CPU), so all three are compared in
-    the same precision.
-    """
-
-    def __init__(self, criterion: nn.Module) -> None:
-        super().__init__()
-        self.criterion = criterion
-
-    def forward(self, model: nn.Module, batch: Any) -> Tensor:
-        views, _ = batch
-        z0, z1 = model(views[0]), model(views[1])
-        with torch.autocast(z0.device.type, enabled=False):
-            out: Tensor = self.criterion(z0.float(), z1.float())
-        return out
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def backbone_features(
-    model: SimCLR, data: Dataset[Any], batch_size: int, device: torch.device
-) -> tuple[Tensor, Tensor]:
-    """L2-normalized backbone features and labels of a dataset (eval mode, CPU float32)."""
-    from torch.utils.data import DataLoader
-
-    was_training = model.training
-    model.eval()
-    feats, labels = [], []
-    for x, y in DataLoader(data, batch_size=batch_size, shuffle=False):
-        f = model.backbone(x.to(device)).flatten(start_dim=1).float()
-        feats.append(F.normalize(f, dim=1).cpu())
-        labels.append(torch.as_tensor(y))
-    model.train(was_training)
-    return torch.cat(feats), torch.cat(labels).long()
-
-
-def evaluate(
-    model: SimCLR,
-    train_eval: Dataset[Any],
-    test_eval: Dataset[Any],
-    num_classes: int,
-    cfg: DictConfig,
-    device: torch.device,
-) -> dict[str, float]:
-    """kNN top-1, GNC2 ratio and NC4 agreement on the normalized backbone features."""
-    from lightly.utils.benchmarking import knn_predict
-
-    bank, bank_labels = backbone_features(model, train_eval, int(cfg.eval.batch_size), device)
-    test, test_labels = backbone_features(model, test_eval, int(cfg.eval.batch_size), device)
-    k = min(int(cfg.eval.knn_k), bank.shape[0])
-    preds = []
-    for start in range(0, test.shape[0], int(cfg.eval.batch_size)):
-        query = test[start : start + int(cfg.eval.batch_size)]
-        ranked = knn_predict(query, bank.T, bank_labels, num_classes, k, float(cfg.eval.knn_t))
-        preds.append(ranked[:, 0])
-    pred = torch.cat(preds)
-    # The features are this process's full sets (rank 0 alone evaluates under DDP), so the
-    # torchmetrics metrics must not sync across ranks.
-    nc = NeuralCollapseMetrics(
-        num_classes=num_classes, dim=bank.shape[1], s=1.0, sync_on_compute=False
-    )
-    nc.update(bank, bank_labels)
-    stats = nc.compute()
-    means, present = nc.class_means()
-    agreement = NCMAgreement(means, present, sync_on_compute=False)
-    agreement.update(test, test_labels, pred)
-    nc4 = agreement.compute()
-    return {
-        "knn_top1": float((pred == test_labels).float().mean()),
-        "gnc2_ratio": float(stats["gnc2_ratio"]),
-        "nc1": float(stats["nc1"]),
-        "nc4_agreement": float(nc4["nc4_agreement"]),
-    }
-
-
-# ----------------------------------------------------------------------------- main
-
-
-def per_process_batch(global_batch: int, world: int) -> int:
-    """The batch of each of ``world`` processes; ``trainer.batch_size`` is the global batch.
-
-    Example:
-        >>> per_process_batch(128, 2)
-        64
-    """
-    if global_batch % world:
-        raise ValueError(
-            f"trainer.batch_size={global_batch} is the global batch and must be divisible by "
-            f"the number of processes ({world})"
-        )
-    return global_batch // world
-
-
-def images_per_run(num_train: int, per_batch: int, world: int, epochs: int, drop_last: bool) -> int:
-    """Training images (of all ranks) one run processes, as the trainer's loader yields them.
-
-    Each rank's ``DistributedSampler`` takes ``floor(N / world)`` images with ``drop_last``,
-    else ``ceil(N / world)`` (padded by repetition; the padding is not counted).
-
-    Example:
-        >>> images_per_run(1348, 64, 2, 1, True), images_per_run(1348, 128, 1, 1, True)
-        (1280, 1280)
-    """
-    if drop_last:
-        steps = (num_train // world) // per_batch
-        return epochs * steps * per_batch * world
-    return epochs * num_train
-
-
-def launch_command(args: Sequence[str], env: Mapping[str, str] | None = None) -> str:
-    """The command that started this job, ``torchrun ...`` under torchrun (for the header).
-
-    Example:
-        >>> launch_command(["--preset", "quick"], {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"})
-        'torchrun --nproc_per_node=2 integrations/selfsupervised.py --preset quick'
-    """
-    env = os.environ if env is None else env
-    script = ["integrations/selfsupervised.py", *args]
-    world = int(env.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return shlex.join(["python", *script])
-    local = int(env.get("LOCAL_WORLD_SIZE", str(world)))
-    nodes = [f"--nnodes={world // local}"] if local != world else []
-    return shlex.join(["torchrun", *nodes, f"--nproc_per_node={local}", *script])
+def criterion_options(name: str, cfg: DictConfig) -> dict[str, Any]:
+    """The constructor options of criterion ``name`` in the preset (its section)."""
+    return to_dict(cfg[name])
 
 
 def run_one(
     name: str,
     seed: int,
     cfg: DictConfig,
-    datasets: tuple[Dataset[Any], Dataset[Any], Dataset[Any], int, Any],
+    data: SSLDatasets,
 ) -> dict[str, Any]:
     """Trains and evaluates one criterion with one seed (under DDP: on every rank)."""
-    train_views, train_eval, test_eval, num_classes, collate_fn = datasets
+    train_views, collate_fn = data.train, data.collate_fn
     rank, world = distributed_info()
     per_batch = per_process_batch(int(cfg.trainer.batch_size), world)
     trainer_cfg = TrainerConfig.from_mapping(to_dict(cfg.trainer), seed=seed, batch_size=per_batch)
-    if world > 1 and isinstance(collate_fn, BatchAugment):
+    if world > 1 and isinstance(collate_fn, DigitsViews):
         collate_fn = collate_fn.for_rank(seed, rank)
     trainer = Trainer(trainer_cfg)
     seed_everything(seed)
-    model = build_model(cfg)
-    loss_fn = TwoViewLoss(build_criterion(name, cfg, gather=world > 1))
+    m = cfg.model
+    model = build_ssl_model(
+        str(m.backbone),
+        width=int(m.width),
+        proj_hidden=int(m.proj_hidden),
+        proj_dim=int(m.proj_dim),
+    )
+    loss_fn = TwoViewLoss(build_criterion(name, criterion_options(name, cfg), gather=world > 1))
     start = time.perf_counter()
     result = trainer.fit(model, train_views, loss_fn, collate_fn=collate_fn)
     if trainer.device.type == "cuda":
@@ -534,7 +133,17 @@ def run_one(
     # broadcasts its numbers (and its wall time) so every rank returns the same rows.
     shared: list[Any] = [None]
     if rank == 0:
-        metrics = evaluate(model, train_eval, test_eval, num_classes, cfg, trainer.device)
+        e = cfg.eval
+        metrics = evaluate_ssl(
+            model,
+            data.train_eval,
+            data.test_eval,
+            data.num_classes,
+            knn_k=int(e.knn_k),
+            knn_t=float(e.knn_t),
+            batch_size=int(e.batch_size),
+            device=trainer.device,
+        )
         shared = [(metrics, seconds)]
     if world > 1:
         dist.broadcast_object_list(shared, src=0)
@@ -561,9 +170,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         raise ValueError(f"criteria must be a non-empty subset of {list(CRITERIA)}, got {unknown}")
     rank, world = distributed_info()
     per_batch = per_process_batch(int(cfg.trainer.batch_size), world)
-    datasets = load_data(cfg)
+    d = cfg.data
+    datasets = load_ssl_datasets(
+        str(d.name),
+        None if d.root is None else str(d.root),
+        split_seed=int(d.split_seed),
+        test_fraction=float(d.test_fraction),
+        crop_scale=tuple(d.crop_scale),
+        rotation=float(d.rotation),
+        noise_std=float(d.noise_std),
+    )
     if world > 1:
-        num_train = len(datasets[0])  # type: ignore[arg-type]
+        num_train = len(datasets.train)  # type: ignore[arg-type]
         shard = num_train // world if cfg.trainer.drop_last else math.ceil(num_train / world)
         print(
             f"[ssl] rank {rank}/{world}: {shard} of {num_train} training images "
@@ -592,7 +210,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         rows.append(row)
     if is_main_process():
         header = standard_header_lines(["integrations/selfsupervised.py", *args])
-        header[0] = f"Command: `{launch_command(args)}`"
         t = cfg.trainer
         backend = dist.get_backend() if world > 1 else "none"
         header.append(

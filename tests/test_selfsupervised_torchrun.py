@@ -18,7 +18,6 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-import torch
 import torch.distributed as dist
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,44 +35,6 @@ def _script() -> ModuleType:
 
 
 # ----------------------------------------------------------------------------- fast
-
-
-def test_global_batch_is_split_across_processes() -> None:
-    ssl = _script()
-    assert ssl.per_process_batch(128, 1) == 128
-    assert ssl.per_process_batch(128, 2) == 64
-    with pytest.raises(ValueError, match="global batch"):
-        ssl.per_process_batch(128, 3)
-    # same global images per epoch with 1 or 2 processes (drop_last)
-    assert ssl.images_per_run(1348, 128, 1, 2, True) == 2 * 1280
-    assert ssl.images_per_run(1348, 64, 2, 2, True) == 2 * 1280
-    assert ssl.images_per_run(1348, 64, 2, 1, False) == 1348
-
-
-def test_launch_command_records_torchrun() -> None:
-    ssl = _script()
-    assert ssl.launch_command(["--preset", "quick"], {}) == (
-        "python integrations/selfsupervised.py --preset quick"
-    )
-    env = {"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}
-    assert ssl.launch_command(["seeds=[0]"], env) == (
-        "torchrun --nnodes=2 --nproc_per_node=2 integrations/selfsupervised.py 'seeds=[0]'"
-    )
-
-
-def test_batch_augment_rank_streams() -> None:
-    ssl = _script()
-    augment = ssl.BatchAugment([0.5, 1.0], 10.0, 0.1)
-    items = [(torch.rand(1, 8, 8), i % 10) for i in range(6)]
-    # default: torch's global generator (the single-process behaviour is unchanged)
-    torch.manual_seed(3)
-    first = augment(items)[0][0]
-    torch.manual_seed(3)
-    torch.testing.assert_close(augment(items)[0][0], first)
-    # per-rank copies: reproducible per (seed, rank), different across ranks
-    rank0 = augment.for_rank(0, 0)(items)[0][0]
-    torch.testing.assert_close(augment.for_rank(0, 0)(items)[0][0], rank0)
-    assert not torch.allclose(augment.for_rank(0, 1)(items)[0][0], rank0)
 
 
 # ----------------------------------------------------------------------------- slow
