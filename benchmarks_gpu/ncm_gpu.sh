@@ -7,7 +7,6 @@
 #      exact evaluator vs chunked torch matmul, against the FP32 GEMM bound 2 N C d / peak.
 # FAISS-GPU is used when `import faiss` finds GPUs; otherwise the evaluator runs torch on CUDA
 # (the device image has no faiss; the faiss-gpu wheel + CUDA 12 cuBLAS are too big to carry).
-# Without omegaconf, integrations/ncm.py falls back to a flat YAML loader (PyYAML).
 #
 # Usage:  OUT=/some/dir bash benchmarks_gpu/ncm_gpu.sh        (default OUT: results/ncm_gpu)
 set -uo pipefail
@@ -15,7 +14,9 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-results/ncm_gpu}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# The jobs need the pure-Python dependencies (omegaconf, ...) the device image lacks: carry them
+# in .gpu_pydeps/ (pip install --target .gpu_pydeps omegaconf; run with carry=[".gpu_pydeps"]).
+export PYTHONPATH="$PWD:$PWD/.gpu_pydeps${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
   "$PY" - <<'PYEOF'
@@ -31,7 +32,7 @@ try:
     import omegaconf
     print("omegaconf", omegaconf.__version__)
 except ImportError:
-    print("omegaconf: not installed -> flat YAML fallback")
+    print("omegaconf: not installed -> carry .gpu_pydeps (see the header)")
 PYEOF
 } 2>&1 | tee "$OUT/env.txt"
 

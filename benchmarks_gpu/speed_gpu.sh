@@ -14,7 +14,9 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-results/speed_gpu}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# The jobs need the pure-Python dependencies (omegaconf, ...) the device image lacks: carry them
+# in .gpu_pydeps/ (pip install --target .gpu_pydeps omegaconf; run with carry=[".gpu_pydeps"]).
+export PYTHONPATH="$PWD:$PWD/.gpu_pydeps${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 
 echo "== AMP ==" | tee "$OUT/amp_check.txt"

@@ -31,6 +31,7 @@ from hug_plugins.data.sampling import split_holdout, stratified_indices, subset,
 from hug_plugins.data.tabular import (
     DIGITS_NUM_CLASSES,
     DIGITS_NUM_FEATURES,
+    load_digits_arrays,
     load_digits_split,
     make_blobs_dataset,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "clear_cache",
     "decode_dataset",
     "extraction_cache_dir",
+    "load_digits_arrays",
     "load_digits_split",
     "load_image_dataset",
     "load_pixel_datasets",

@@ -19,13 +19,35 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-__all__ = ["DIGITS_NUM_CLASSES", "DIGITS_NUM_FEATURES", "load_digits_split", "make_blobs_dataset"]
+__all__ = [
+    "DIGITS_NUM_CLASSES",
+    "DIGITS_NUM_FEATURES",
+    "load_digits_arrays",
+    "load_digits_split",
+    "make_blobs_dataset",
+]
 
 DIGITS_NUM_CLASSES = 10
 """Number of classes of the digits data set."""
 
 DIGITS_NUM_FEATURES = 64
 """Input width of the digits data set (8x8 pixels, flattened)."""
+
+
+def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """All 1,797 digits in scikit-learn's order: features ``(N, 64)`` float32 in ``[0, 1]``
+    (intensities ``v / 16``) and labels ``(N,)`` int64.
+
+    Example:
+        >>> x, y = load_digits_arrays()
+        >>> x.shape, float(x.max()), int(y[0])
+        ((1797, 64), 1.0, 0)
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    features = np.asarray(bunch.data, dtype=np.float32) / np.float32(16.0)
+    return features, np.asarray(bunch.target, dtype=np.int64)
 
 
 def load_digits_split(
@@ -54,12 +76,9 @@ def load_digits_split(
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    bunch = load_digits()
-    features = np.asarray(bunch.data, dtype=np.float32) / np.float32(16.0)
-    labels = np.asarray(bunch.target, dtype=np.int64)
+    features, labels = load_digits_arrays()
     n_test = round(test_fraction * len(labels))
     if n_test < DIGITS_NUM_CLASSES or len(labels) - n_test < DIGITS_NUM_CLASSES:
         raise ValueError(

@@ -1,0 +1,575 @@
+"""Benchmark of exact nearest-class-mean search at scale, against plain matmul and scikit-learn.
+
+For N queries of width d against C class means it times
+
+* ``ncm``: :class:`~hug_plugins.ncm.NearestMeanIndex` (exact; FAISS or torch picked
+  automatically, float64 re-check of near ties),
+* ``torch_matmul``: chunked ``addmm(-||mu||^2 / 2, x, mu^T).argmax(1)`` (float32, no re-check),
+* ``sklearn``: ``sklearn.neighbors.NearestCentroid.predict`` (on a query subset),
+
+on synthetic Gaussian features and on real-feature geometry (MNIST, or scikit-learn's digits
+without a data root, through a fixed random ReLU projection to d). Each cell reports queries/s,
+effective GFLOP/s (``2 N C d / t``), peak memory (host RSS delta sampled every 2 ms; on a GPU
+also the device-memory delta) and exactness: disagreements with the float64 brute-force rule
+on the first ``check_queries`` queries, which include ``near_ties`` queries placed within 1e-6
+of a bisector between two means. On a GPU it also reports the FP32 GEMM bound.
+
+Example:
+    >>> settings = NCMBenchSettings(n_queries=500, dim=16, num_classes=(20,), repeats=1,
+    ...     datasets=("synthetic",), methods=("ncm", "torch_matmul"), check_queries=200,
+    ...     near_ties=50)
+    >>> rows = run_benchmark(settings).rows
+    >>> [(r["method"], r["exact"]) for r in rows][0]
+    ('ncm', '0/200')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+from torch import Tensor
+
+from hug_plugins.ncm.faiss_support import faiss_num_gpus, faiss_openblas_coretype
+from hug_plugins.ncm.index import NearestMeanIndex
+from hug_plugins.ncm.scorer import ncm_reference
+
+__all__ = [
+    "COLUMNS",
+    "FP32_PEAK",
+    "METHODS",
+    "NCMBenchResult",
+    "NCMBenchSettings",
+    "PeakMemory",
+    "hardware_lines",
+    "make_problem",
+    "openblas_probe",
+    "real_base_features",
+    "run_benchmark",
+]
+
+FP32_PEAK = (
+    ("H100 PCIe", 51.2e12),
+    ("H100", 66.9e12),
+    ("H200", 66.9e12),
+    ("A100", 19.5e12),
+    ("L40S", 91.6e12),
+    ("A10", 31.2e12),
+)
+"""FP32 (non-tensor-core) peak FLOP/s by device-name fragment, first match wins."""
+
+COLUMNS = (
+    "dataset",
+    "C",
+    "N",
+    "method",
+    "backend",
+    "device",
+    "qps",
+    "vs_matmul",
+    "gflops",
+    "gemm_bound_pct",
+    "search_s",
+    "build_s",
+    "host_mib",
+    "dev_mib",
+    "exact",
+    "rechecked",
+    "recall",
+)
+"""Columns of a result row."""
+
+
+@dataclass(frozen=True)
+class NCMBenchSettings:
+    """What to measure (the fields of ``configs/ncm/*.yaml``).
+
+    Attributes:
+        n_queries: Queries per cell (capped by ``max_tflop_per_cell``).
+        dim: Feature width d.
+        num_classes: Class counts C, one cell each.
+        datasets: ``"synthetic"`` and/or ``"real"``.
+        methods: ``"ncm"``, ``"torch_matmul"``, ``"sklearn"``.
+        max_tflop_per_cell: Cap on ``2 N C d`` per cell (fewer queries at large C).
+        check_queries: Queries checked against the float64 rule.
+        near_ties: Near-tie queries at the start of every cell.
+        backend: :class:`~hug_plugins.ncm.NearestMeanIndex` backend.
+        approximate: Approximate index kind, used from ``approx_min_classes`` classes on.
+        approx_min_classes: See ``approximate``.
+        query_chunk: Query chunk of the exact index.
+        torch_chunk: Query chunk of ``torch_matmul``.
+        device: ``"auto"`` or ``"cpu"`` for ``torch_matmul``.
+        sklearn_max_classes: Skip scikit-learn above this C.
+        sklearn_max_queries: Query cap of scikit-learn.
+        sklearn_max_tflop: FLOP cap of scikit-learn.
+        data_root: Folder holding MNIST (torchvision layout) for the real features; ``None``:
+            scikit-learn's digits.
+        gpu_peak_tflops: FP32 peak for the GEMM bound (``None``: from :data:`FP32_PEAK`).
+        probe_coretypes: ``OPENBLAS_CORETYPE`` values of the FAISS probe (empty: no probe).
+        probe_queries: Queries of the probe.
+        probe_classes: Classes of the probe.
+        repeats: Interleaved rounds per cell (the median search time is reported).
+        seed: Seed of the problems.
+        out_dir: Output folder (used by the job).
+    """
+
+    n_queries: int = 20000
+    dim: int = 512
+    num_classes: tuple[int, ...] = (1000, 10000)
+    datasets: tuple[str, ...] = ("synthetic", "real")
+    methods: tuple[str, ...] = ("ncm", "torch_matmul", "sklearn")
+    max_tflop_per_cell: float = 0.3
+    check_queries: int = 1000
+    near_ties: int = 300
+    backend: str = "auto"
+    approximate: str | None = None
+    approx_min_classes: int = 100000
+    query_chunk: int = 65536
+    torch_chunk: int = 4096
+    device: str = "auto"
+    sklearn_max_classes: int = 100000
+    sklearn_max_queries: int = 5000
+    sklearn_max_tflop: float = 0.05
+    data_root: str | None = None
+    gpu_peak_tflops: float | None = None
+    probe_coretypes: tuple[str, ...] = ()
+    probe_queries: int = 4096
+    probe_classes: int = 4096
+    repeats: int = 1
+    seed: int = 0
+    out_dir: str = "results/ncm"
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> NCMBenchSettings:
+        """Settings from a config mapping (lists become tuples); unknown keys raise."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown NCM benchmark settings: {unknown}")
+        converted: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
+        }
+        return cls(**converted)
+
+
+@dataclass
+class NCMBenchResult:
+    """Rows (one per dataset, C and method), the FAISS core-type probe and notes."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    probe: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------ measurement
+
+
+def trim_memory() -> None:
+    """Returns freed memory to the OS (glibc ``malloc_trim``) and empties the CUDA cache."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # non-glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class PeakMemory:
+    """Samples host RSS (and device memory in use) in a thread; reports the peak deltas.
+
+    Example:
+        >>> with PeakMemory() as mem:
+        ...     _ = torch.ones(1 << 20)
+        >>> mem.host_mib >= 0.0
+        True
+    """
+
+    def __init__(self, interval: float = 0.002) -> None:
+        self.interval = interval
+        self.proc = psutil.Process()
+        self.cuda = torch.cuda.is_available()
+
+    def _dev_used(self) -> int:
+        if not self.cuda:
+            return 0
+        free, total = torch.cuda.mem_get_info()
+        return int(total - free)
+
+    def __enter__(self) -> PeakMemory:
+        trim_memory()
+        self.base = int(self.proc.memory_info().rss)
+        self.dev_base = self._dev_used()
+        self.peak = self.base
+        self.dev_peak = self.dev_base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            if self.cuda:
+                self.dev_peak = max(self.dev_peak, self._dev_used())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+        if self.cuda:
+            self.dev_peak = max(self.dev_peak, self._dev_used())
+
+    @property
+    def host_mib(self) -> float:
+        """Peak host RSS increase in MiB."""
+        return float(self.peak - self.base) / 2**20
+
+    @property
+    def dev_mib(self) -> float:
+        """Peak device-memory increase in MiB."""
+        return float(self.dev_peak - self.dev_base) / 2**20
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+# ------------------------------------------------------------------------------ problems
+
+
+def real_base_features(data_root: str | None, dim: int, gen: torch.Generator) -> tuple[Tensor, str]:
+    """Real image features through a fixed random ReLU projection; returns ``(feats, source)``.
+
+    MNIST (all 70,000 images, through :func:`hug_plugins.data.load_image_dataset`) when
+    ``data_root`` is given, else scikit-learn's digits in their original order.
+    """
+    if data_root:
+        from hug_plugins.data import load_image_dataset
+
+        train, test, _ = load_image_dataset("mnist", data_root)
+        images = torch.cat([train.images, test.images])
+        pixels = images.reshape(images.shape[0], -1).float() / 255.0
+        source = f"MNIST ({pixels.shape[0]} images) from {data_root}"
+    else:
+        from hug_plugins.data import load_digits_arrays
+
+        pixels = torch.from_numpy(load_digits_arrays()[0])
+        source = f"scikit-learn digits ({pixels.shape[0]} images)"
+    proj = torch.randn(pixels.shape[1], dim, generator=gen) / math.sqrt(pixels.shape[1])
+    return torch.relu(pixels @ proj), source + f", fixed random ReLU projection to d={dim}"
+
+
+def make_problem(
+    kind: str, n: int, c: int, dim: int, near_ties: int, base: Tensor | None, seed: int
+) -> tuple[Tensor, Tensor]:
+    """Means ``(C, d)`` and queries ``(N, d)``, float32; the first ``near_ties`` are near ties.
+
+    Example:
+        >>> means, queries = make_problem("synthetic", 10, 3, 4, 2, None, 0)
+        >>> tuple(means.shape), tuple(queries.shape)
+        ((3, 4), (10, 4))
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "synthetic":
+        means = torch.randn(c, dim, generator=gen)
+        labels = torch.randint(0, c, (n,), generator=gen)
+        queries = means[labels]
+        queries += torch.randn(n, dim, generator=gen)
+    elif kind == "real":
+        if base is None:
+            raise ValueError("the real problem needs base features")
+        scale = float(base.std())
+        means = torch.zeros(c, dim)
+        for _ in range(8):  # each class mean averages 8 random real feature vectors
+            means += base[torch.randint(0, base.shape[0], (c,), generator=gen)] / 8
+        queries = base[torch.randint(0, base.shape[0], (n,), generator=gen)]
+        queries += 0.05 * scale * torch.randn(n, dim, generator=gen)
+    else:
+        raise ValueError(f"dataset must be 'synthetic' or 'real', got {kind!r}")
+    k = min(near_ties, n)
+    if k and c > 1:
+        a = torch.randint(0, c, (k,), generator=gen)
+        b = (a + torch.randint(1, c, (k,), generator=gen)) % c
+        mid = (means[a].double() + means[b].double()) / 2
+        jitter = torch.randn(k, dim, generator=gen, dtype=torch.float64)
+        queries[:k] = (mid + 1e-6 * mid.norm(dim=1, keepdim=True) / math.sqrt(dim) * jitter).float()
+    return means.contiguous(), queries.contiguous()
+
+
+# ------------------------------------------------------------------------------ methods
+
+Runner = Callable[[Tensor, Tensor, NCMBenchSettings], tuple[Tensor, dict[str, Any]]]
+
+
+def _run_ncm(means: Tensor, queries: Tensor, s: NCMBenchSettings) -> tuple[Tensor, dict[str, Any]]:
+    t0 = time.perf_counter()
+    approximate = s.approximate if means.shape[0] >= s.approx_min_classes else None
+    index = NearestMeanIndex(
+        means,
+        backend=s.backend,  # type: ignore[arg-type]
+        approximate=approximate,  # type: ignore[arg-type]
+        query_chunk=s.query_chunk,
+    )
+    build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred = index.search(queries)
+    _sync()
+    search = time.perf_counter() - t0
+    info: dict[str, Any] = dict(index.describe())
+    if index.approximate is not None:
+        info["recall"] = index.estimate_recall(queries[s.near_ties :], s.check_queries)
+    return pred, {"build_s": build, "search_s": search, **info}
+
+
+def _run_torch(
+    means: Tensor, queries: Tensor, s: NCMBenchSettings
+) -> tuple[Tensor, dict[str, Any]]:
+    device = torch.device("cuda" if s.device != "cpu" and torch.cuda.is_available() else "cpu")
+    t0 = time.perf_counter()
+    m = means.to(device)
+    bias = -0.5 * (m * m).sum(1)
+    build = time.perf_counter() - t0
+    out = torch.empty(queries.shape[0], dtype=torch.long)
+    t0 = time.perf_counter()
+    for start in range(0, queries.shape[0], s.torch_chunk):
+        q = queries[start : start + s.torch_chunk].to(device, non_blocking=True)
+        out[start : start + s.torch_chunk] = torch.addmm(bias, q, m.T).argmax(1).cpu()
+    _sync()
+    search = time.perf_counter() - t0
+    return out, {"build_s": build, "search_s": search, "backend": "torch", "device": str(device)}
+
+
+def _run_sklearn(
+    means: Tensor, queries: Tensor, s: NCMBenchSettings
+) -> tuple[Tensor, dict[str, Any]]:
+    from sklearn.neighbors import NearestCentroid
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():  # one sample per class: fit warns, centroids are exact
+        warnings.simplefilter("ignore")
+        clf = NearestCentroid().fit(means.numpy(), np.arange(means.shape[0]))
+    build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred = torch.from_numpy(clf.predict(queries.numpy())).long()
+    search = time.perf_counter() - t0
+    return pred, {"build_s": build, "search_s": search, "backend": "sklearn", "device": "cpu"}
+
+
+METHODS: dict[str, Runner] = {"ncm": _run_ncm, "torch_matmul": _run_torch, "sklearn": _run_sklearn}
+"""Method name -> runner ``(means, queries, settings) -> (predictions, info)``."""
+
+
+# ------------------------------------------------------------------------------ FAISS probe
+
+_PROBE = r"""
+import json, sys, time, torch
+from hug_plugins.ncm import NearestMeanIndex, faiss_openblas_coretype
+g = torch.Generator().manual_seed(0)
+n, c, d = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+m = torch.randn(c, d, generator=g); q = torch.randn(n, d, generator=g)
+res = {"coretype": faiss_openblas_coretype()}
+for b in ("faiss", "torch", "auto"):
+    t0 = time.perf_counter(); idx = NearestMeanIndex(m, backend=b); build = time.perf_counter() - t0
+    best = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter(); idx.search(q); best = min(best, time.perf_counter() - t0)
+    res[b] = {"search_s": best, "build_s": build, "picked": idx.backend}
+print(json.dumps(res))
+"""
+
+
+def openblas_probe(s: NCMBenchSettings) -> list[dict[str, Any]]:
+    """FAISS vs torch search time under each ``OPENBLAS_CORETYPE`` (a fresh process each): the
+    faiss-gpu wheel's OpenBLAS can pick a slow kernel for the CPU it runs on."""
+    rows: list[dict[str, Any]] = []
+    for coretype in s.probe_coretypes:
+        env = dict(os.environ)
+        if coretype != "detected":
+            env["OPENBLAS_CORETYPE"] = str(coretype)
+        args = [str(s.probe_queries), str(s.probe_classes), str(s.dim)]
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROBE, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            rows.append({"env": coretype, "error": proc.stderr.strip()[-300:]})
+            continue
+        rows.append({"env": coretype, **json.loads(proc.stdout.strip().splitlines()[-1])})
+    return rows
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+def hardware_lines() -> list[str]:
+    """CPU, memory, FAISS and GPU facts for the table header."""
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    lines = [
+        f"cpu: {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}",
+        f"ram: {psutil.virtual_memory().total / 2**30:.0f} GiB",
+        f"faiss_openblas_coretype: {faiss_openblas_coretype()}",
+        f"OPENBLAS_CORETYPE: {os.environ.get('OPENBLAS_CORETYPE', '(unset)')}",
+        f"faiss_gpus: {faiss_num_gpus()}",
+    ]
+    if torch.cuda.is_available():
+        names = (torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        lines.append(f"gpu: {', '.join(names)}")
+    return lines
+
+
+def _gpu_peak(s: NCMBenchSettings) -> float | None:
+    if s.gpu_peak_tflops:
+        return float(s.gpu_peak_tflops) * 1e12
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(0)
+    for fragment, peak in FP32_PEAK:
+        if fragment in name:
+            return peak * torch.cuda.device_count()
+    return None
+
+
+def _cell(
+    kind: str,
+    c: int,
+    s: NCMBenchSettings,
+    base: Tensor | None,
+    peak: float | None,
+) -> list[dict[str, Any]]:
+    """One (dataset, C) cell: every method, ``repeats`` interleaved rounds, median time."""
+    n = int(min(s.n_queries, max(s.check_queries, s.max_tflop_per_cell * 1e12 / (2 * c * s.dim))))
+    means, queries = make_problem(kind, n, c, s.dim, s.near_ties, base, s.seed)
+    check = min(s.check_queries, n)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ref = ncm_reference(queries[:check].to(device), means.to(device)).cpu()
+    cell: dict[str, dict[str, Any]] = {}
+    methods = list(s.methods)
+    for round_index in range(s.repeats):
+        # rotate the order each round: no method always follows the same one (e.g.
+        # scikit-learn's allocations evicting the caches of whichever runs next)
+        shift = round_index % len(methods)
+        for method in methods[shift:] + methods[:shift]:
+            nm = n
+            if method == "sklearn":
+                if c > s.sklearn_max_classes:
+                    continue
+                cap = s.sklearn_max_tflop * 1e12 / (2 * c * s.dim)
+                nm = int(max(check, min(n, s.sklearn_max_queries, cap)))
+            with PeakMemory() as mem:
+                pred, info = METHODS[method](means, queries[:nm], s)
+            entry = cell.setdefault(method, {"n": nm, "times": [], "mem": mem})
+            entry["times"].append(info["search_s"])
+            entry.update(info=info, wrong=int((pred[:check] != ref).sum()))
+            del pred
+    rows = []
+    for method, entry in cell.items():
+        nm, mem, info = entry["n"], entry["mem"], entry["info"]
+        search_s = statistics.median(entry["times"])
+        flops = 2.0 * nm * c * s.dim
+        row: dict[str, Any] = {
+            "dataset": kind,
+            "C": c,
+            "N": nm,
+            "method": method,
+            "qps": nm / search_s,
+            "gflops": flops / search_s / 1e9,
+            "gemm_bound_pct": 100 * flops / peak / search_s if peak else None,
+            "host_mib": mem.host_mib,
+            "dev_mib": mem.dev_mib if torch.cuda.is_available() else None,
+            "exact": f"{entry['wrong']}/{check}",
+            **{k: v for k, v in info.items() if k in COLUMNS},
+            "search_s": search_s,
+        }
+        if method == "ncm" and "torch_matmul" in cell:
+            row["vs_matmul"] = statistics.median(cell["torch_matmul"]["times"]) / search_s
+        rows.append(row)
+    return rows
+
+
+def run_benchmark(
+    s: NCMBenchSettings, on_row: Callable[[dict[str, Any]], None] | None = None
+) -> NCMBenchResult:
+    """Runs every (dataset, C) cell and the optional FAISS probe.
+
+    Args:
+        s: The settings.
+        on_row: Called with each finished row (progress output, partial files).
+
+    Returns:
+        The rows, the probe rows and the notes for the header.
+    """
+    start = time.perf_counter()
+    torch.manual_seed(s.seed)
+    gen = torch.Generator().manual_seed(s.seed)
+    base, source = (None, "")
+    if "real" in s.datasets:
+        base, source = real_base_features(s.data_root, s.dim, gen)
+    result = NCMBenchResult()
+    result.notes += [
+        f"datasets: synthetic = Gaussian means, queries = mean + N(0, I); real = {source}, "
+        "each of the C classes averages 8 random real feature vectors, queries = "
+        "real features + 5% Gaussian jitter",
+        f"near-tie queries per cell: {s.near_ties}; checked queries: {s.check_queries}",
+    ]
+    peak = _gpu_peak(s)
+    if peak:
+        result.notes.append(f"FP32 GEMM bound uses peak {peak / 1e12:.1f} TFLOP/s")
+    for kind in s.datasets:
+        for c in s.num_classes:
+            for row in _cell(kind, int(c), s, base, peak):
+                result.rows.append(row)
+                if on_row is not None:
+                    on_row(row)
+            trim_memory()
+    result.probe = openblas_probe(s) if s.probe_coretypes else []
+    result.notes.append(f"total wall time {time.perf_counter() - start:.0f} s")
+    return result
+
+
+def probe_markdown(s: NCMBenchSettings, probe: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines of the FAISS core-type probe (empty without a probe)."""
+    if not probe:
+        return []
+    lines = [
+        f"## OpenBLAS core-type probe (N={s.probe_queries}, C={s.probe_classes}, d={s.dim}, "
+        "fresh process per row)",
+        "",
+        "| OPENBLAS_CORETYPE | detected | faiss s | torch s | auto picked | auto s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in probe:
+        if "error" in p:
+            lines.append(f"| {p['env']} | error: {p['error']} | | | | |")
+            continue
+        lines.append(
+            f"| {p['env']} | {p['coretype']} | {p['faiss']['search_s']:.3f} | "
+            f"{p['torch']['search_s']:.3f} | {p['auto']['picked']} | {p['auto']['search_s']:.3f} |"
+        )
+    return lines
