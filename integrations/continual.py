@@ -30,147 +30,46 @@ Usage::
 
 from __future__ import annotations
 
-import math
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from avalanche.evaluation.metrics import (
-    accuracy_metrics,
-    forgetting_metrics,
-    loss_metrics,
-)
-from avalanche.logging import InteractiveLogger, TextLogger
-from avalanche.training.determinism.rng_manager import RNGManager
-from avalanche.training.plugins import EvaluationPlugin
-from avalanche.training.supervised import Naive
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
 
 from hug_plugins.config import parse_cli, set_values
-from hug_plugins.continual import (
-    HUGPlugin,
-    ReplayMemoryPlugin,
-    class_incremental_tensors,
+from hug_plugins.continual import class_incremental_tensors
+from hug_plugins.continual.runs import (
+    StreamSettings,
+    load_stream_tensors,
+    run_class_incremental,
 )
-from hug_plugins.data import load_image_dataset
 from hug_plugins.io import RunLog
 from hug_plugins.losses import preset_config
 from hug_plugins.tables import standard_header_lines, summarize, write_tables
 
 TASK = "continual"
-METHODS = ("er_ce", "er_hug")
-_EXP_KEY = re.compile(r"Top1_Acc_Exp/eval_phase/test_stream/(?:Task\d+/)?Exp(\d+)$")
-_STREAM_ACC = "Top1_Acc_Stream/eval_phase/test_stream/Task000"
-_STREAM_FORGET = "StreamForgetting/eval_phase/test_stream"
 
 
-# ---------------------------------------------------------------------------- data
-
-
-def _digits(cfg: DictConfig) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[int]]:
-    from hug_plugins.data import load_digits_split
-
-    train, test = load_digits_split(seed=int(cfg.data.split_seed))
-    return (train.tensors[0], train.tensors[1]), (test.tensors[0], test.tensors[1]), (64,)
-
-
-def _mnist(cfg: DictConfig) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[int]]:
-    train, test, info = load_image_dataset("mnist", str(cfg.data.root))
-    (x_train, y_train), (x_test, y_test) = (_normalized(d, info) for d in (train, test))
-    return (x_train.flatten(1), y_train), (x_test.flatten(1), y_test), (784,)
-
-
-def _cifar10(
-    cfg: DictConfig,
-) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[int, int, int]]:
-    train, test, info = load_image_dataset("cifar10", str(cfg.data.root))
-    return _normalized(train, info), _normalized(test, info), (3, 32, 32)
-
-
-def _normalized(dataset: Any, info: Any) -> tuple[Tensor, Tensor]:
-    """Float images standardized with the training set's channel statistics, and labels."""
-    shape = (1, -1, 1, 1)
-    mean, std = torch.tensor(info.mean).view(shape), torch.tensor(info.std).view(shape)
-    images = (dataset.images.float().div(255.0) - mean) / std
-    return images.contiguous(), dataset.targets.long()
-
-
-def _cap_per_class(x: Tensor, y: Tensor, cap: int | None, seed: int) -> tuple[Tensor, Tensor]:
-    if cap is None:
-        return x, y
-    gen = torch.Generator().manual_seed(seed)
-    keep = []
-    for c in sorted(set(y.tolist())):
-        idx = torch.nonzero(y == c).flatten()
-        keep.append(idx[torch.randperm(len(idx), generator=gen)[:cap]])
-    index = torch.cat(keep).sort().values
-    return x[index], y[index]
-
-
-def load_data(
-    cfg: DictConfig,
-) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[int, ...]]:
-    """Loads the preset's dataset as in-memory tensors (optionally capped per class)."""
-    name = str(cfg.data.name)
-    loaders = {"digits": _digits, "mnist": _mnist, "cifar10": _cifar10}
-    if name not in loaders:
-        raise ValueError(f"data.name must be one of {sorted(loaders)}, got {name!r}")
-    if name != "digits" and not cfg.data.root:
-        raise ValueError(f"the {name} preset needs --data-root (or data.root=...)")
-    train, test, shape = loaders[name](cfg)
-    train = _cap_per_class(*train, cfg.data.train_per_class, 0)
-    test = _cap_per_class(*test, cfg.data.test_per_class, 1)
-    return train, test, shape
-
-
-# ---------------------------------------------------------------------------- models
-
-
-def make_backbone(cfg: DictConfig, shape: tuple[int, ...]) -> nn.Module:
-    """The shared feature extractor: an MLP (flat inputs) or a small ConvNet (images)."""
-    dim = int(cfg.model.feature_dim)
-    if cfg.model.kind == "mlp":
-        hidden = int(cfg.model.hidden)
-        return nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(math.prod(shape), hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, dim),
-        )
-    if cfg.model.kind == "cnn":
-        width = int(cfg.model.hidden)
-
-        def block(cin: int, cout: int) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
-
-        return nn.Sequential(
-            *block(shape[0], width),
-            nn.MaxPool2d(2),
-            *block(width, 2 * width),
-            nn.MaxPool2d(2),
-            *block(2 * width, 4 * width),
-            nn.MaxPool2d(2),
-            *block(4 * width, 4 * width),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(4 * width, dim),
-        )
-    raise ValueError(f"model.kind must be 'mlp' or 'cnn', got {cfg.model.kind!r}")
-
-
-def _device(cfg: DictConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(str(cfg.device))
-
-
-# ---------------------------------------------------------------------------- one run
+def stream_settings(cfg: DictConfig) -> StreamSettings:
+    """The run settings of the preset's ``model``, ``train`` and ``replay`` sections."""
+    m, t, r = cfg.model, cfg.train, cfg.replay
+    return StreamSettings(
+        kind=str(m.kind),
+        hidden=int(m.hidden),
+        feature_dim=int(m.feature_dim),
+        lr=float(t.lr),
+        momentum=float(t.momentum),
+        weight_decay=float(t.weight_decay),
+        batch_size=int(t.batch_size),
+        epochs=int(t.epochs),
+        eval_batch_size=int(t.eval_batch_size),
+        storage_policy=str(r.storage_policy),
+        batch_size_mem=int(r.batch_size_mem),
+        device=str(cfg.device),
+        interactive=bool(cfg.log.interactive),
+    )
 
 
 def hug_plugin_options(hug: DictConfig) -> dict[str, Any]:
@@ -195,106 +94,6 @@ def hug_plugin_options(hug: DictConfig) -> dict[str, Any]:
     return options
 
 
-def run_one(
-    cfg: DictConfig,
-    benchmark: Any,
-    shape: tuple[int, ...],
-    method: str,
-    mem_size: int,
-    seed: int,
-    log_path: Path,
-) -> dict[str, Any]:
-    """Trains one method on the stream and returns its accuracy matrix and final metrics."""
-    num_classes = int(benchmark.n_classes)
-    torch.manual_seed(seed)
-    backbone = make_backbone(cfg, shape)  # same init for both methods at a given seed
-    plugin: ReplayMemoryPlugin
-    if method == "er_hug":
-        plugin = HUGPlugin(
-            num_classes,
-            int(cfg.model.feature_dim),
-            mem_size=mem_size,
-            storage_policy=str(cfg.replay.storage_policy),
-            batch_size_mem=int(cfg.replay.batch_size_mem),
-            seed=seed,
-            **hug_plugin_options(cfg.hug),
-        )
-        head: nn.Module = plugin.head
-    elif method == "er_ce":
-        plugin = ReplayMemoryPlugin(
-            mem_size,
-            storage_policy=str(cfg.replay.storage_policy),
-            batch_size_mem=int(cfg.replay.batch_size_mem),
-        )
-        head = nn.Linear(int(cfg.model.feature_dim), num_classes)
-    else:
-        raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
-    model = nn.Sequential(backbone, head)
-    t = cfg.train
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=float(t.lr),
-        momentum=float(t.momentum),
-        weight_decay=float(t.weight_decay),
-    )
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", encoding="utf-8") as log_file:
-        log_file.write(f"\n=== {method} mem_size={mem_size} seed={seed} ===\n")
-        loggers: list[Any] = [TextLogger(log_file)]
-        if cfg.log.interactive:
-            loggers.append(InteractiveLogger())
-        evaluator = EvaluationPlugin(
-            accuracy_metrics(experience=True, stream=True),
-            forgetting_metrics(experience=True, stream=True),
-            loss_metrics(stream=True),
-            loggers=loggers,
-        )
-        strategy = Naive(
-            model=model,
-            optimizer=optimizer,
-            criterion=nn.CrossEntropyLoss(),
-            train_mb_size=int(t.batch_size),
-            train_epochs=int(t.epochs),
-            eval_mb_size=int(t.eval_batch_size),
-            device=_device(cfg),
-            plugins=[plugin],
-            evaluator=evaluator,
-        )
-        RNGManager.set_random_seeds(seed)
-        num_exp = len(benchmark.train_stream)
-        matrix = [[0.0] * num_exp for _ in range(num_exp)]
-        start = time.perf_counter()
-        metrics: dict[str, Any] = {}
-        for i, experience in enumerate(benchmark.train_stream):
-            strategy.train(experience, eval_streams=[])
-            metrics = strategy.eval(benchmark.test_stream)
-            for key, value in metrics.items():
-                match = _EXP_KEY.search(key)
-                if match:
-                    matrix[i][int(match.group(1))] = float(value)
-            elapsed = time.perf_counter() - start
-            left = elapsed / (i + 1) * (num_exp - i - 1)
-            print(
-                f"  {method} mem={mem_size} seed={seed}: experience {i + 1}/{num_exp}, "
-                f"mean seen-class accuracy {100.0 * sum(matrix[i][: i + 1]) / (i + 1):.1f} %, "
-                f"{elapsed:.0f} s, ~{left:.0f} s left in this run",
-                file=sys.stderr,
-                flush=True,
-            )
-        seconds = time.perf_counter() - start
-    last = num_exp - 1
-    forgetting = [max(matrix[i][j] for i in range(j, last)) - matrix[last][j] for j in range(last)]
-    stream_acc = metrics.get(_STREAM_ACC, metrics.get(_STREAM_ACC.rsplit("/", 1)[0]))
-    return {
-        "matrix": matrix,
-        "acc": 100.0 * float(stream_acc),
-        "acc_mean_exp": 100.0 * sum(matrix[last]) / num_exp,
-        "forgetting": 100.0 * sum(forgetting) / len(forgetting),
-        "forgetting_avalanche": 100.0 * float(metrics[_STREAM_FORGET]),
-        "seconds": seconds,
-    }
-
-
 # ---------------------------------------------------------------------------- main
 
 
@@ -317,7 +116,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             raise ValueError("the splitmnist preset needs --data-root (or data.root=...)")
         shape: tuple[int, ...] = (1, 28, 28)
     else:
-        train, test, shape = load_data(cfg)
+        d = cfg.data
+        train, test, shape = load_stream_tensors(
+            str(d.name),
+            None if d.root is None else str(d.root),
+            split_seed=int(d.split_seed),
+            train_per_class=d.train_per_class,
+            test_per_class=d.test_per_class,
+        )
+    settings = stream_settings(cfg)
     out_dir = Path(str(cfg.output.dir))
     stem = out_dir / str(cfg.output.stem)
     log_path = stem.with_name(stem.name + "_log.txt")
@@ -351,7 +158,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 if restored:
                     res = run_log.get(key)
                 else:
-                    res = run_one(cfg, benchmark, shape, method, mem_size, seed, log_path)
+                    res = run_class_incremental(
+                        benchmark,
+                        shape,
+                        method,
+                        mem_size,
+                        seed,
+                        settings,
+                        hug_plugin_options(cfg.hug) if method == "er_hug" else None,
+                        log_path,
+                    )
                     run_log.append({**key, **res})
                     fresh += 1
                 results.setdefault((method, mem_size), []).append(res)

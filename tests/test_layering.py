@@ -50,11 +50,25 @@ def test_core_imports_only_torch_and_the_standard_library(name: str) -> None:
             assert module.split(".")[1] in CORE, f"core module {name} imports {module}"
 
 
+ADAPTERS = ("hug_plugins.ssl", "hug_plugins.simclr", "hug_plugins.continual")
+FRAMEWORKS = ("lightly", "avalanche", "faiss", "torchattacks")
+
+
 @pytest.mark.parametrize("path", sorted((PACKAGE / "train").glob("*.py")), ids=lambda p: p.name)
 def test_training_loop_imports_no_framework_adapter(path: Path) -> None:
     for module, _ in _imports(path):
-        assert module.split(".")[0] not in ("lightly", "avalanche", "faiss", "torchattacks")
-        assert module not in ("hug_plugins.ssl", "hug_plugins.continual"), (path.name, module)
+        assert module.split(".")[0] not in FRAMEWORKS
+        assert not module.startswith(ADAPTERS), (path.name, module)
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "data").glob("*.py")), ids=lambda p: p.name)
+def test_data_layer_imports_only_itself_and_data_libraries(path: Path) -> None:
+    for module, _ in _imports(path):
+        top = module.split(".")[0]
+        if top == "hug_plugins":
+            assert module.startswith("hug_plugins.data"), (path.name, module)
+        else:
+            assert top not in FRAMEWORKS, (path.name, module)
 
 
 def test_no_module_imports_another_modules_private_names() -> None:
