@@ -25,13 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from hug_plugins.config import parse_cli, to_dict
-from hug_plugins.ncm.benchmark import (
-    COLUMNS,
-    NCMBenchSettings,
-    hardware_lines,
-    probe_markdown,
-    run_benchmark,
-)
+from hug_plugins.ncm.benchmark import COLUMNS, NCMBenchSettings, run_benchmark
+from hug_plugins.ncm.measure import hardware_lines, probe_markdown
 from hug_plugins.tables import standard_header_lines, write_tables
 
 DIGITS = {"qps": 0, "gflops": 1, "gemm_bound_pct": 1, "host_mib": 1, "dev_mib": 1}
@@ -73,7 +68,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     result = run_benchmark(settings, on_row=on_row)
     for probe in result.probe:
         print(json.dumps(probe), flush=True)
-    md = write(result.notes, probe_markdown(settings, result.probe))
+    md = write(
+        result.notes,
+        probe_markdown(result.probe, settings.probe_queries, settings.probe_classes, settings.dim),
+    )
     print(md.read_text(encoding="utf-8"))
     return result.rows
 
