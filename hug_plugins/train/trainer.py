@@ -19,6 +19,7 @@ from hug_plugins.io import atomic_torch_save
 from hug_plugins.objectives import Objective
 from hug_plugins.train.config import TrainerConfig
 from hug_plugins.train.evaluate import evaluate_classifier
+from hug_plugins.train.loaders import build_train_loader, loader_sampler
 from hug_plugins.train.runtime import (
     capture_rng,
     distributed_info,
@@ -27,7 +28,6 @@ from hug_plugins.train.runtime import (
     resolve_device,
     restore_rng,
     seed_everything,
-    seed_worker,
     unwrap_model,
 )
 from hug_plugins.train.schedule import EpochLRSchedule
@@ -141,52 +141,6 @@ class Trainer:
             return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    def _build_loader(
-        self,
-        data: Dataset[Any] | DataLoader[Any],
-        collate_fn: Callable[[list[Any]], Any] | None,
-    ) -> tuple[DataLoader[Any], torch.Generator | None]:
-        cfg = self.config
-        rank, world = distributed_info()
-        if isinstance(data, DataLoader):
-            if world > 1 and not isinstance(_loader_sampler(data), DistributedSampler):
-                raise ValueError(
-                    "under torch.distributed a DataLoader passed to fit() must use a "
-                    "DistributedSampler; pass the Dataset instead and the trainer builds one"
-                )
-            return data, None
-        if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
-            raise ValueError(
-                f"train_data must be a Dataset or DataLoader, got {type(data).__name__}"
-            )
-        if len(data) == 0:
-            raise ValueError("train_data is empty")
-        generator = torch.Generator()
-        generator.manual_seed(cfg.seed)
-        sampler: DistributedSampler[Any] | None = None
-        if world > 1:
-            sampler = DistributedSampler(
-                data,
-                num_replicas=world,
-                rank=rank,
-                shuffle=cfg.shuffle,
-                seed=cfg.seed,
-                drop_last=cfg.drop_last,
-            )
-        loader: DataLoader[Any] = DataLoader(
-            data,
-            batch_size=cfg.batch_size,
-            shuffle=cfg.shuffle if sampler is None else False,
-            sampler=sampler,
-            num_workers=cfg.num_workers,
-            collate_fn=collate_fn,
-            pin_memory=self.device.type == "cuda",
-            drop_last=cfg.drop_last,
-            generator=generator,
-            worker_init_fn=seed_worker if cfg.num_workers > 0 else None,
-        )
-        return loader, generator
-
     def _checkpoint_state(
         self,
         model: nn.Module,
@@ -254,7 +208,9 @@ class Trainer:
             raise ValueError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
         if eval_fn is not None and not callable(eval_fn):
             raise ValueError(f"eval_fn must be callable or None, got {type(eval_fn).__name__}")
-        loader, generator = self._build_loader(train_data, collate_fn)
+        loader, generator = build_train_loader(
+            train_data, self.config, pin_memory=self.device.type == "cuda", collate_fn=collate_fn
+        )
         seed_everything(cfg.seed)
         run = self._prepare(model, loss_fn)
         history: list[dict[str, float]] = []
@@ -381,7 +337,7 @@ class Trainer:
         distributed = run.world > 1
         if generator is not None:
             generator.manual_seed(epoch_seed(cfg.seed, epoch))
-        sampler = _loader_sampler(loader)
+        sampler = loader_sampler(loader)
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
         run.schedule.set_epoch(epoch)
@@ -521,10 +477,3 @@ class Trainer:
         return self.fit(
             model, train_data, SupervisedLoss(objective), eval_fn, on_epoch_end=on_epoch_end
         )
-
-
-def _loader_sampler(loader: DataLoader[Any]) -> Any:
-    """The index sampler of a loader (the one inside its batch sampler, if any)."""
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    inner = getattr(batch_sampler, "sampler", None)
-    return inner if inner is not None else loader.sampler
