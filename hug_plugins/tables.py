@@ -30,6 +30,7 @@ __all__ = [
     "command_string",
     "format_mean_std",
     "hardware_summary",
+    "history_csv",
     "standard_header_lines",
     "summarize",
     "write_result_tables",
@@ -351,3 +352,30 @@ def write_result_tables(
         title=f"{title}: every run",
     )
     return {"md": md, "csv": csv_path, "runs_md": runs_md, "runs_csv": runs_csv}
+
+
+def history_csv(
+    histories: Mapping[tuple[object, ...], Sequence[Mapping[str, float]]],
+    key_names: Sequence[str],
+) -> str:
+    """Per-epoch histories of several runs as one CSV text: the run key, then every metric.
+
+    Example:
+        >>> print(history_csv({("ce", 0): [{"loss": 1.5}, {"loss": 1.0, "acc": 0.5}]}, ["m", "s"]))
+        m,s,loss,acc
+        ce,0,1.5,
+        ce,0,1.0,0.5
+        <BLANKLINE>
+    """
+    keys: dict[str, None] = {}
+    for history in histories.values():
+        for entry in history:
+            for key in entry:
+                keys.setdefault(key, None)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*key_names, *keys])
+    for run, history in histories.items():
+        for entry in history:
+            writer.writerow([*run, *(entry.get(k, "") for k in keys)])
+    return buffer.getvalue()

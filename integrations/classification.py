@@ -32,13 +32,11 @@ Writes, under ``output_dir``: ``<name>.md`` (both tables and the plots), ``<name
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,21 +53,20 @@ from hug_plugins.data import (
 )
 from hug_plugins.io import atomic_write_text
 from hug_plugins.losses import HUGLoss
-from hug_plugins.models import ARCHITECTURES, build_classifier, classifier_weight
+from hug_plugins.models import ARCHITECTURES, build_classifier
 from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
+from hug_plugins.paper import PAPER_ERROR
 from hug_plugins.plots import COLLAPSE_METRICS, plot_collapse
-from hug_plugins.tables import standard_header_lines, summarize, write_tables
+from hug_plugins.tables import history_csv, standard_header_lines, summarize, write_tables
 from hug_plugins.train import (
-    AugmentedLoss,
     Trainer,
     TrainerConfig,
-    evaluate_classifier,
-    evaluate_collapse,
     init_distributed_from_env,
     is_main_process,
     seed_everything,
     torch_threads,
 )
+from hug_plugins.train.collapse_fit import fit_tracking_collapse
 
 TASK = "classification"
 
@@ -88,27 +85,6 @@ TABLES = {
 }
 """Table keys accepted under ``tables`` and their titles."""
 
-PAPER_ERROR = {
-    ("cifar10", "resnet18", "ce"): 5.45,
-    ("cifar100", "resnet18", "ce"): 24.90,
-    ("cifar10", "resnet18", "learnable"): 5.03,
-    ("cifar100", "resnet18", "learnable"): 23.50,
-    ("cifar10", "resnet18", "static_random"): 5.19,
-    ("cifar100", "resnet18", "static_random"): 24.23,
-    ("cifar10", "resnet18", "static_optimized"): 5.12,
-    ("cifar100", "resnet18", "static_optimized"): 24.02,
-    ("cifar10", "resnet18", "partial"): 5.08,
-    ("cifar100", "resnet18", "partial"): 23.89,
-    ("cifar10", "vgg16", "ce"): 5.28,
-    ("cifar100", "vgg16", "ce"): 22.99,
-    ("cifar10", "vgg16", "learnable"): 5.19,
-    ("cifar100", "vgg16", "learnable"): 22.77,
-    ("cifar10", "densenet121", "ce"): 5.04,
-    ("cifar100", "densenet121", "ce"): 21.47,
-    ("cifar10", "densenet121", "learnable"): 4.85,
-    ("cifar100", "densenet121", "learnable"): 21.30,
-}
-"""The poster's test errors (%) by (dataset, architecture, method); HUG = learnable in table 2."""
 
 METRICS = {
     "nc1": "nc1",
@@ -236,42 +212,19 @@ def run_one(
     trainer = Trainer(
         TrainerConfig.from_mapping(trainer_cfg, seed=seed, checkpoint_path=checkpoint)
     )
-    batch = int(cfg.metrics.batch_size)
-    device = trainer.device
-    num_classes = info.num_classes
-
-    def eval_fn(inner: nn.Module) -> dict[str, float]:
-        out = evaluate_classifier(inner, test, batch_size=batch, device=device, prefix="test_")
-        out.update(
-            evaluate_collapse(
-                inner,
-                collapse,
-                num_classes,
-                classifier_weight=classifier_weight(inner).detach(),
-                batch_size=batch,
-                device=device,
-                spaces=("raw", "unit"),
-            )
-        )
-        return out
-
-    def log_epoch(epoch: int, entry: Mapping[str, float]) -> None:
-        if not (bool(cfg.progress) and is_main_process()):
-            return
-        shown = ("loss", "test_error", *METRICS.values())
-        text = "  ".join(f"{k} {entry[k]:.4g}" for k in shown if k in entry)
-        print(f"    epoch {epoch + 1}/{trainer.config.epochs}: {text}", file=sys.stderr, flush=True)
-
-    augment = BatchAugment(int(cfg.augment.crop_padding), bool(cfg.augment.flip))
-    start = time.perf_counter()
-    result = trainer.fit(
-        model, train, AugmentedLoss(objective, augment), eval_fn, on_epoch_end=log_epoch
+    progress = ("loss", "test_error", *METRICS.values()) if bool(cfg.progress) else None
+    return fit_tracking_collapse(
+        trainer,
+        model,
+        objective,
+        train,
+        test,
+        collapse,
+        info.num_classes,
+        augment=BatchAugment(int(cfg.augment.crop_padding), bool(cfg.augment.flip)),
+        batch_size=int(cfg.metrics.batch_size),
+        progress=progress,
     )
-    seconds = time.perf_counter() - start
-    final = dict(result.final)
-    final["seconds"] = seconds
-    final["resumed_from_epoch"] = float(result.start_epoch)
-    return final, [dict(entry) for entry in result.history]
 
 
 def _table_runs(cfg: DictConfig, names: list[str]) -> dict[str, list[tuple[str, str, str]]]:
@@ -324,22 +277,6 @@ def _summary_rows(
         row["train_loss"] = summarize([r["loss"] for r in mine.values()])
         rows.append(row)
     return rows
-
-
-def _epochs_csv(histories: dict[tuple[str, str, str, int], list[dict[str, float]]]) -> str:
-    keys: dict[str, None] = {}
-    for history in histories.values():
-        for entry in history:
-            for key in entry:
-                keys.setdefault(key, None)
-    columns = ["dataset", "arch", "method", "seed", *keys]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for (dataset, arch, method, seed), history in histories.items():
-        for entry in history:
-            writer.writerow([dataset, arch, method, seed, *(entry.get(k, "") for k in keys)])
-    return buffer.getvalue()
 
 
 def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
@@ -460,7 +397,8 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
             title="Classification: every run",
         )
         paths["epochs_csv"] = atomic_write_text(
-            stem.with_name(stem.name + "_epochs.csv"), _epochs_csv(histories)
+            stem.with_name(stem.name + "_epochs.csv"),
+            history_csv(histories, ("dataset", "arch", "method", "seed")),
         )
         plots: list[Path] = []
         for dataset, arch in dict.fromkeys((c[0], c[1]) for c in combos):

@@ -43,23 +43,12 @@ from hug_plugins.longtail import (
     shot_groups,
     shot_thresholds,
 )
+from hug_plugins.paper import PAPER_TOP1
 from hug_plugins.tables import standard_header_lines, summarize, write_result_tables
 from hug_plugins.train import TrainerConfig, checkpoint_file, fit_pixel_classifier, torch_threads
 
 TASK = "longtail"
 METHODS = {"ce": "CE", "hug": "HUG"}
-
-PAPER_TOP1 = {
-    "cifar10": {
-        "CE": (90.29, 87.85, 79.17, 74.11),
-        "HUG": (90.41, 88.20, 79.88, 75.14),
-    },
-    "cifar100": {
-        "CE": (66.74, 62.31, 48.79, 43.82),
-        "HUG": (67.83, 63.33, 50.48, 45.63),
-    },
-}
-"""Paper top-1 accuracy % at ratios 0.2, 0.1, 0.02, 0.01 (ResNet, LDAM construction)."""
 
 
 def run_one(

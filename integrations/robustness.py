@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from hug_plugins.config import check_choices, check_seeds, parse_cli, pixel_fit_options, to_dict
 from hug_plugins.data import PIXEL_DATASETS, PixelDatasetInfo, load_pixel_datasets
+from hug_plugins.paper import PAPER_ROBUST
 from hug_plugins.robustness import autoattack_accuracy, evaluate_robustness
 from hug_plugins.tables import standard_header_lines, summarize, write_result_tables
 from hug_plugins.train import (
@@ -50,12 +51,6 @@ from hug_plugins.train import (
 
 TASK = "robustness"
 METHODS = {"ce": "CE", "hug": "HUG"}
-
-PAPER_ROBUST = {
-    "cifar10": {"CE": (7.94, 0.61, 0.0), "HUG": (15.24, 3.45, 1.76)},
-    "cifar100": {"CE": (2.12, 0.0, 0.0), "HUG": (5.26, 1.24, 0.44)},
-}
-"""Paper PGD robust accuracy % at eps 2/255, 4/255, 8/255 (ResNet-18, no adversarial training)."""
 
 
 def run_one(
