@@ -375,7 +375,9 @@ class NCMAgreement(Metric):
     ``agreement = mean_i [pred_i == argmin_c ||x_i - mu_c||]``; also reports the accuracy of
     both rules. ``class_means`` come from a first pass (e.g.
     :meth:`NeuralCollapseMetrics.class_means`); absent classes are excluded from the NCM rule
-    through ``present``.
+    through ``present``. ``nearest`` replaces the dense float64 rule by another exact search
+    (e.g. :class:`hug_plugins.ncm.NearestMeanIndex` at large ``C``), mapping features to class
+    labels in ``[0, num_classes)`` (``num_classes`` defaults to the number of means).
 
     Example:
         >>> import torch
@@ -395,9 +397,21 @@ class NCMAgreement(Metric):
     correct_model: Tensor
     correct_ncm: Tensor
 
-    def __init__(self, class_means: Tensor, present: Tensor | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        class_means: Tensor,
+        present: Tensor | None = None,
+        *,
+        nearest: Callable[[Tensor], Tensor] | None = None,
+        num_classes: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         check_matrix(class_means, "class_means")
+        self.nearest = nearest
+        self.num_classes = class_means.shape[0] if num_classes is None else int(num_classes)
+        if self.num_classes < class_means.shape[0]:
+            raise ValueError(f"num_classes must be >= {class_means.shape[0]}, got {num_classes}")
         self.means = class_means.detach().to(torch.float64)
         if present is None:
             present = torch.ones(class_means.shape[0], dtype=torch.bool)
@@ -413,18 +427,22 @@ class NCMAgreement(Metric):
 
     def update(self, features: Tensor, labels: Tensor, predictions: Tensor) -> None:
         """Accumulates a batch of features, true labels and the classifier's predictions."""
-        num_classes, dim = self.means.shape
+        dim = self.means.shape[1]
         check_matrix(features, "features", dim=dim)
-        check_labels(labels, features.shape[0], num_classes)
-        check_labels(predictions, features.shape[0], num_classes, name="predictions")
-        x = features.detach().to(torch.float64)
-        origin = self.origin.to(x.device)
-        means = self.means.to(x.device) - origin
-        x = x - origin
-        dist2 = (means * means).sum(1)[None, :] - 2.0 * x @ means.T + self.penalty.to(x.device)
-        ncm = dist2.argmin(dim=1)
+        check_labels(labels, features.shape[0], self.num_classes)
+        check_labels(predictions, features.shape[0], self.num_classes, name="predictions")
+        if self.nearest is not None:
+            ncm = self.nearest(features.detach()).to(predictions.device)
+        else:
+            x = features.detach().to(torch.float64)
+            origin = self.origin.to(x.device)
+            means = self.means.to(x.device) - origin
+            x = x - origin
+            penalty = self.penalty.to(x.device)
+            ncm = ((means * means).sum(1)[None, :] - 2.0 * x @ means.T + penalty).argmin(dim=1)
+        labels, predictions = labels.to(ncm.device), predictions.to(ncm.device)
         self.agree += (ncm == predictions).sum()
-        self.total += x.shape[0]
+        self.total += features.shape[0]
         self.correct_model += (predictions == labels).sum()
         self.correct_ncm += (ncm == labels).sum()
 

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from hug_plugins import ncm as ncm_mod
+from hug_plugins.metrics import NCMAgreement
 from hug_plugins.ncm import (
     ClassMeanAccumulator,
     NC4Meter,
@@ -365,3 +366,23 @@ def test_l2_centring_only_where_it_shrinks_the_bound() -> None:
     assert scorer.center is not None
     queries = offset[:10] + 0.1 * torch.randn(10, 16, generator=gen)
     assert torch.equal(scorer.search(queries), brute_force(queries, offset))
+
+
+def test_nc4_meter_and_ncm_agreement_count_alike() -> None:
+    gen = torch.Generator().manual_seed(3)
+    means = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 6, (200,), generator=gen)
+    feats = means[labels] + 0.8 * torch.randn(200, 5, generator=gen, dtype=torch.float64)
+    decisions = torch.randint(0, 6, (200,), generator=gen)
+    clf = NCMClassifier(6, 5, backend="torch").fit(means, torch.arange(6))
+    meter = NC4Meter(clf)
+    meter.update(feats, labels, decisions=decisions)
+    dense = NCMAgreement(means)
+    dense.update(feats, labels, decisions)
+    report, out = meter.compute(), dense.compute()
+    assert report.agreement == pytest.approx(float(out["nc4_agreement"]), abs=0)
+    assert report.ncm_accuracy == pytest.approx(float(out["ncm_accuracy"]), abs=0)
+    assert report.model_accuracy == pytest.approx(float(out["model_accuracy"]), abs=0)
+    meter.reset()
+    with pytest.raises(ValueError, match="before any update"):
+        meter.compute()

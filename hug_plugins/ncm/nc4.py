@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hug_plugins._checks import check_labels, check_matrix
+from hug_plugins._checks import check_matrix
+from hug_plugins.metrics import NCMAgreement
 from hug_plugins.ncm.bounds import Backend, Metric
 from hug_plugins.ncm.classifier import Batch, NCMClassifier, default_split
 from hug_plugins.ncm.index import NearestMeanIndex
@@ -51,7 +52,9 @@ class NC4Report:
 
 
 class NC4Meter:
-    """Streaming NC4: compares model decisions with NCM decisions batch by batch.
+    """Streaming NC4 at scale: :class:`~hug_plugins.metrics.NCMAgreement`'s counts with the
+    exact :class:`NearestMeanIndex` search as the NCM rule (FAISS or chunked torch, float64
+    re-check of near ties), so large ``C`` never builds a dense ``(n, C)`` float64 block.
 
     The model's decision is ``logits.argmax(1)``, an explicit ``decisions`` tensor, or, when
     ``proxies`` are given (HUG), the nearest proxy by cosine (exact, through
@@ -61,6 +64,8 @@ class NC4Meter:
         ncm: A fitted :class:`NCMClassifier` or a :class:`NearestMeanIndex`.
         proxies: Optional ``(C, d)`` class proxies for nearest-proxy decisions.
         backend: Backend of the proxy index.
+        num_classes: Label range ``[0, num_classes)`` (default: the classifier's classes, or
+            the largest class id of the index + 1).
 
     Example:
         >>> ncm = NCMClassifier(2, 2, backend="torch").fit(torch.eye(2), torch.tensor([0, 1]))
@@ -76,8 +81,16 @@ class NC4Meter:
         *,
         proxies: Tensor | None = None,
         backend: Backend = "auto",
+        num_classes: int | None = None,
     ) -> None:
         self.index = ncm.build() if isinstance(ncm, NCMClassifier) else ncm
+        if num_classes is None:
+            num_classes = (
+                ncm.num_classes
+                if isinstance(ncm, NCMClassifier)
+                else int(self.index.class_ids.max()) + 1
+            )
+        self.num_classes = int(num_classes)
         self.proxy_index = (
             NearestMeanIndex(proxies, metric="cosine", backend=backend)
             if proxies is not None
@@ -87,10 +100,12 @@ class NC4Meter:
 
     def reset(self) -> None:
         """Clears the counters."""
-        self.total = 0
-        self.agree = 0
-        self.model_correct = 0
-        self.ncm_correct = 0
+        # The counting is NCMAgreement's; the NCM decision is the exact index search.
+        self.counts = NCMAgreement(
+            torch.zeros(self.num_classes, self.index.dim),
+            nearest=self.index.search,
+            sync_on_compute=False,
+        )
 
     def update(
         self,
@@ -113,35 +128,29 @@ class NC4Meter:
         """
         check_matrix(features, "features")
         n = features.shape[0]
-        check_labels(labels, n, None)
         if self.proxy_index is not None:
             dec = self.proxy_index.search(features)
         elif decisions is not None:
-            check_labels(decisions, n, None, "decisions")
-            dec = decisions.detach().cpu().long()
+            dec = decisions.detach().cpu()
         elif logits is not None:
             if logits.ndim != 2 or logits.shape[0] != n:
                 raise ValueError(f"logits must have shape ({n}, C), got {tuple(logits.shape)}")
             dec = logits.detach().argmax(1).cpu()
         else:
             raise ValueError("pass logits or decisions (or build the meter with proxies)")
-        ncm = self.index.search(features)
-        y = labels.detach().cpu().long()
-        self.total += n
-        self.agree += int((dec == ncm).sum())
-        self.model_correct += int((dec == y).sum())
-        self.ncm_correct += int((ncm == y).sum())
+        self.counts.update(features.detach().cpu(), labels.detach().cpu(), dec)
 
     def compute(self) -> NC4Report:
         """Returns the :class:`NC4Report` of everything seen since :meth:`reset`."""
-        if self.total == 0:
+        total = int(self.counts.total)
+        if total == 0:
             raise ValueError("NC4Meter.compute() called before any update()")
-        t = float(self.total)
+        out = self.counts.compute()
         return NC4Report(
-            num_samples=self.total,
-            agreement=self.agree / t,
-            model_accuracy=self.model_correct / t,
-            ncm_accuracy=self.ncm_correct / t,
+            num_samples=total,
+            agreement=float(out["nc4_agreement"]),
+            model_accuracy=float(out["model_accuracy"]),
+            ncm_accuracy=float(out["ncm_accuracy"]),
             rechecked=int(self.index.stats["rechecked"]),
             backend=self.index.backend,
         )
