@@ -25,4 +25,4 @@ for name in ("mhe", "mhs", "mgd"):
         ok = bool(torch.isfinite(loss)) and all(bool(torch.isfinite(p.grad).all()) for p in [net.weight, head.weight])
         print(name, dtype, loss.dtype, float(loss), "finite" if ok else "NOT FINITE")
 PY
-python3 -m integrations.bench_loss out_dir="$OUT/bench_loss" repeats=20 warmup=5 2>&1 | tail -20
+python3 -m integrations.bench_loss output_dir="$OUT/bench_loss" repeats=20 warmup=5 2>&1 | tail -20

@@ -40,7 +40,7 @@ echo "== tests ==" | tee "$OUT/pytest.log"
 timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_ncm.py 2>&1 | tail -25 | tee -a "$OUT/pytest.log"
 
 echo "== benchmark ==" | tee "$OUT/bench.log"
-timeout 330 "$PY" integrations/ncm.py --preset gpu "out_dir=$OUT" "$@" 2>&1 | tee -a "$OUT/bench.log"
+timeout 330 "$PY" integrations/ncm.py --preset gpu "output_dir=$OUT" "$@" 2>&1 | tee -a "$OUT/bench.log"
 rc=${PIPESTATUS[0]}
 cat "$OUT"/ncm_gpu.md 2>/dev/null
 exit "$rc"

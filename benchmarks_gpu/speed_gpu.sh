@@ -45,10 +45,10 @@ for compile_mode in ("never", "always"):
 PY
 
 echo "== loss / ssl / train steps ==" | tee "$OUT/bench_loss.log"
-timeout 300 "$PY" integrations/bench_loss.py device=cuda "out_dir=$OUT/bench_loss" \
+timeout 300 "$PY" integrations/bench_loss.py device=cuda "output_dir=$OUT/bench_loss" \
   "ssl_batch_sizes=[256,1024,4096]" train_batch_size=256 2>&1 | grep -v "^W" | tee -a "$OUT/bench_loss.log"
 
 echo "== NCM ==" | tee "$OUT/ncm.log"
 timeout 150 "$PY" integrations/ncm.py --preset gpu n_queries=200000 "num_classes=[1000,10000,100000]" \
-  "out_dir=$OUT/ncm" 2>&1 | tee -a "$OUT/ncm.log"
+  "output_dir=$OUT/ncm" 2>&1 | tee -a "$OUT/ncm.log"
 cat "$OUT"/bench_loss/*.md "$OUT"/ncm/*.md 2>/dev/null

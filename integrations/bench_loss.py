@@ -4,7 +4,7 @@ Usage::
 
     python integrations/bench_loss.py [--preset default|quick] [key=value ...]
 
-Writes three tables under ``out_dir`` (each rewritten atomically after every row, so a killed
+Writes three tables under ``output_dir`` (each rewritten atomically after every row, so a killed
 run keeps what it measured):
 
 * ``bench_loss``: one forward+backward step of the loss at each class count ``C``, every
@@ -81,7 +81,7 @@ def loss_rows(cfg: Any, threads: int | None, header: list[str]) -> list[dict[str
                     print(f"C={num_classes} {method} memory: failed ({exc})", file=sys.stderr)
         rows.append(row)
         print(row, flush=True)
-        write_tables(rows, Path(cfg.out_dir) / "bench_loss", header, digits=2)
+        write_tables(rows, Path(cfg.output_dir) / "bench_loss", header, digits=2)
     return rows
 
 
@@ -98,7 +98,7 @@ def ssl_rows(cfg: Any, threads: int | None, header: list[str]) -> list[dict[str,
             {"batch": batch_size, "ntxent_ms": ntxent, "hug_ms": hug, "hug/ntxent": hug / ntxent}
         )
         print(rows[-1], flush=True)
-        write_tables(rows, Path(cfg.out_dir) / "bench_ssl", header, digits=2)
+        write_tables(rows, Path(cfg.output_dir) / "bench_ssl", header, digits=2)
     return rows
 
 
@@ -117,7 +117,7 @@ def train_rows(cfg: Any, threads: int | None, header: list[str]) -> list[dict[st
              "overhead_%": 100.0 * (hug / ce - 1.0)}
         )  # fmt: skip
         print(rows[-1], flush=True)
-        write_tables(rows, Path(cfg.out_dir) / "bench_train", header, digits=2)
+        write_tables(rows, Path(cfg.output_dir) / "bench_train", header, digits=2)
     return rows
 
 
@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     cfg = parse_cli(argv, "bench_loss", description=__doc__)
     if cfg.device == "auto":
         cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
-    threads = int(cfg.threads) or None
-    if threads:
+    threads = None if cfg.num_threads is None else int(cfg.num_threads)
+    if threads is not None:
         torch.set_num_threads(threads)
     base = [
         *standard_header_lines(),

@@ -54,7 +54,7 @@ TASK = "continual"
 
 def stream_settings(cfg: DictConfig) -> StreamSettings:
     """The run settings of the preset's ``model``, ``train`` and ``replay`` sections."""
-    m, t, r = cfg.model, cfg.train, cfg.replay
+    m, t, r = cfg.model, cfg.trainer, cfg.replay
     return StreamSettings(
         kind=str(m.kind),
         hidden=int(m.hidden),
@@ -67,7 +67,7 @@ def stream_settings(cfg: DictConfig) -> StreamSettings:
         eval_batch_size=int(t.eval_batch_size),
         storage_policy=str(r.storage_policy),
         batch_size_mem=int(r.batch_size_mem),
-        device=str(cfg.device),
+        device=str(t.device),
         interactive=bool(cfg.log.interactive),
     )
 
@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Runs the benchmark; returns the summary rows."""
     args = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_cli(args, TASK, description=__doc__.splitlines()[0] if __doc__ else None)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+    if cfg.num_threads is not None:
+        torch.set_num_threads(int(cfg.num_threads))
     avalanche_split = str(cfg.data.name) == "splitmnist"
     if avalanche_split:
         if not cfg.data.root:
@@ -125,8 +125,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             test_per_class=d.test_per_class,
         )
     settings = stream_settings(cfg)
-    out_dir = Path(str(cfg.output.dir))
-    stem = out_dir / str(cfg.output.stem)
+    stem = Path(str(cfg.output_dir)) / str(cfg.output_name)
     log_path = stem.with_name(stem.name + "_log.txt")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
@@ -200,9 +199,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         *standard_header_lines(["integrations/continual.py", *args]),
         f"Data: {cfg.data.name} ({sizes}), "
         f"{cfg.num_experiences} experiences, class order from the seed; model {cfg.model.kind} "
-        f"(feature dim {cfg.model.feature_dim}); SGD lr {cfg.train.lr} momentum "
-        f"{cfg.train.momentum}, {cfg.train.epochs} epochs/experience, minibatch "
-        f"{cfg.train.batch_size} + {cfg.replay.batch_size_mem} replayed; "
+        f"(feature dim {cfg.model.feature_dim}); SGD lr {cfg.trainer.lr} momentum "
+        f"{cfg.trainer.momentum}, {cfg.trainer.epochs} epochs/experience, minibatch "
+        f"{cfg.trainer.batch_size} + {cfg.replay.batch_size_mem} replayed; "
         f"{cfg.replay.storage_policy} buffer; HUGPlugin options "
         f"{hug_plugin_options(cfg.hug) or 'none (the defaults)'}.",
         "acc: class-IL accuracy (%) on the whole test stream after the last experience; "

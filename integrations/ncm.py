@@ -12,7 +12,7 @@ Usage::
     python integrations/ncm.py --preset gpu         # N = 1e6, C up to 1e6 (GPU)
     python integrations/ncm.py data_root=../shared/data n_queries=50000
 
-Writes ``<out_dir>/ncm_<preset>.md`` and ``.csv`` (atomically, also after every cell) with the
+Writes ``<output_dir>/<output_name>.md`` and ``.csv`` (atomically, also after every cell) with the
 exact command and the hardware in the header.
 """
 
@@ -28,6 +28,7 @@ from hug_plugins.config import parse_cli, to_dict
 from hug_plugins.ncm.benchmark import COLUMNS, NCMBenchSettings, run_benchmark
 from hug_plugins.ncm.measure import hardware_lines, probe_markdown
 from hug_plugins.tables import standard_header_lines, write_tables
+from hug_plugins.train import torch_threads
 
 DIGITS = {"qps": 0, "gflops": 1, "gemm_bound_pct": 1, "host_mib": 1, "dev_mib": 1}
 DIGITS |= {"vs_matmul": 2, "search_s": 4, "build_s": 4, "recall": 4}
@@ -46,11 +47,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Entry point: ``[--preset NAME] [key=value ...]``; returns the result rows."""
     args = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_cli(args, "ncm", description=__doc__.splitlines()[0] if __doc__ else None)
-    preset = next((a.split("=", 1)[-1] for a in args if a.startswith("--preset=")), None)
-    if preset is None and "--preset" in args:
-        preset = args[args.index("--preset") + 1]
-    settings = NCMBenchSettings.from_mapping(to_dict(cfg))
-    stem = Path(settings.out_dir) / f"ncm_{Path(preset or 'default').stem}"
+    options = to_dict(cfg)
+    stem = Path(str(options.pop("output_dir"))) / str(options.pop("output_name"))
+    threads = options.pop("num_threads")
+    settings = NCMBenchSettings.from_mapping(options)
     header = [*standard_header_lines(["integrations/ncm.py", *args]), *hardware_lines()]
     rows: list[dict[str, Any]] = []
 
@@ -65,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         print(json.dumps(row, default=str), flush=True)
         write(["(partial: the run is still going)"], [])
 
-    result = run_benchmark(settings, on_row=on_row)
+    with torch_threads(threads):
+        result = run_benchmark(settings, on_row=on_row)
     for probe in result.probe:
         print(json.dumps(probe), flush=True)
     md = write(

@@ -163,8 +163,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = list(sys.argv[1:] if argv is None else argv)
     init_distributed_from_env()
     cfg = parse_cli(args, "ssl", description=__doc__.splitlines()[0])
-    if int(cfg.threads) > 0:
-        torch.set_num_threads(int(cfg.threads))
+    if cfg.num_threads is not None:
+        torch.set_num_threads(int(cfg.num_threads))
     unknown = [c for c in cfg.criteria if c not in CRITERIA]
     if unknown or not cfg.criteria:
         raise ValueError(f"criteria must be a non-empty subset of {list(CRITERIA)}, got {unknown}")
@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 else ""
             )
         )
-        stem = Path(str(cfg.output))
+        stem = Path(str(cfg.output_dir)) / str(cfg.output_name)
         digits = {
             "knn_top1": 4,
             "gnc2_ratio": 4,

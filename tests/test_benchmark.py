@@ -89,7 +89,7 @@ def test_bench_script_writes_tables(tmp_path: Path) -> None:
         [
             "--preset",
             "quick",
-            f"out_dir={tmp_path}",
+            f"output_dir={tmp_path}",
             "classes=[16,64]",
             "batch_size=8",
             "dim=4",

@@ -24,8 +24,8 @@ def test_job_writes_tables_and_resumes_finished_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = [
-        "--preset", "quick", f"output.dir={tmp_path}", "seeds=[0]", "mem_sizes=[40]",
-        "num_experiences=2", "train.epochs=1", "data.train_per_class=30",
+        "--preset", "quick", f"output_dir={tmp_path}", "seeds=[0]", "mem_sizes=[40]",
+        "num_experiences=2", "trainer.epochs=1", "data.train_per_class=30",
         "data.test_per_class=10",
     ]  # fmt: skip
     module = _load()

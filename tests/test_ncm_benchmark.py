@@ -35,7 +35,7 @@ def test_exact_search_never_errs_where_the_plain_matmul_may() -> None:
 
 def test_job_writes_the_table(tmp_path: Path) -> None:
     args = ["--preset", "quick", "n_queries=600", "num_classes=[20]", "repeats=1"]
-    rows = job.main([*args, "check_queries=300", "near_ties=50", f"out_dir={tmp_path}"])
+    rows = job.main([*args, "check_queries=300", "near_ties=50", f"output_dir={tmp_path}"])
     assert len(rows) == 6  # 2 datasets x 3 methods
     text = (tmp_path / "ncm_quick.md").read_text(encoding="utf-8")
     assert "Command: `python integrations/ncm.py --preset quick" in text and "| ncm |" in text

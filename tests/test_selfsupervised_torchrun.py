@@ -77,12 +77,16 @@ def test_torchrun_two_processes_matches_single_process_tables(tmp_path: Path) ->
             "--preset",
             "quick",
             *OVERRIDES,
-            f"output={ddp_dir / 'ssl'}",
+            f"output_dir={ddp_dir}",
+            "output_name=ssl",
         ],
         timeout=400,
     )
     single = _run(
-        [sys.executable, str(SCRIPT), "--preset", "quick", *OVERRIDES, f"output={single_dir}/ssl"],
+        [
+            *[sys.executable, str(SCRIPT), "--preset", "quick", *OVERRIDES],
+            *[f"output_dir={single_dir}", "output_name=ssl"],
+        ],
         timeout=180,
     )
 

@@ -289,7 +289,8 @@ def test_benchmark_script_quick_smoke(tmp_path: Path) -> None:
             "seeds=[0]",
             "criteria=[hug,ntxent]",
             "eval.knn_k=20",
-            f"output={stem}",
+            f"output_dir={stem.parent}",
+            f"output_name={stem.name}",
         ]
     )
     assert [r["criterion"] for r in rows] == ["HUGCriterion", "NTXentLoss"]

@@ -114,7 +114,6 @@ class NCMBenchSettings:
         probe_classes: Classes of the probe.
         repeats: Interleaved rounds per cell (the median search time is reported).
         seed: Seed of the problems.
-        out_dir: Output folder (used by the job).
     """
 
     n_queries: int = 20000
@@ -141,7 +140,6 @@ class NCMBenchSettings:
     probe_classes: int = 4096
     repeats: int = 1
     seed: int = 0
-    out_dir: str = "results/ncm"
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> NCMBenchSettings:
