@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -41,9 +41,12 @@ __all__ = [
     "parse_cli",
     "pixel_fit_options",
     "resolve_preset_path",
+    "run_job",
     "set_values",
     "to_dict",
 ]
+
+T = TypeVar("T")
 
 DEFAULT_PRESET = "default"
 """Preset used when none is named."""
@@ -389,3 +392,37 @@ def pixel_fit_options(cfg: DictConfig) -> dict[str, Any]:
         "augment": bool(cfg.data.augment),
         "eval_only": bool(cfg.eval_only),
     }
+
+
+def run_job(
+    task: str,
+    run: Callable[[DictConfig, list[str]], T],
+    command: Sequence[str],
+    argv: Sequence[str] | None = None,
+    *,
+    doc: str | None = None,
+    distributed: bool = False,
+) -> T:
+    """The entry point of a job script: parse ``argv`` into the task's config, then ``run``.
+
+    Args:
+        task: The config folder (``configs/<task>/``).
+        run: ``run(cfg, command_line)``; the command line (``command`` + ``argv``) goes into the
+            result tables' header.
+        command: How the script is launched, e.g. ``["-m", "integrations.longtail"]``.
+        argv: Arguments without the program name (``None``: ``sys.argv[1:]``).
+        doc: The script's docstring (its first line is the ``--help`` description).
+        distributed: Join the ``torchrun`` process group first, when launched by torchrun.
+
+    Returns:
+        What ``run`` returns.
+    """
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if distributed:
+        from hug_plugins.train import init_distributed_from_env
+
+        init_distributed_from_env()
+    cfg = parse_cli(args, task, description=doc.splitlines()[0] if doc else None)
+    return run(cfg, [*command, *args])

@@ -26,6 +26,7 @@ import torch
 from hug_plugins.io import PathLike, atomic_write_text
 
 __all__ = [
+    "COLLAPSE_NOTE",
     "MeanStd",
     "command_string",
     "format_mean_std",
@@ -36,6 +37,16 @@ __all__ = [
     "write_result_tables",
     "write_tables",
 ]
+
+COLLAPSE_NOTE = (
+    "NC1 = tr(Σ_W Σ_B⁺)/C; GNC2 = hyperspherical energy of the normalized centred class means "
+    "relative to the optimal configuration (1 = uniform); NC3 = ‖W/‖W‖ − M/‖M‖‖ (W: classifier "
+    "rows or proxies); NC4 = rate at which the classifier disagrees with the nearest class mean. "
+    "nc1 / nc4: on the raw features (the literature's convention for linear heads); nc1_unit / "
+    "nc4_unit: on the L2-normalized features x/‖x‖, the space in which HUG's proxy head decides "
+    "(its loss ignores ‖x‖, so the raw-space NCM rule of NC4 is not HUG's decision rule)."
+)
+"""Header text that defines the collapse columns of the classification tables."""
 
 
 class MeanStd(NamedTuple):

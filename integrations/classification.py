@@ -43,7 +43,7 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import nn
 
-from hug_plugins.config import check_seeds, parse_cli, set_values, to_dict
+from hug_plugins.config import check_seeds, run_job, set_values, to_dict
 from hug_plugins.data import (
     BatchAugment,
     DatasetInfo,
@@ -57,11 +57,16 @@ from hug_plugins.models import ARCHITECTURES, build_classifier
 from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
 from hug_plugins.paper import PAPER_ERROR
 from hug_plugins.plots import COLLAPSE_METRICS, plot_collapse
-from hug_plugins.tables import history_csv, standard_header_lines, summarize, write_tables
+from hug_plugins.tables import (
+    COLLAPSE_NOTE,
+    history_csv,
+    standard_header_lines,
+    summarize,
+    write_tables,
+)
 from hug_plugins.train import (
     Trainer,
     TrainerConfig,
-    init_distributed_from_env,
     is_main_process,
     seed_everything,
     torch_threads,
@@ -337,14 +342,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         "poster's number for this dataset/architecture (ResNet-18/VGG-16/DenseNet-121, 200-epoch "
         "scale training; not comparable to reduced budgets). Collapse metrics after the last "
         "epoch, on "
-        f"{cfg.metrics.collapse_samples or 'all'} un-augmented training images: NC1 = "
-        "tr(Σ_W Σ_B⁺)/C; GNC2 = hyperspherical energy of the normalized centred class means "
-        "relative to the optimum (1 = uniform); NC3 = ‖W/‖W‖ − M/‖M‖‖ (W: classifier rows or "
-        "proxies); NC4 = rate at which the classifier disagrees with the nearest class mean. "
-        "nc1 / nc4: on the raw features (the literature's convention for linear heads); "
-        "nc1_unit / nc4_unit: on the L2-normalized features x/‖x‖, the space in which HUG's "
-        "proxy head decides (its loss ignores ‖x‖, so the raw-space NCM rule of NC4 is not "
-        "HUG's decision rule).",
+        f"{cfg.metrics.collapse_samples or 'all'} un-augmented training images: " + COLLAPSE_NOTE,
     ]
     stem = Path(str(cfg.output_dir)) / str(cfg.output_name)
     paths: dict[str, Path] = {}
@@ -432,10 +430,9 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point: ``[--preset NAME] [--data-root PATH] [key=value ...]``."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    init_distributed_from_env()
-    cfg = parse_cli(args, TASK, description=__doc__.splitlines()[0] if __doc__ else None)
-    return run(cfg, ["-m", "integrations.classification", *args])
+    return run_job(
+        TASK, run, ["-m", "integrations.classification"], argv, doc=__doc__, distributed=True
+    )
 
 
 if __name__ == "__main__":

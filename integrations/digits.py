@@ -22,7 +22,6 @@ Writes ``<output_dir>/<output_name>.md`` / ``.csv`` (summary) and ``..._runs.md`
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,18 +31,17 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from hug_plugins.config import check_choices, check_seeds, parse_cli, to_dict
+from hug_plugins.config import check_choices, check_seeds, run_job, to_dict
 from hug_plugins.data import DIGITS_NUM_CLASSES, DIGITS_NUM_FEATURES, load_digits_split
 from hug_plugins.losses import HUGLoss
 from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
 from hug_plugins.proxies import ProxyHead
-from hug_plugins.tables import standard_header_lines, summarize, write_result_tables
+from hug_plugins.tables import COLLAPSE_NOTE, standard_header_lines, summarize, write_result_tables
 from hug_plugins.train import (
     Trainer,
     TrainerConfig,
     evaluate_classifier,
     evaluate_collapse,
-    init_distributed_from_env,
     is_main_process,
     seed_everything,
     torch_threads,
@@ -201,12 +199,8 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         f"test fraction {cfg.test_fraction} (split seeded per run); "
         f"wall time {total_seconds:.1f} s.",
         "Columns: test error (fraction) and, on the training features after the last epoch, "
-        "NC1 = tr(Σ_W Σ_B⁺)/C; GNC2 = hyperspherical energy of the normalized centred class "
-        "means relative to the optimal configuration (1 = uniform); NC3 = ‖W/‖W‖ − M/‖M‖‖ "
-        "(W: classifier rows or proxies); NC4 = rate at which the classifier disagrees with "
-        "the nearest class mean. nc1 / nc4 on the raw features; nc1_unit / nc4_unit on the "
-        "L2-normalized features x/‖x‖ (the space HUG's proxy head decides in). Mean ± std "
-        "(ddof = 1) over seeds.",
+        + COLLAPSE_NOTE
+        + " Mean ± std (ddof = 1) over seeds.",
     ]
     stem = Path(str(cfg.output_dir)) / str(cfg.output_name)
     paths: dict[str, Path] = {}
@@ -235,11 +229,8 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Entry point: ``argv`` without the program name (``None``: ``sys.argv[1:]``)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    init_distributed_from_env()
-    cfg = parse_cli(args, TASK, description=__doc__.splitlines()[0] if __doc__ else None)
-    return run(cfg, ["integrations/digits.py", *args])
+    """Entry point: ``[--preset NAME] [--data-root PATH] [key=value ...]``."""
+    return run_job(TASK, run, ["integrations/digits.py"], argv, doc=__doc__, distributed=True)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ Writes ``<output_dir>/<output_name>.md`` / ``.csv`` (summary) and ``..._runs.md`
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +31,13 @@ from typing import Any
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from hug_plugins.config import check_choices, check_seeds, parse_cli, pixel_fit_options, to_dict
+from hug_plugins.config import (
+    check_choices,
+    check_seeds,
+    pixel_fit_options,
+    run_job,
+    to_dict,
+)
 from hug_plugins.data import PIXEL_DATASETS, PixelDatasetInfo, load_pixel_datasets
 from hug_plugins.longtail import (
     SHOT_GROUPS,
@@ -182,9 +187,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point: ``[--preset NAME] [--data-root PATH] [key=value ...]``."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    cfg = parse_cli(args, TASK, description=__doc__.splitlines()[0] if __doc__ else None)
-    return run(cfg, ["-m", "integrations.longtail", *args])
+    return run_job(TASK, run, ["-m", "integrations.longtail"], argv, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ Writes ``<output_dir>/<output_name>.md`` / ``.csv`` and ``..._runs.md`` / ``.csv
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +34,13 @@ from typing import Any
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from hug_plugins.config import check_choices, check_seeds, parse_cli, pixel_fit_options, to_dict
+from hug_plugins.config import (
+    check_choices,
+    check_seeds,
+    pixel_fit_options,
+    run_job,
+    to_dict,
+)
 from hug_plugins.data import PIXEL_DATASETS, PixelDatasetInfo, load_pixel_datasets
 from hug_plugins.paper import PAPER_ROBUST
 from hug_plugins.robustness import autoattack_accuracy, evaluate_robustness
@@ -216,9 +221,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point: ``[--preset NAME] [--data-root PATH] [key=value ...]``."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    cfg = parse_cli(args, TASK, description=__doc__.splitlines()[0] if __doc__ else None)
-    return run(cfg, ["-m", "integrations.robustness", *args])
+    return run_job(TASK, run, ["-m", "integrations.robustness"], argv, doc=__doc__)
 
 
 if __name__ == "__main__":
