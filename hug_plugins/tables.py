@@ -26,6 +26,7 @@ import torch
 from hug_plugins.io import PathLike, atomic_write_text
 
 __all__ = [
+    "COLLAPSE_COLUMNS",
     "COLLAPSE_NOTE",
     "MeanStd",
     "command_string",
@@ -47,6 +48,17 @@ COLLAPSE_NOTE = (
     "(its loss ignores ‖x‖, so the raw-space NCM rule of NC4 is not HUG's decision rule)."
 )
 """Header text that defines the collapse columns of the classification tables."""
+
+COLLAPSE_COLUMNS = {
+    "nc1": "nc1",
+    "gnc2": "gnc2_ratio",
+    "nc3": "nc3_dist",
+    "nc4": "nc4_mismatch",
+    "nc1_unit": "unit_nc1",
+    "nc4_unit": "unit_nc4_mismatch",
+}
+"""Collapse column of a table -> key of :func:`hug_plugins.train.evaluate_collapse`'s results
+(``unit_``: on ``x / ||x||``)."""
 
 
 class MeanStd(NamedTuple):

@@ -58,6 +58,7 @@ from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objectiv
 from hug_plugins.paper import PAPER_ERROR
 from hug_plugins.plots import COLLAPSE_METRICS, plot_collapse
 from hug_plugins.tables import (
+    COLLAPSE_COLUMNS,
     COLLAPSE_NOTE,
     history_csv,
     standard_header_lines,
@@ -91,15 +92,8 @@ TABLES = {
 """Table keys accepted under ``tables`` and their titles."""
 
 
-METRICS = {
-    "nc1": "nc1",
-    "gnc2": "gnc2_ratio",
-    "nc3": "nc3_dist",
-    "nc4": "nc4_mismatch",
-    "nc1_unit": "unit_nc1",
-    "nc4_unit": "unit_nc4_mismatch",
-}
-"""Reported collapse column -> key in the history entries (``unit_``: on ``x / ||x||``)."""
+METRICS = COLLAPSE_COLUMNS
+"""Reported collapse column -> key in the history entries."""
 
 PLOTTED = {
     **COLLAPSE_METRICS,

@@ -36,7 +36,13 @@ from hug_plugins.data import DIGITS_NUM_CLASSES, DIGITS_NUM_FEATURES, load_digit
 from hug_plugins.losses import HUGLoss
 from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
 from hug_plugins.proxies import ProxyHead
-from hug_plugins.tables import COLLAPSE_NOTE, standard_header_lines, summarize, write_result_tables
+from hug_plugins.tables import (
+    COLLAPSE_COLUMNS,
+    COLLAPSE_NOTE,
+    standard_header_lines,
+    summarize,
+    write_result_tables,
+)
 from hug_plugins.train import (
     Trainer,
     TrainerConfig,
@@ -61,15 +67,7 @@ METHODS = {
 }
 """Method keys accepted in ``methods`` and their display names."""
 
-METRICS = {
-    "test_error": "test_error",
-    "nc1": "nc1",
-    "gnc2": "gnc2_ratio",
-    "nc3": "nc3_dist",
-    "nc4": "nc4_mismatch",
-    "nc1_unit": "unit_nc1",
-    "nc4_unit": "unit_nc4_mismatch",
-}
+METRICS = {"test_error": "test_error", **COLLAPSE_COLUMNS}
 """Reported column -> key in the evaluation results (``unit_``: on ``x / ||x||``)."""
 
 
