@@ -48,8 +48,7 @@ from hug_plugins.data import (
     BatchAugment,
     DatasetInfo,
     ImageTensorDataset,
-    load_image_dataset,
-    subset,
+    load_with_subsets,
 )
 from hug_plugins.io import atomic_write_text
 from hug_plugins.losses import HUGLoss
@@ -155,40 +154,23 @@ def _settings_hash(cfg: DictConfig, dataset: str, arch: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
 
 
-_DATA_MEMO: dict[str, Any] = {}
-
-
 def load_data(
     name: str, cfg: DictConfig
 ) -> tuple[ImageTensorDataset, ImageTensorDataset, ImageTensorDataset, DatasetInfo]:
     """Returns ``(train, test, collapse_set, info)`` of a dataset (decoded once per process)."""
-    key = json.dumps(
-        [name, to_dict(cfg.data), cfg.metrics.collapse_samples], sort_keys=True, default=str
-    )
-    if key not in _DATA_MEMO:
-        _DATA_MEMO.clear()  # keep one dataset's subsets at a time
-        _DATA_MEMO[key] = _load_data(name, cfg)
-    out: tuple[ImageTensorDataset, ImageTensorDataset, ImageTensorDataset, DatasetInfo]
-    out = _DATA_MEMO[key]
-    return out
-
-
-def _load_data(
-    name: str, cfg: DictConfig
-) -> tuple[ImageTensorDataset, ImageTensorDataset, ImageTensorDataset, DatasetInfo]:
     d = cfg.data
-    train, test, info = load_image_dataset(
+    return load_with_subsets(
         name,
         None if d.root is None else str(d.root),
         image_size=None if d.image_size is None else [int(v) for v in d.image_size],
         split_seed=int(d.split_seed),
         test_fraction=float(d.test_fraction),
+        train_subset=None if d.train_subset is None else int(d.train_subset),
+        test_subset=None if d.test_subset is None else int(d.test_subset),
+        collapse_samples=None
+        if cfg.metrics.collapse_samples is None
+        else int(cfg.metrics.collapse_samples),
     )
-    train = subset(train, None if d.train_subset is None else int(d.train_subset), seed=0)
-    test = subset(test, None if d.test_subset is None else int(d.test_subset), seed=0)
-    samples = cfg.metrics.collapse_samples
-    collapse = subset(train, None if samples is None else int(samples), seed=1)
-    return train, test, collapse, info
 
 
 def run_one(

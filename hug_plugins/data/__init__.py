@@ -27,7 +27,13 @@ from hug_plugins.data.images import (
     load_image_dataset,
 )
 from hug_plugins.data.pixels import PIXEL_DATASETS, PixelDatasetInfo, load_pixel_datasets
-from hug_plugins.data.sampling import split_holdout, stratified_indices, subset, take
+from hug_plugins.data.sampling import (
+    load_with_subsets,
+    split_holdout,
+    stratified_indices,
+    subset,
+    take,
+)
 from hug_plugins.data.tabular import (
     DIGITS_NUM_CLASSES,
     DIGITS_NUM_FEATURES,
@@ -53,6 +59,7 @@ __all__ = [
     "load_digits_split",
     "load_image_dataset",
     "load_pixel_datasets",
+    "load_with_subsets",
     "make_blobs_dataset",
     "split_holdout",
     "stratified_indices",

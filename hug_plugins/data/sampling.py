@@ -15,12 +15,15 @@ Example:
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-from hug_plugins.data.images import ImageTensorDataset
+from hug_plugins.data.images import DatasetInfo, ImageTensorDataset, load_image_dataset
 
-__all__ = ["split_holdout", "stratified_indices", "subset", "take"]
+__all__ = ["load_with_subsets", "split_holdout", "stratified_indices", "subset", "take"]
 
 
 def subset(dataset: ImageTensorDataset, size: int | None, seed: int = 0) -> ImageTensorDataset:
@@ -107,3 +110,37 @@ def split_holdout(
     mask = torch.ones(len(dataset), dtype=torch.bool)
     mask[held] = False
     return take(dataset, torch.nonzero(mask).flatten()), take(dataset, held)
+
+
+def load_with_subsets(
+    name: str,
+    root: str | os.PathLike[str] | None = None,
+    *,
+    image_size: Sequence[int] | None = None,
+    split_seed: int = 0,
+    test_fraction: float = 0.25,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    collapse_samples: int | None = None,
+) -> tuple[ImageTensorDataset, ImageTensorDataset, ImageTensorDataset, DatasetInfo]:
+    """``(train, test, collapse, info)``: a dataset with optional stratified subsets.
+
+    ``train`` and ``test`` are stratified subsets of ``train_subset`` / ``test_subset`` images
+    (seed 0; ``None``: all); ``collapse`` is a stratified subset of ``collapse_samples`` of the
+    (sub-sampled) training images (seed 1), on which the collapse metrics are measured.
+
+    Example:
+        >>> train, test, collapse, info = load_with_subsets("digits", collapse_samples=100)
+        >>> len(collapse), info.num_classes
+        (100, 10)
+    """
+    train, test, info = load_image_dataset(
+        name,
+        root,
+        image_size=image_size,
+        split_seed=split_seed,
+        test_fraction=test_fraction,
+    )
+    train = subset(train, train_subset, seed=0)
+    test = subset(test, test_subset, seed=0)
+    return train, test, subset(train, collapse_samples, seed=1), info
