@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from hug_plugins.data import load_digits_split, load_image_dataset
+from hug_plugins.data import load_digits_split, load_image_dataset, subset
 from hug_plugins.metrics import NCMAgreement, NeuralCollapseMetrics
 from hug_plugins.models import build_backbone
 from hug_plugins.ssl import HUGCriterion
@@ -42,6 +42,7 @@ from hug_plugins.ssl import HUGCriterion
 __all__ = [
     "CRITERIA",
     "CRITERION_NAMES",
+    "SSL_BACKBONES",
     "DigitsViews",
     "EvalDataset",
     "SSLDatasets",
@@ -201,6 +202,7 @@ def load_ssl_datasets(
     crop_scale: Sequence[float] = (0.5, 1.0),
     rotation: float = 15.0,
     noise_std: float = 0.05,
+    train_subset: int | None = None,
 ) -> SSLDatasets:
     """The self-supervised datasets of ``"digits"`` or ``"cifar10"``.
 
@@ -214,6 +216,8 @@ def load_ssl_datasets(
             lightly's ``SimCLRTransform``).
         rotation: Digits rotation range in degrees.
         noise_std: Digits pixel noise std.
+        train_subset: CIFAR-10: a stratified subset of this many training images (seed 0;
+            the kNN bank is the same subset); ``None``: all.
 
     Returns:
         The :class:`SSLDatasets`.
@@ -237,11 +241,13 @@ def load_ssl_datasets(
             DigitsViews(crop_scale, rotation, noise_std),
         )
     if name == "cifar10":
-        return _cifar10(root, crop_scale)
+        return _cifar10(root, crop_scale, train_subset)
     raise ValueError(f"data.name must be 'digits' or 'cifar10', got {name!r}")
 
 
-def _cifar10(root: str | None, crop_scale: Sequence[float]) -> SSLDatasets:
+def _cifar10(
+    root: str | None, crop_scale: Sequence[float], train_subset: int | None
+) -> SSLDatasets:
     from lightly.transforms.simclr_transform import SimCLRTransform
     from lightly.transforms.utils import IMAGENET_NORMALIZE
     from PIL import Image
@@ -250,6 +256,7 @@ def _cifar10(root: str | None, crop_scale: Sequence[float]) -> SSLDatasets:
     if root is None:
         raise ValueError("the cifar10 preset needs --data-root (or data.root=PATH)")
     train, test, info = load_image_dataset("cifar10", root)
+    train = subset(train, train_subset, seed=0)
     train_x, test_x = (part.images.permute(0, 2, 3, 1).numpy() for part in (train, test))
     train_y, test_y = train.targets.tolist(), test.targets.tolist()
     ssl_view = SimCLRTransform(
@@ -311,14 +318,26 @@ class SimCLR(nn.Module):
         return out
 
 
+SSL_BACKBONES = ("digits_cnn", "cnn", "resnet18_cifar")
+"""Backbones of :func:`build_ssl_model`."""
+
+
 def build_ssl_model(backbone: str, *, width: int, proj_hidden: int, proj_dim: int) -> SimCLR:
-    """The SimCLR model: ``"digits_cnn"`` (:func:`digits_cnn`) or ``"resnet18_cifar"`` (the
-    CIFAR ResNet-18 of :func:`hug_plugins.models.build_backbone`). Call after seeding."""
+    """The SimCLR model; call after seeding.
+
+    Backbones: ``"digits_cnn"`` (:func:`digits_cnn`, 8x8 grayscale), ``"cnn"`` (the
+    classification job's :class:`~hug_plugins.backbones.SmallCNN` for RGB images, width
+    ``width``, a CPU budget) or ``"resnet18_cifar"`` (the CIFAR ResNet-18 of
+    :func:`~hug_plugins.backbones.build_backbone`).
+    """
     if backbone == "digits_cnn":
         return SimCLR(digits_cnn(width), 4 * width, proj_hidden, proj_dim)
+    if backbone == "cnn":
+        net = build_backbone("cnn", 3, width=width)
+        return SimCLR(net, int(getattr(net, "out_dim")), proj_hidden, proj_dim)  # noqa: B009
     if backbone == "resnet18_cifar":
         return SimCLR(build_backbone("resnet18", 3), 512, proj_hidden, proj_dim)
-    raise ValueError(f"model.backbone must be 'digits_cnn' or 'resnet18_cifar', got {backbone!r}")
+    raise ValueError(f"model.backbone must be one of {list(SSL_BACKBONES)}, got {backbone!r}")
 
 
 # ----------------------------------------------------------------------------- criteria

@@ -179,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         crop_scale=tuple(d.crop_scale),
         rotation=float(d.rotation),
         noise_std=float(d.noise_std),
+        train_subset=None if d.train_subset is None else int(d.train_subset),
     )
     if world > 1:
         num_train = len(datasets.train)  # type: ignore[arg-type]

@@ -70,3 +70,8 @@ def test_evaluate_ssl_reports_bounded_metrics_and_errors() -> None:
         load_ssl_datasets("svhn")
     with pytest.raises(ValueError, match="data-root"):
         load_ssl_datasets("cifar10")
+
+
+def test_rgb_cnn_backbone_projects_cifar_sized_images() -> None:
+    model = build_ssl_model("cnn", width=4, proj_hidden=16, proj_dim=8)
+    assert model(torch.rand(3, 3, 32, 32)).shape == (3, 8)
