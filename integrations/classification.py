@@ -51,9 +51,8 @@ from hug_plugins.data import (
     load_with_subsets,
 )
 from hug_plugins.io import atomic_write_text
-from hug_plugins.losses import HUGLoss
-from hug_plugins.models import ARCHITECTURES, build_classifier
-from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
+from hug_plugins.models import ARCHITECTURES
+from hug_plugins.objectives import Objective
 from hug_plugins.paper import PAPER_ERROR
 from hug_plugins.plots import COLLAPSE_METRICS, plot_collapse
 from hug_plugins.tables import (
@@ -61,28 +60,24 @@ from hug_plugins.tables import (
     COLLAPSE_NOTE,
     history_csv,
     standard_header_lines,
-    summarize,
     write_tables,
 )
 from hug_plugins.train import (
     Trainer,
     TrainerConfig,
     is_main_process,
-    seed_everything,
     torch_threads,
 )
 from hug_plugins.train.collapse_fit import fit_tracking_collapse
+from hug_plugins.train.comparison import (
+    COMPARISON_METHODS,
+    build_comparison_model,
+    summary_rows,
+)
 
 TASK = "classification"
 
-METHODS = {
-    "ce": "CE",
-    "learnable": "HUG (learnable)",
-    "static_random": "HUG (static random)",
-    "static_optimized": "HUG (static optimized)",
-    "partial": "HUG (partially learnable)",
-}
-"""Method keys (``ce`` or a ProxyHead mode) and their display names."""
+METHODS = COMPARISON_METHODS
 
 TABLES = {
     "proxies": "CE vs. HUG with learnable, static and partially learnable proxies",
@@ -106,28 +101,20 @@ def build_model(
     method: str, arch: str, info: DatasetInfo, seed: int, cfg: DictConfig
 ) -> tuple[nn.Module, Objective]:
     """Builds the seeded model and its objective (same backbone init for every method)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
-    seed_everything(seed)
     m = cfg.model
-    model = build_classifier(
+    return build_comparison_model(
+        method,
         arch,
-        info.num_classes,
-        info.in_channels,
+        info,
+        seed,
         feature_dim=None if m.feature_dim is None else int(m.feature_dim),
-        head="linear" if method == "ce" else "proxy",
-        proxy_mode="learnable" if method == "ce" else method,
-        scale=float(cfg.hug.scale),
-        seed=seed,
         width=int(m.width),
-        mean=info.mean,
-        std=info.std,
         channels_last=bool(m.channels_last),
+        scale=float(cfg.hug.scale),
+        label_smoothing=float(cfg.ce.label_smoothing),
+        hug_preset=str(cfg.hug.preset),
+        hug_overrides=set_values(cfg.hug.loss),
     )
-    if method == "ce":
-        return model, CrossEntropyObjective(label_smoothing=float(cfg.ce.label_smoothing))
-    overrides = set_values(cfg.hug.loss)
-    return model, HUGObjective(HUGLoss.preset(str(cfg.hug.preset), **overrides), model.head)
 
 
 def _settings_hash(cfg: DictConfig, dataset: str, arch: str) -> str:
@@ -232,34 +219,6 @@ def _table_runs(cfg: DictConfig, names: list[str]) -> dict[str, list[tuple[str, 
     return out
 
 
-def _summary_rows(
-    combos: list[tuple[str, str, str]], runs: dict[tuple[str, str, str, int], dict[str, Any]]
-) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for dataset, arch, method in combos:
-        mine = {s: r for (d, a, m, s), r in runs.items() if (d, a, m) == (dataset, arch, method)}
-        if not mine:
-            continue
-        errors = [100.0 * r["test_error"] for r in mine.values()]
-        row: dict[str, Any] = {
-            "dataset": dataset,
-            "arch": arch,
-            "method": METHODS[method],
-            "seeds": len(mine),
-            "test_error_%": summarize(errors),
-        }
-        ce = {s: r for (d, a, m, s), r in runs.items() if (d, a, m) == (dataset, arch, "ce")}
-        paired = [100.0 * (mine[s]["test_error"] - ce[s]["test_error"]) for s in mine if s in ce]
-        row["vs_CE_pp"] = summarize(paired) if method != "ce" and paired else None
-        row["paper_error_%"] = PAPER_ERROR.get((dataset, arch, method))
-        for column, key in METRICS.items():
-            values = [r[key] for r in mine.values() if key in r]
-            row[column] = summarize(values) if values else None
-        row["train_loss"] = summarize([r["loss"] for r in mine.values()])
-        rows.append(row)
-    return rows
-
-
 def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     """Runs every (dataset, arch, method, seed) once, writes tables and plots (rank 0)."""
     names = [str(n) for n in cfg.data.names]
@@ -336,7 +295,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         "train_loss": 4,
     }
     for table, table_combos in tables.items():
-        table_rows[table] = _summary_rows(table_combos, runs)
+        table_rows[table] = summary_rows(table_combos, runs, PAPER_ERROR)
     if is_main_process():
         sections: list[str] = []
         for table, rows in table_rows.items():
