@@ -14,7 +14,7 @@ epochs, batch, optimizer, schedule and seeds, through the library's one training
 * **throughput**: training images per second of each criterion's run (wall time of the
   training loop, evaluation excluded), measured in the same process.
 
-Presets (``configs/ssl/``):
+Presets (``configs/selfsupervised/``):
 
 * ``quick``: scikit-learn's embedded 8x8 digits, a small CNN, CPU, a few minutes for 3 seeds.
   Lightly's image transforms expect natural RGB (PIL) images, so the digits get a batched
@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Runs the benchmark; returns the summary rows."""
     args = list(sys.argv[1:] if argv is None else argv)
     init_distributed_from_env()
-    cfg = parse_cli(args, "ssl", description=__doc__.splitlines()[0])
+    cfg = parse_cli(args, "selfsupervised", description=__doc__.splitlines()[0])
     if cfg.num_threads is not None:
         torch.set_num_threads(int(cfg.num_threads))
     unknown = [c for c in cfg.criteria if c not in CRITERIA]
