@@ -82,7 +82,10 @@ AttackLoss = Literal["ce", "margin"]
 class LogitsOnly(nn.Module):
     """Wraps a model returning logits or ``(features, logits)`` so it returns float32 logits.
 
-    torchattacks needs a model whose output is the logits tensor.
+    torchattacks needs a model whose output is the logits tensor. The wrapper starts in the mode
+    of ``model``: torchattacks restores *the wrapper's* mode after every attack (a wrapper left
+    in training mode would switch a model with batch norm back to training mode mid-evaluation,
+    so later batches would be classified with batch statistics and update the running ones).
 
     Example:
         >>> LogitsOnly(nn.Linear(2, 3))(torch.zeros(1, 2)).shape
@@ -92,6 +95,7 @@ class LogitsOnly(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.training = model.training
 
     def forward(self, x: Tensor) -> Tensor:
         """Returns the logits of ``x``."""
@@ -336,7 +340,7 @@ def evaluate_robustness(
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False)
     wrapped = LogitsOnly(model)
     was_training = model.training
-    model.eval()
+    wrapped.eval()
     total = clean_correct = zero_grad = 0
     robust = dict.fromkeys(eps_values, 0)
     loss_fn = _loss_fn(loss)
@@ -418,7 +422,7 @@ def autoattack_accuracy(
     subset = attack_subset(data, max_samples)
     wrapped = LogitsOnly(model)
     was_training = model.training
-    model.eval()
+    wrapped.eval()
     attack = torchattacks.AutoAttack(
         wrapped, norm="Linf", eps=eps, version=version, n_classes=num_classes, seed=seed
     )

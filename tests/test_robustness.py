@@ -159,3 +159,24 @@ def test_job_trains_once_then_evaluates_from_checkpoints(tmp_path: Path) -> None
     assert "trained by another job" in reused["paths"]["md"].read_text(encoding="utf-8")
     with pytest.raises(ValueError, match="no file match"):
         job.main([*args, f"checkpoint_pattern={tmp_path / 'none_{method}_{seed}.pt'}"])
+
+
+def test_batch_norm_model_stays_in_eval_mode_through_the_attacks() -> None:
+    torch.manual_seed(0)
+    info = PixelDatasetInfo("img", (3, 8, 8), 3, (0.5,) * 3, (0.25,) * 3)
+    model = build_pixel_classifier("ce", info, arch="cnn", hidden=4, feature_dim=6)
+    x = torch.rand(64, 3, 8, 8)
+    y = torch.randint(0, 3, (64,))
+    model.train()
+    for _ in range(3):  # give batch norm running statistics that differ from batch statistics
+        model(x * 0.5)
+    running = [b.clone() for b in model.buffers()]
+    data = TensorDataset(x, y)
+    first = evaluate_robustness(model, data, [0.0, 8 / 255], steps=2, batch_size=16)
+    second = evaluate_robustness(model, data, [0.0, 8 / 255], steps=2, batch_size=16, loss="margin")
+    assert first.clean_accuracy == second.clean_accuracy  # every batch classified in eval mode
+    assert all(torch.equal(a, b) for a, b in zip(running, model.buffers(), strict=True))
+    assert model.training  # the caller's mode is restored
+    model.train()
+    pgd_attack(model, x[:4], y[:4], 8 / 255, steps=2)
+    assert model.training
