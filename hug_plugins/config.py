@@ -364,7 +364,8 @@ def pixel_fit_options(cfg: DictConfig) -> dict[str, Any]:
 
     Reads the schema the robustness and long-tail jobs share: ``model.{arch, hidden,
     feature_dim, convs_per_stage}``, ``hug.{preset, proxy_mode, scale, loss}``, ``trainer``,
-    ``data.augment`` and ``eval_only`` (``convs_per_stage`` defaults to 2 when absent).
+    ``data.augment``, ``eval_only`` and ``progress`` (a line per epoch; ``convs_per_stage``
+    defaults to 2 when absent).
 
     Example:
         >>> cfg = OmegaConf.create({
@@ -391,6 +392,7 @@ def pixel_fit_options(cfg: DictConfig) -> dict[str, Any]:
         "trainer_cfg": to_dict(cfg.trainer),
         "augment": bool(cfg.data.augment),
         "eval_only": bool(cfg.eval_only),
+        "progress": bool(cfg.get("progress", False)),
     }
 
 

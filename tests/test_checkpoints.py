@@ -92,3 +92,27 @@ def test_pixel_datasets_digits_are_the_flat_tabular_split() -> None:
         load_pixel_datasets("svhn")
     with pytest.raises(ValueError, match="data root"):
         load_pixel_datasets("cifar10")
+
+
+def test_progress_prints_a_line_per_epoch_with_the_time_left(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train, _, info = load_pixel_datasets("digits")
+    fit_pixel_classifier(
+        "ce",
+        info,
+        train,
+        model_options={"arch": "mlp", "hidden": 8, "feature_dim": 4},
+        hug_preset="default",
+        hug_overrides=None,
+        trainer_cfg={"epochs": 2, "batch_size": 256, "optimizer": "adam", "progress": False},
+        seed=0,
+        checkpoint=None,
+        progress=True,
+    )
+    lines = [line for line in capsys.readouterr().err.splitlines() if "left in this run" in line]
+    assert [line.split(",")[0].strip() for line in lines] == [
+        "ce seed 0: epoch 1/2",
+        "ce seed 0: epoch 2/2",
+    ]
+    assert all("loss" in line for line in lines)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +30,7 @@ from hug_plugins.losses import HUGLoss
 from hug_plugins.models import FeatureClassifier, build_classifier
 from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
 from hug_plugins.train.config import TrainerConfig
-from hug_plugins.train.runtime import seed_everything
+from hug_plugins.train.runtime import is_main_process, seed_everything
 from hug_plugins.train.supervised import AugmentedLoss, SupervisedLoss
 from hug_plugins.train.trainer import Trainer
 
@@ -83,6 +84,7 @@ def train_or_load(
     hug_overrides: dict[str, Any] | None = None,
     augment: nn.Module | None = None,
     eval_only: bool = False,
+    progress: str | None = None,
 ) -> dict[str, float]:
     """Trains ``model`` with a CE or HUG objective, resuming from ``checkpoint``.
 
@@ -100,6 +102,8 @@ def train_or_load(
             :class:`~hug_plugins.data.BatchAugment`); ``None``: none.
         eval_only: Never train: load ``checkpoint`` (which must exist and have finished
             ``trainer_cfg["epochs"]`` epochs) and return.
+        progress: A label: print a line per epoch to stderr (main process) with the loss and
+            the time left in this run; ``None``: silent.
 
     Returns:
         ``{"train_loss", "epochs_trained"}``, plus ``"train_seconds"`` when it trained.
@@ -132,7 +136,22 @@ def train_or_load(
     )
     loss_fn = SupervisedLoss(objective) if augment is None else AugmentedLoss(objective, augment)
     start = time.perf_counter()
-    result = Trainer(config).fit(model, train_data, loss_fn)
+    done: list[int] = []
+
+    def log_epoch(epoch: int, entry: Mapping[str, float]) -> None:
+        done.append(epoch)
+        if progress is None or not is_main_process():
+            return
+        elapsed = time.perf_counter() - start
+        left = elapsed / len(done) * (config.epochs - epoch - 1)
+        print(
+            f"    {progress}: epoch {epoch + 1}/{config.epochs}, loss {entry['loss']:.4g}, "
+            f"{elapsed:.0f} s, ~{left:.0f} s left in this run",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    result = Trainer(config).fit(model, train_data, loss_fn, on_epoch_end=log_epoch)
     return {
         "train_loss": float(result.final["loss"]),
         "epochs_trained": float(result.epochs - result.start_epoch),
@@ -233,6 +252,7 @@ def fit_pixel_classifier(
     checkpoint: str | os.PathLike[str] | None,
     augment: bool = False,
     eval_only: bool = False,
+    progress: bool = False,
 ) -> tuple[FeatureClassifier, dict[str, float]]:
     """Seeds, builds (:func:`build_pixel_classifier`) and trains or reloads (:func:`train_or_load`)
     one (method, seed) model: the step the robustness and long-tail jobs share.
@@ -251,6 +271,7 @@ def fit_pixel_classifier(
         augment: CIFAR augmentation (:class:`~hug_plugins.data.BatchAugment`: crop with
             padding 4 and flip) of image inputs; ignored for flat inputs.
         eval_only: Only reload a finished checkpoint.
+        progress: Print a line per epoch (see :func:`train_or_load`).
 
     Returns:
         ``(model, info)`` with the training summary of :func:`train_or_load`.
@@ -268,6 +289,7 @@ def fit_pixel_classifier(
         hug_overrides=hug_overrides,
         augment=BatchAugment(4, True) if augment and len(info.input_shape) == 3 else None,
         eval_only=eval_only,
+        progress=f"{method} seed {seed}" if progress else None,
     )
     return model, summary
 
