@@ -377,7 +377,9 @@ class NCMAgreement(Metric):
     :meth:`NeuralCollapseMetrics.class_means`); absent classes are excluded from the NCM rule
     through ``present``. ``nearest`` replaces the dense float64 rule by another exact search
     (e.g. :class:`hug_plugins.ncm.NearestMeanIndex` at large ``C``), mapping features to class
-    labels in ``[0, num_classes)`` (``num_classes`` defaults to the number of means).
+    labels in ``[0, num_classes)`` (``num_classes`` defaults to the number of means); with it,
+    ``class_means`` may be ``None`` (give ``num_classes`` and ``dim``), so no dense ``(C, d)``
+    copy of the means is held.
 
     Example:
         >>> import torch
@@ -399,41 +401,49 @@ class NCMAgreement(Metric):
 
     def __init__(
         self,
-        class_means: Tensor,
+        class_means: Tensor | None,
         present: Tensor | None = None,
         *,
         nearest: Callable[[Tensor], Tensor] | None = None,
         num_classes: int | None = None,
+        dim: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_matrix(class_means, "class_means")
         self.nearest = nearest
-        self.num_classes = class_means.shape[0] if num_classes is None else int(num_classes)
-        if self.num_classes < class_means.shape[0]:
-            raise ValueError(f"num_classes must be >= {class_means.shape[0]}, got {num_classes}")
-        self.means = class_means.detach().to(torch.float64)
-        if present is None:
-            present = torch.ones(class_means.shape[0], dtype=torch.bool)
-        if present.shape != (class_means.shape[0],):
-            raise ValueError(f"present must have shape ({class_means.shape[0]},)")
-        self.penalty = torch.where(present.bool(), 0.0, math.inf).to(torch.float64)
-        # ||x - mu_c||^2 is expanded about the mean of the present class means (the argmin is
-        # shift-invariant), so a large common offset does not swamp the class differences.
-        kept = self.means[present.bool()]
-        self.origin = kept.mean(0) if kept.shape[0] > 0 else torch.zeros_like(self.means[0])
+        self.means: Tensor | None = None
+        if class_means is None:
+            if nearest is None or num_classes is None or dim is None:
+                raise ValueError("without class_means, give nearest, num_classes and dim")
+            self.num_classes, self.dim = int(num_classes), int(dim)
+        else:
+            check_matrix(class_means, "class_means")
+            count, self.dim = class_means.shape
+            self.num_classes = count if num_classes is None else int(num_classes)
+            if self.num_classes < count:
+                raise ValueError(f"num_classes must be >= {count}, got {num_classes}")
+            self.means = class_means.detach().to(torch.float64)
+            if present is None:
+                present = torch.ones(count, dtype=torch.bool)
+            if present.shape != (count,):
+                raise ValueError(f"present must have shape ({count},)")
+            self.penalty = torch.where(present.bool(), 0.0, math.inf).to(torch.float64)
+            # ||x - mu_c||^2 is expanded about the mean of the present class means (the argmin
+            # is shift-invariant), so a large common offset does not swamp the class differences.
+            kept = self.means[present.bool()]
+            self.origin = kept.mean(0) if kept.shape[0] > 0 else torch.zeros_like(self.means[0])
         for name in ("agree", "total", "correct_model", "correct_ncm"):
             self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, features: Tensor, labels: Tensor, predictions: Tensor) -> None:
         """Accumulates a batch of features, true labels and the classifier's predictions."""
-        dim = self.means.shape[1]
-        check_matrix(features, "features", dim=dim)
+        check_matrix(features, "features", dim=self.dim)
         check_labels(labels, features.shape[0], self.num_classes)
         check_labels(predictions, features.shape[0], self.num_classes, name="predictions")
         if self.nearest is not None:
             ncm = self.nearest(features.detach()).to(predictions.device)
         else:
+            assert self.means is not None  # set whenever nearest is None
             x = features.detach().to(torch.float64)
             origin = self.origin.to(x.device)
             means = self.means.to(x.device) - origin

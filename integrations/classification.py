@@ -237,7 +237,8 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     with torch_threads(cfg.num_threads):
         total = len(combos) * len(seeds)
         for dataset, arch, method in combos:
-            infos[dataset] = load_data(dataset, cfg)[3]
+            if dataset not in infos:
+                infos[dataset] = load_data(dataset, cfg)[3]
             for seed in seeds:
                 key = (dataset, arch, method, seed)
                 if bool(cfg.progress) and is_main_process():

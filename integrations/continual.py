@@ -53,7 +53,7 @@ TASK = "continual"
 
 
 def stream_settings(cfg: DictConfig) -> StreamSettings:
-    """The run settings of the preset's ``model``, ``train`` and ``replay`` sections."""
+    """The run settings of the preset's ``model``, ``trainer`` and ``replay`` sections."""
     m, t, r = cfg.model, cfg.trainer, cfg.replay
     return StreamSettings(
         kind=str(m.kind),

@@ -386,3 +386,6 @@ def test_nc4_meter_and_ncm_agreement_count_alike() -> None:
     meter.reset()
     with pytest.raises(ValueError, match="before any update"):
         meter.compute()
+    assert meter.counts.means is None  # the exact search needs no dense copy of the means
+    with pytest.raises(ValueError, match="without class_means"):
+        NCMAgreement(None, num_classes=6, dim=5)

@@ -102,8 +102,10 @@ class NC4Meter:
         """Clears the counters."""
         # The counting is NCMAgreement's; the NCM decision is the exact index search.
         self.counts = NCMAgreement(
-            torch.zeros(self.num_classes, self.index.dim),
+            None,
             nearest=self.index.search,
+            num_classes=self.num_classes,
+            dim=self.index.dim,
             sync_on_compute=False,
         )
 
@@ -138,7 +140,7 @@ class NC4Meter:
             dec = logits.detach().argmax(1).cpu()
         else:
             raise ValueError("pass logits or decisions (or build the meter with proxies)")
-        self.counts.update(features.detach().cpu(), labels.detach().cpu(), dec)
+        self.counts.update(features.detach(), labels.detach().cpu(), dec)
 
     def compute(self) -> NC4Report:
         """Returns the :class:`NC4Report` of everything seen since :meth:`reset`."""
