@@ -19,7 +19,7 @@ import shlex
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -35,6 +35,7 @@ __all__ = [
     "history_csv",
     "standard_header_lines",
     "summarize",
+    "summarize_runs",
     "write_result_tables",
     "write_tables",
 ]
@@ -98,6 +99,77 @@ def summarize(values: Iterable[float]) -> MeanStd:
         return MeanStd(mean, 0.0)
     var = math.fsum((v - mean) ** 2 for v in data) / (n - 1)
     return MeanStd(mean, math.sqrt(var))
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def summarize_runs(
+    runs: Sequence[Mapping[str, Any]],
+    by: Sequence[str],
+    metrics: Sequence[str],
+    *,
+    paired: Mapping[str, str] | None = None,
+    baseline: Mapping[str, object] | None = None,
+    seed_key: str = "seed",
+) -> list[dict[str, Any]]:
+    """One summary row per group of runs: mean ± std of each metric and paired differences.
+
+    Groups are the distinct values of the ``by`` keys, in order of first appearance. A metric
+    cell is :func:`summarize` over the group's finite values (``None`` when there is none).
+    For each ``metric -> column`` of ``paired``, ``column`` holds the per-seed difference
+    ``run - baseline run`` summarized over the seeds both groups ran, where the baseline group
+    is this group with the ``baseline`` keys substituted (``None`` in the baseline's own rows
+    and when no seed is shared).
+
+    Args:
+        runs: One mapping per run, holding the ``by`` keys, ``seed_key`` and the metrics.
+        by: Keys that define a group, e.g. ``("ratio", "method")``.
+        metrics: Metric keys to summarize, in column order.
+        paired: ``metric -> column`` of the paired differences to add.
+        baseline: The keys that select the baseline group, e.g. ``{"method": "CE"}``.
+        seed_key: The key that pairs runs across groups.
+
+    Returns:
+        Rows ``{*by, "seeds", *metrics, *paired columns}``.
+
+    Raises:
+        ValueError: If ``paired`` is given without ``baseline``.
+
+    Example:
+        >>> runs = [{"method": m, "seed": s, "err": e + s}
+        ...         for m, e in (("CE", 10.0), ("HUG", 8.0)) for s in (0, 1)]
+        >>> rows = summarize_runs(runs, ["method"], ["err"], paired={"err": "vs_CE"},
+        ...                       baseline={"method": "CE"})
+        >>> rows[1]["err"], rows[1]["vs_CE"], rows[0]["vs_CE"]
+        (MeanStd(mean=8.5, std=0.7071067811865476), MeanStd(mean=-2.0, std=0.0), None)
+    """
+    if paired and not baseline:
+        raise ValueError("paired differences need a baseline, e.g. {'method': 'CE'}")
+    groups: dict[tuple[object, ...], list[Mapping[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(tuple(run.get(k) for k in by), []).append(run)
+    rows: list[dict[str, Any]] = []
+    for key, mine in groups.items():
+        row: dict[str, Any] = {**dict(zip(by, key, strict=True)), "seeds": len(mine)}
+        for metric in metrics:
+            values = [r[metric] for r in mine if _finite(r.get(metric))]
+            row[metric] = summarize(values) if values else None
+        if paired and baseline:
+            base_key = tuple(baseline.get(k, v) for k, v in zip(by, key, strict=True))
+            base = {r.get(seed_key): r for r in groups.get(base_key, [])}
+            for metric, column in paired.items():
+                diffs = [
+                    float(r[metric]) - float(base[r.get(seed_key)][metric])
+                    for r in mine
+                    if r.get(seed_key) in base
+                    and _finite(r.get(metric))
+                    and _finite(base[r.get(seed_key)].get(metric))
+                ]
+                row[column] = summarize(diffs) if diffs and base_key != key else None
+        rows.append(row)
+    return rows
 
 
 def format_mean_std(mean: float, std: float, digits: int = 2) -> str:

@@ -36,65 +36,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from hug_plugins.config import parse_cli, set_values
+from hug_plugins.config import parse_cli
 from hug_plugins.continual import class_incremental_tensors
 from hug_plugins.continual.runs import (
-    StreamSettings,
+    hug_plugin_options,
     load_stream_tensors,
     run_class_incremental,
+    stream_settings,
 )
 from hug_plugins.io import RunLog
-from hug_plugins.losses import preset_config
-from hug_plugins.tables import standard_header_lines, summarize, write_tables
+from hug_plugins.tables import standard_header_lines, summarize, summarize_runs, write_tables
 
 TASK = "continual"
-
-
-def stream_settings(cfg: DictConfig) -> StreamSettings:
-    """The run settings of the preset's ``model``, ``trainer`` and ``replay`` sections."""
-    m, t, r = cfg.model, cfg.trainer, cfg.replay
-    return StreamSettings(
-        kind=str(m.kind),
-        hidden=int(m.hidden),
-        feature_dim=int(m.feature_dim),
-        lr=float(t.lr),
-        momentum=float(t.momentum),
-        weight_decay=float(t.weight_decay),
-        batch_size=int(t.batch_size),
-        epochs=int(t.epochs),
-        eval_batch_size=int(t.eval_batch_size),
-        storage_policy=str(r.storage_policy),
-        batch_size_mem=int(r.batch_size_mem),
-        device=str(t.device),
-        interactive=bool(cfg.log.interactive),
-    )
-
-
-def hug_plugin_options(hug: DictConfig) -> dict[str, Any]:
-    """``HUGPlugin`` keyword arguments from the ``hug`` section; null keeps the plugin default.
-
-    ``hug.preset`` (a :func:`~hug_plugins.losses.preset_config` name) with ``hug.loss``
-    overrides replaces the plugin's loss; ``proxy_mode``, ``weight`` (``hug_weight``),
-    ``ce_weight`` and ``scale`` pass through. All null: the README's ``HUGPlugin(...)``.
-    """
-    options: dict[str, Any] = {}
-    overrides = set_values(hug.get("loss"))
-    if hug.get("preset") is not None:
-        options["hug"] = preset_config(str(hug.preset), **overrides)
-    elif overrides:
-        raise ValueError("hug.loss overrides need hug.preset (null keeps the plugin's loss)")
-    names = {"proxy_mode": "proxy_mode", "weight": "hug_weight", "ce_weight": "ce_weight"}
-    for key, name in names.items():
-        if hug.get(key) is not None:
-            options[name] = hug[key]
-    if hug.get("scale") is not None:
-        options["scale"] = float(hug.scale)
-    return options
-
-
-# ---------------------------------------------------------------------------- main
 
 
 def _eta(start: float, fresh: int, remaining: int) -> str:
@@ -128,7 +83,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     stem = Path(str(cfg.output_dir)) / str(cfg.output_name)
     log_path = stem.with_name(stem.name + "_log.txt")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
+    with log_path.open("a", encoding="utf-8") as log:  # a resumed job keeps the earlier log
+        log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} config\n{OmegaConf.to_yaml(cfg)}")
     methods = [str(m) for m in cfg.methods]
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     run_rows: list[dict[str, Any]] = []
@@ -206,23 +162,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         f"{hug_plugin_options(cfg.hug) or 'none (the defaults)'}.",
         "acc: class-IL accuracy (%) on the whole test stream after the last experience; "
         "forgetting: mean over j < T of max_i a[i,j] - a[T,j] (%); forgetting_avalanche: "
-        "Avalanche StreamForgetting (%). Mean ± std over seeds " + str(list(cfg.seeds)) + ".",
+        "Avalanche StreamForgetting (%); *_vs_CE: paired per-seed difference to er_ce (points). "
+        "seconds: per run. Mean ± std over seeds " + str(list(cfg.seeds)) + ".",
     ]
-    rows: list[dict[str, Any]] = []
+    metrics = ["acc", "forgetting", "forgetting_avalanche", "seconds"]
+    paired = {"acc": "acc_vs_CE", "forgetting": "forgetting_vs_CE"}
+    rows = [
+        {"dataset": str(cfg.data.name), **row}
+        for row in summarize_runs(
+            run_rows, ["method", "mem_size"], metrics, paired=paired, baseline={"method": "er_ce"}
+        )
+    ]
     matrix_rows: list[dict[str, Any]] = []
     for (method, mem_size), runs in results.items():
-        rows.append(
-            {
-                "dataset": str(cfg.data.name),
-                "method": method,
-                "mem_size": mem_size,
-                "acc": tuple(summarize(r["acc"] for r in runs)),
-                "forgetting": tuple(summarize(r["forgetting"] for r in runs)),
-                "forgetting_avalanche": tuple(summarize(r["forgetting_avalanche"] for r in runs)),
-                "seeds": len(runs),
-                "seconds_per_run": tuple(summarize(r["seconds"] for r in runs)),
-            }
-        )
         num_exp = len(runs[0]["matrix"])
         for i in range(num_exp):
             row: dict[str, Any] = {"method": method, "mem_size": mem_size, "after_exp": i}

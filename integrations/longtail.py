@@ -22,7 +22,6 @@ Writes ``<output_dir>/<output_name>.md`` / ``.csv`` (summary) and ``..._runs.md`
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,11 +48,13 @@ from hug_plugins.longtail import (
     shot_thresholds,
 )
 from hug_plugins.paper import PAPER_TOP1
-from hug_plugins.tables import standard_header_lines, summarize, write_result_tables
+from hug_plugins.tables import standard_header_lines, summarize_runs, write_result_tables
 from hug_plugins.train import TrainerConfig, checkpoint_file, fit_pixel_classifier, torch_threads
 
 TASK = "longtail"
 METHODS = {"ce": "CE", "hug": "HUG"}
+CE = {"method": "CE"}
+PAPER_RATIOS = (0.2, 0.1, 0.02, 0.01)
 
 
 def run_one(
@@ -130,20 +131,16 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
 
     columns = ["top1_acc", *(f"{g}_acc" for g in SHOT_GROUPS)]
     paper = PAPER_TOP1.get(str(cfg.data.name), {})
-    rows: list[dict[str, Any]] = []
-    for ratio in ratios:
-        for method in methods:
-            mine = [r for r in runs if r["ratio"] == ratio and r["method"] == METHODS[method]]
-            row: dict[str, Any] = {"ratio": ratio, "method": METHODS[method]}
-            for col in columns:
-                values = [r[col] for r in mine if not math.isnan(r[col])]
-                row[col] = summarize(values) if values else None
-            row["classes many/med/few"] = "/".join(str(mine[0][f"n_{g}"]) for g in SHOT_GROUPS)
-            row["train size"] = mine[0]["train_size"]
-            ref = paper.get(METHODS[method])
-            if ref is not None and ratio in (0.2, 0.1, 0.02, 0.01):
-                row["paper top1"] = ref[(0.2, 0.1, 0.02, 0.01).index(ratio)]
-            rows.append(row)
+    rows = summarize_runs(
+        runs, ["ratio", "method"], columns, paired={"top1_acc": "vs_CE_pp"}, baseline=CE
+    )
+    for row in rows:
+        first = next(r for r in runs if (r["ratio"], r["method"]) == (row["ratio"], row["method"]))
+        row["classes many/med/few"] = "/".join(str(first[f"n_{g}"]) for g in SHOT_GROUPS)
+        row["train size"] = first["train_size"]
+        ref = paper.get(row["method"])
+        if ref is not None and row["ratio"] in PAPER_RATIOS:
+            row["paper top1"] = ref[PAPER_RATIOS.index(row["ratio"])]
 
     t = cfg.trainer
     many, few = runs[0]["thresholds"]
@@ -160,6 +157,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         f"Columns: test accuracy % (mean ± std over seeds): top-1 and per shot group of the "
         f"classes by training images: many > {many:g}, medium {few:g}..{many:g}, few < {few:g} "
         f"(the usual 100 / 20 scaled by min(1, n_max / {cfg.shots.reference_n_max})). "
+        "vs_CE_pp: paired per-seed top-1 difference to CE (points; positive: HUG better). "
         "Empty group: blank. 'paper top1': the HUG paper's ResNet result on CIFAR-10-LT for "
         "the same ratio, when this is that data set.",
     ]

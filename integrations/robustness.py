@@ -44,7 +44,7 @@ from hug_plugins.config import (
 from hug_plugins.data import PIXEL_DATASETS, PixelDatasetInfo, load_pixel_datasets
 from hug_plugins.paper import PAPER_ROBUST
 from hug_plugins.robustness import autoattack_accuracy, evaluate_robustness
-from hug_plugins.tables import standard_header_lines, summarize, write_result_tables
+from hug_plugins.tables import standard_header_lines, summarize_runs, write_result_tables
 from hug_plugins.train import (
     TrainerConfig,
     checkpoint_file,
@@ -56,6 +56,7 @@ from hug_plugins.train import (
 
 TASK = "robustness"
 METHODS = {"ce": "CE", "hug": "HUG"}
+CE = {"method": "CE"}
 
 
 def run_one(
@@ -168,17 +169,11 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
             ):
                 metric_cols.append(key)
     metric_cols.sort(key=lambda k: (k != "clean_error", k == "zero_grad_%"))
-    rows: list[dict[str, Any]] = []
-    for method in methods:
-        for attack in dict.fromkeys(r["attack"] for r in runs):
-            mine = [r for r in runs if r["method"] == METHODS[method] and r["attack"] == attack]
-            if not mine:
-                continue
-            row: dict[str, Any] = {"method": METHODS[method], "attack": attack, "n": mine[0]["n"]}
-            for col in metric_cols:
-                values = [r[col] for r in mine if col in r]
-                row[col] = summarize(values) if values else None
-            rows.append(row)
+    paired = {c: "vs_CE" + c.removeprefix("robust") for c in metric_cols if c.startswith("robust")}
+    paired["clean_error"] = "vs_CE_clean_error"
+    rows = summarize_runs(runs, ["method", "attack"], metric_cols, paired=paired, baseline=CE)
+    for row in rows:
+        row["n"] = next(r["n"] for r in runs if r["attack"] == row["attack"])
     paper = PAPER_ROBUST.get(str(cfg.data.name))
     if paper is not None:
         for method in methods:
@@ -209,7 +204,8 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         "scaled-cosine proxy logits); PGD-margin ascends max_{j≠y} z_j − z_y (independent of "
         "the logit scale). Columns in %: clean error; robust accuracy (correct clean AND under "
         "attack, same samples as clean); zero_grad_% = clean-correct samples whose attack-loss "
-        "input gradient is exactly 0 (gradient masking). Mean ± std over seeds.",
+        "input gradient is exactly 0 (gradient masking); vs_CE*: paired per-seed difference to "
+        "CE (points). Mean ± std over seeds.",
     ]
     stem = Path(str(cfg.output_dir)) / str(cfg.output_name)
     paths = write_result_tables(

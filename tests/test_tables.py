@@ -93,3 +93,31 @@ def test_command_string_records_a_torchrun_launch() -> None:
         "torchrun --nnodes=2 --nproc_per_node=2 integrations/selfsupervised.py 'seeds=[0]'"
     )
     assert command_string(["job.py"], {"WORLD_SIZE": "2"}).startswith("torchrun --nproc")
+
+
+def test_summarize_runs_pairs_each_group_with_its_baseline_by_seed() -> None:
+    from hug_plugins.tables import summarize_runs
+
+    runs = [
+        {"ratio": r, "method": m, "seed": s, "acc": base + r + s, "extra": float("nan")}
+        for r in (1.0, 2.0)
+        for m, base in (("CE", 10.0), ("HUG", 12.0))
+        for s in (0, 1, 2)
+        if not (m == "HUG" and s == 2)  # HUG lacks seed 2: paired over seeds 0, 1 only
+    ]
+    runs[0]["acc"] = 100.0  # CE ratio 1, seed 0 -> HUG seed 0 pairs with it
+    rows = summarize_runs(
+        runs, ["ratio", "method"], ["acc", "extra"], paired={"acc": "d"}, baseline={"method": "CE"}
+    )
+    assert [(r["ratio"], r["method"], r["seeds"]) for r in rows] == [
+        (1.0, "CE", 3),
+        (1.0, "HUG", 2),
+        (2.0, "CE", 3),
+        (2.0, "HUG", 2),
+    ]
+    assert rows[0]["d"] is None and rows[2]["d"] is None
+    assert rows[1]["d"].mean == pytest.approx(((13.0 - 100.0) + (14.0 - 12.0)) / 2)
+    assert rows[3]["d"] == (2.0, 0.0)
+    assert rows[0]["extra"] is None  # no finite value
+    with pytest.raises(ValueError, match="baseline"):
+        summarize_runs(runs, ["method"], ["acc"], paired={"acc": "d"})

@@ -40,13 +40,17 @@ from torch import Tensor, nn
 from hug_plugins.continual.plugin import HUGPlugin
 from hug_plugins.continual.replay import ReplayMemoryPlugin
 from hug_plugins.data import load_digits_split, load_image_dataset
+from hug_plugins.losses import preset_config
+from hug_plugins.train.runtime import resolve_device
 
 __all__ = [
     "METHODS",
     "StreamSettings",
+    "hug_plugin_options",
     "load_stream_tensors",
     "run_class_incremental",
     "stream_backbone",
+    "stream_settings",
 ]
 
 METHODS = ("er_ce", "er_hug")
@@ -198,10 +202,56 @@ class StreamSettings:
     interactive: bool = False
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def stream_settings(cfg: Mapping[str, Any]) -> StreamSettings:
+    """The run settings of a continual job config's ``model``, ``trainer``, ``replay`` and
+    ``log`` sections (``configs/continual/*.yaml``)."""
+    m, t, r = cfg["model"], cfg["trainer"], cfg["replay"]
+    return StreamSettings(
+        kind=str(m["kind"]),
+        hidden=int(m["hidden"]),
+        feature_dim=int(m["feature_dim"]),
+        lr=float(t["lr"]),
+        momentum=float(t["momentum"]),
+        weight_decay=float(t["weight_decay"]),
+        batch_size=int(t["batch_size"]),
+        epochs=int(t["epochs"]),
+        eval_batch_size=int(t["eval_batch_size"]),
+        storage_policy=str(r["storage_policy"]),
+        batch_size_mem=int(r["batch_size_mem"]),
+        device=str(t["device"]),
+        interactive=bool(cfg["log"]["interactive"]),
+    )
+
+
+def hug_plugin_options(hug: Mapping[str, Any]) -> dict[str, Any]:
+    """``HUGPlugin`` keyword arguments from a continual job's ``hug`` section.
+
+    ``preset`` (a :func:`~hug_plugins.losses.preset_config` name) with ``loss`` overrides
+    replaces the plugin's loss; ``proxy_mode``, ``weight`` (``hug_weight``), ``ce_weight`` and
+    ``scale`` pass through. A null keeps the plugin default; all null: the README's
+    ``HUGPlugin(...)``.
+
+    Raises:
+        ValueError: If ``loss`` overrides are given without a ``preset``.
+
+    Example:
+        >>> hug_plugin_options({"preset": None, "loss": {"alpha": None}, "scale": 8})
+        {'scale': 8.0}
+    """
+    options: dict[str, Any] = {}
+    loss = hug.get("loss") or {}
+    overrides = {k: v for k, v in loss.items() if v is not None}
+    if hug.get("preset") is not None:
+        options["hug"] = preset_config(str(hug["preset"]), **overrides)
+    elif overrides:
+        raise ValueError("hug.loss overrides need hug.preset (null keeps the plugin's loss)")
+    names = {"proxy_mode": "proxy_mode", "weight": "hug_weight", "ce_weight": "ce_weight"}
+    for key, name in names.items():
+        if hug.get(key) is not None:
+            options[name] = hug[key]
+    if hug.get("scale") is not None:
+        options["scale"] = float(hug["scale"])
+    return options
 
 
 def _strategy(
@@ -226,7 +276,7 @@ def _strategy(
         train_mb_size=s.batch_size,
         train_epochs=s.epochs,
         eval_mb_size=s.eval_batch_size,
-        device=_device(s.device),
+        device=resolve_device(s.device),
         plugins=[plugin],
         evaluator=evaluator,
     )
