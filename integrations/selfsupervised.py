@@ -60,102 +60,23 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig
 
 from hug_plugins.config import parse_cli, to_dict
 from hug_plugins.simclr import (
     CRITERIA,
     CRITERION_NAMES,
-    DigitsViews,
-    SSLDatasets,
-    TwoViewLoss,
-    build_criterion,
-    build_ssl_model,
-    evaluate_ssl,
-    images_per_run,
     load_ssl_datasets,
     per_process_batch,
+    run_ssl,
 )
-from hug_plugins.tables import standard_header_lines, summarize, write_tables
-from hug_plugins.train import (
-    Trainer,
-    TrainerConfig,
-    distributed_info,
-    init_distributed_from_env,
-    is_main_process,
-    seed_everything,
-)
-
-
-def criterion_options(name: str, cfg: DictConfig) -> dict[str, Any]:
-    """The constructor options of criterion ``name`` in the preset (its section)."""
-    return to_dict(cfg[name])
-
-
-def run_one(
-    name: str,
-    seed: int,
-    cfg: DictConfig,
-    data: SSLDatasets,
-) -> dict[str, Any]:
-    """Trains and evaluates one criterion with one seed (under DDP: on every rank)."""
-    train_views, collate_fn = data.train, data.collate_fn
-    rank, world = distributed_info()
-    per_batch = per_process_batch(int(cfg.trainer.batch_size), world)
-    trainer_cfg = TrainerConfig.from_mapping(to_dict(cfg.trainer), seed=seed, batch_size=per_batch)
-    if world > 1 and isinstance(collate_fn, DigitsViews):
-        collate_fn = collate_fn.for_rank(seed, rank)
-    trainer = Trainer(trainer_cfg)
-    seed_everything(seed)
-    m = cfg.model
-    model = build_ssl_model(
-        str(m.backbone),
-        width=int(m.width),
-        proj_hidden=int(m.proj_hidden),
-        proj_dim=int(m.proj_dim),
-    )
-    loss_fn = TwoViewLoss(build_criterion(name, criterion_options(name, cfg), gather=world > 1))
-    start = time.perf_counter()
-    result = trainer.fit(model, train_views, loss_fn, collate_fn=collate_fn)
-    if trainer.device.type == "cuda":
-        torch.cuda.synchronize(trainer.device)
-    seconds = time.perf_counter() - start
-    num_train = len(train_views)  # type: ignore[arg-type]
-    images = images_per_run(num_train, per_batch, world, trainer_cfg.epochs, trainer_cfg.drop_last)
-    # DDP keeps the weights identical on all ranks: rank 0 evaluates on the full sets and
-    # broadcasts its numbers (and its wall time) so every rank returns the same rows.
-    shared: list[Any] = [None]
-    if rank == 0:
-        e = cfg.eval
-        metrics = evaluate_ssl(
-            model,
-            data.train_eval,
-            data.test_eval,
-            data.num_classes,
-            knn_k=int(e.knn_k),
-            knn_t=float(e.knn_t),
-            batch_size=int(e.batch_size),
-            device=trainer.device,
-        )
-        shared = [(metrics, seconds)]
-    if world > 1:
-        dist.broadcast_object_list(shared, src=0)
-    metrics, seconds = shared[0]
-    return {
-        "criterion": CRITERION_NAMES[name],
-        "seed": seed,
-        **metrics,
-        "final_loss": result.final["loss"],
-        "train_images_per_s": images / seconds,
-        "train_seconds": seconds,
-    }
+from hug_plugins.tables import standard_header_lines, summarize_runs, write_tables
+from hug_plugins.train import distributed_info, init_distributed_from_env, is_main_process
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -189,10 +110,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             f"per epoch, batch {per_batch} per process ({per_batch * world} global)",
             flush=True,
         )
+    job = to_dict(cfg)
     runs: list[dict[str, Any]] = []
     for seed in cfg.seeds:
         for name in cfg.criteria:
-            run = run_one(name, int(seed), cfg, datasets)
+            run = run_ssl(str(name), int(seed), job, datasets)
             runs.append(run)
             if is_main_process():
                 print(
@@ -202,13 +124,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                     flush=True,
                 )
     metrics = ("knn_top1", "gnc2_ratio", "nc1", "nc4_agreement", "train_images_per_s", "final_loss")
-    rows: list[dict[str, Any]] = []
-    for name in cfg.criteria:
-        mine = [r for r in runs if r["criterion"] == CRITERION_NAMES[name]]
-        row: dict[str, Any] = {"criterion": CRITERION_NAMES[name], "seeds": len(mine)}
-        for key in metrics:
-            row[key] = tuple(summarize(r[key] for r in mine))
-        rows.append(row)
+    baseline = {"criterion": CRITERION_NAMES["ntxent"]} if "ntxent" in cfg.criteria else None
+    rows = summarize_runs(
+        runs,
+        ["criterion"],
+        metrics,
+        paired={"knn_top1": "knn_vs_NTXent"} if baseline else None,
+        baseline=baseline,
+    )
     if is_main_process():
         header = standard_header_lines(["integrations/selfsupervised.py", *args])
         t = cfg.trainer
@@ -220,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             f"seeds={list(cfg.seeds)}; kNN k={cfg.eval.knn_k}, t={cfg.eval.knn_t} on normalized "
             "backbone features; GNC2 = Riesz(s=1) energy of the centred normalized class means "
             "/ optimum (train features); NC4 = kNN vs nearest-class-mean agreement (test); "
-            "throughput = training images/s (2 views each), evaluation excluded."
+            "throughput = training images/s (2 views each), evaluation excluded; knn_vs_NTXent = "
+            "paired per-seed kNN top-1 difference to NTXentLoss."
         )
         h = cfg.hug
         header.append(
@@ -239,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         stem = Path(str(cfg.output_dir)) / str(cfg.output_name)
         digits = {
             "knn_top1": 4,
+            "knn_vs_NTXent": 4,
             "gnc2_ratio": 4,
             "nc1": 3,
             "nc4_agreement": 4,
