@@ -450,7 +450,7 @@ def write_result_tables(
 
 
 def history_csv(
-    histories: Mapping[tuple[object, ...], Sequence[Mapping[str, float]]],
+    histories: Mapping[tuple[Any, ...], Sequence[Mapping[str, float]]],
     key_names: Sequence[str],
 ) -> str:
     """Per-epoch histories of several runs as one CSV text: the run key, then every metric.

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from hug_plugins.config import available_presets, load_config, parse_cli
+from hug_plugins.train.comparison import comparison_data, comparison_model
 from integrations import classification as job
 
 TINY = [
@@ -93,9 +94,9 @@ def test_rerun_resumes_from_checkpoints(result: dict[str, Any], tmp_path: Path) 
 
 def test_ce_and_hug_share_initial_backbone_weights() -> None:
     cfg = load_config("classification", "quick", ["model.width=8"])
-    _, _, _, info = job.load_data("digits", cfg)
-    ce, _ = job.build_model("ce", "cnn", info, 5, cfg)
-    hug, objective = job.build_model("static_optimized", "cnn", info, 5, cfg)
+    _, _, _, info = comparison_data("digits", cfg)
+    ce, _ = comparison_model("ce", "cnn", info, 5, cfg)
+    hug, objective = comparison_model("static_optimized", "cnn", info, 5, cfg)
     assert type(objective).__name__ == "HUGObjective"
     ce_state, hug_state = ce.state_dict(), hug.state_dict()
     shared = [k for k in ce_state if not k.startswith("head.")]
@@ -122,10 +123,10 @@ def test_plus_overrides_reach_the_hug_loss() -> None:
         "quick",
         ["model.width=8", "+hug.loss.intra=squared_distance", "+hug.loss.detach_proxies=false"],
     )
-    _, _, _, info = job.load_data("digits", cfg)
-    _, objective = job.build_model("learnable", "cnn", info, 0, cfg)
+    _, _, _, info = comparison_data("digits", cfg)
+    _, objective = comparison_model("learnable", "cnn", info, 0, cfg)
     config = objective.loss.config
     assert config.intra == "squared_distance" and config.detach_proxies is False
     bad = load_config("classification", "quick", ["+hug.loss.intra_kind=distance"])
     with pytest.raises(ValueError, match="unknown HUGConfig field"):
-        job.build_model("learnable", "cnn", info, 0, bad)
+        comparison_model("learnable", "cnn", info, 0, bad)

@@ -59,6 +59,7 @@ from hug_plugins.train.checkpoints import (
     find_checkpoint,
     fit_pixel_classifier,
     load_checkpoint_weights,
+    settings_tag,
     train_or_load,
 )
 from hug_plugins.train.config import TrainerConfig
@@ -107,6 +108,7 @@ __all__ = [
     "move_to_device",
     "resolve_device",
     "seed_everything",
+    "settings_tag",
     "torch_threads",
     "train_or_load",
     "unwrap_model",

@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import sys
@@ -40,6 +42,7 @@ __all__ = [
     "find_checkpoint",
     "fit_pixel_classifier",
     "load_checkpoint_weights",
+    "settings_tag",
     "train_or_load",
 ]
 
@@ -157,6 +160,20 @@ def train_or_load(
         "epochs_trained": float(result.epochs - result.start_epoch),
         "train_seconds": time.perf_counter() - start,
     }
+
+
+def settings_tag(settings: Mapping[str, Any]) -> str:
+    """A short hash of a run's settings, to name its checkpoint so that a changed recipe never
+    resumes another recipe's run.
+
+    Example:
+        >>> settings_tag({"lr": 0.1, "epochs": 2}) == settings_tag({"epochs": 2, "lr": 0.1})
+        True
+        >>> len(settings_tag({"lr": 0.1}))
+        8
+    """
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
 
 
 def checkpoint_file(

@@ -16,18 +16,32 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from hug_plugins.data import DatasetInfo
+from hug_plugins.data import BatchAugment, DatasetInfo, ImageTensorDataset, load_with_subsets
 from hug_plugins.losses import HUGLoss
-from hug_plugins.models import build_classifier
+from hug_plugins.models import ARCHITECTURES, build_classifier
 from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
 from hug_plugins.tables import COLLAPSE_COLUMNS, summarize
+from hug_plugins.train.checkpoints import settings_tag
+from hug_plugins.train.collapse_fit import fit_tracking_collapse
+from hug_plugins.train.config import TrainerConfig
 from hug_plugins.train.runtime import seed_everything
+from hug_plugins.train.trainer import Trainer
 
-__all__ = ["COMPARISON_METHODS", "build_comparison_model", "summary_rows"]
+__all__ = [
+    "COMPARISON_METHODS",
+    "build_comparison_model",
+    "comparison_checkpoint",
+    "comparison_data",
+    "comparison_model",
+    "comparison_plan",
+    "fit_comparison_run",
+    "summary_rows",
+]
 
 COMPARISON_METHODS = {
     "ce": "CE",
@@ -135,3 +149,148 @@ def summary_rows(
         row["train_loss"] = summarize([r["loss"] for r in mine.values()])
         rows.append(row)
     return rows
+
+
+# ----------------------------------------------------------------------------- the job's runs
+# The functions below read the classification job's config (``configs/classification/*.yaml``)
+# as plain mappings (``hug_plugins.config.to_dict``; an OmegaConf ``DictConfig`` works too).
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def comparison_data(
+    name: str, job: Mapping[str, Any]
+) -> tuple[ImageTensorDataset, ImageTensorDataset, ImageTensorDataset, DatasetInfo]:
+    """``(train, test, collapse_set, info)`` of dataset ``name`` under the job's ``data`` and
+    ``metrics.collapse_samples`` settings (decoded once per process)."""
+    d = job["data"]
+    return load_with_subsets(
+        name,
+        None if d["root"] is None else str(d["root"]),
+        image_size=None if d["image_size"] is None else [int(v) for v in d["image_size"]],
+        split_seed=int(d["split_seed"]),
+        test_fraction=float(d["test_fraction"]),
+        train_subset=_opt_int(d["train_subset"]),
+        test_subset=_opt_int(d["test_subset"]),
+        collapse_samples=_opt_int(job["metrics"]["collapse_samples"]),
+    )
+
+
+def comparison_model(
+    method: str, arch: str, info: DatasetInfo, seed: int, job: Mapping[str, Any]
+) -> tuple[nn.Module, Objective]:
+    """:func:`build_comparison_model` with the job's ``model``, ``hug`` and ``ce`` settings."""
+    m, hug = job["model"], job["hug"]
+    return build_comparison_model(
+        method,
+        arch,
+        info,
+        seed,
+        feature_dim=_opt_int(m["feature_dim"]),
+        width=int(m["width"]),
+        channels_last=bool(m["channels_last"]),
+        scale=float(hug["scale"]),
+        label_smoothing=float(job["ce"]["label_smoothing"]),
+        hug_preset=str(hug["preset"]),
+        hug_overrides={k: v for k, v in (hug["loss"] or {}).items() if v is not None},
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Plain containers of a (possibly OmegaConf) mapping, for hashing."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+        return [_plain(v) for v in value]
+    return value
+
+
+def comparison_checkpoint(
+    job: Mapping[str, Any], dataset: str, arch: str, method: str, seed: int
+) -> str | None:
+    """The run's checkpoint under ``checkpoint_dir`` (``None``: disabled), named with a hash of
+    every setting that changes its result except the method and the seed."""
+    if not job["checkpoint_dir"]:
+        return None
+    data = {k: v for k, v in _plain(job["data"]).items() if k != "root"}  # any path, same data
+    skip = ("progress", "device", "num_workers", "eval_every")
+    trainer = {k: v for k, v in _plain(job["trainer"]).items() if k not in skip}
+    tag = settings_tag(
+        {
+            "dataset": dataset,
+            "arch": arch,
+            "data": data,
+            **{key: _plain(job[key]) for key in ("augment", "model", "hug", "ce")},
+            "collapse_samples": job["metrics"]["collapse_samples"],  # what the history measured
+            "collapse_spaces": ["raw", "unit"],  # older histories lack the unit-space metrics
+            "trainer": trainer,
+        }
+    )
+    return str(Path(str(job["checkpoint_dir"])) / f"{dataset}_{arch}_{method}_seed{seed}_{tag}.pt")
+
+
+def fit_comparison_run(
+    dataset: str,
+    arch: str,
+    method: str,
+    seed: int,
+    job: Mapping[str, Any],
+    progress: Sequence[str] | None = None,
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Trains (or resumes / reloads) one run of the job; returns its final metrics and its
+    per-epoch history (:func:`~hug_plugins.train.collapse_fit.fit_tracking_collapse`)."""
+    train, test, collapse, info = comparison_data(dataset, job)
+    model, objective = comparison_model(method, arch, info, seed, job)
+    checkpoint = comparison_checkpoint(job, dataset, arch, method, seed)
+    trainer = Trainer(
+        TrainerConfig.from_mapping(job["trainer"], seed=seed, checkpoint_path=checkpoint)
+    )
+    augment = job["augment"]
+    return fit_tracking_collapse(
+        trainer,
+        model,
+        objective,
+        train,
+        test,
+        collapse,
+        info.num_classes,
+        augment=BatchAugment(int(augment["crop_padding"]), bool(augment["flip"])),
+        batch_size=int(job["metrics"]["batch_size"]),
+        progress=progress,
+    )
+
+
+def comparison_plan(
+    tables: Mapping[str, Any], titles: Mapping[str, str], datasets: Sequence[str]
+) -> dict[str, list[tuple[str, str, str]]]:
+    """``table -> [(dataset, arch, method), ...]`` of every table with archs and methods.
+
+    Raises:
+        ValueError: For an unknown table, arch or method, or when no table has both.
+
+    Example:
+        >>> comparison_plan({"t": {"archs": ["cnn"], "methods": ["ce"]}}, {"t": "T"}, ["d"])
+        {'t': [('d', 'cnn', 'ce')]}
+    """
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    for table, spec in tables.items():
+        table = str(table)
+        if table not in titles:
+            raise ValueError(f"unknown table {table!r}; choose from {sorted(titles)}")
+        if spec is None or not spec["archs"] or not spec["methods"]:
+            continue
+        archs = [str(a) for a in spec["archs"]]
+        methods = [str(m) for m in spec["methods"]]
+        bad_archs = [a for a in archs if a not in ARCHITECTURES]
+        bad_methods = [m for m in methods if m not in COMPARISON_METHODS]
+        if bad_archs or bad_methods:
+            raise ValueError(
+                f"tables.{table}: unknown archs {bad_archs} / methods {bad_methods}; "
+                f"archs: {list(ARCHITECTURES)}, methods: {list(COMPARISON_METHODS)}"
+            )
+        out[table] = [(d, a, m) for d in datasets for a in archs for m in methods]
+    if not out:
+        raise ValueError("no table has both archs and methods; nothing to run")
+    return out
