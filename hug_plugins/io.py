@@ -1,4 +1,4 @@
-"""Atomic file output and resumable run logs.
+"""Atomic file output, resumable run logs and the progress bar over a job's runs.
 
 Every file this module writes is written atomically: the bytes go to a temporary file in the
 destination directory, are flushed and ``fsync``-ed, and the temporary file is then moved over
@@ -19,13 +19,20 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["PathLike", "RunLog", "atomic_torch_save", "atomic_write_bytes", "atomic_write_text"]
+__all__ = [
+    "PathLike",
+    "RunLog",
+    "atomic_torch_save",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "run_grid",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -184,3 +191,33 @@ class RunLog:
             handle.flush()
             os.fsync(handle.fileno())
         self.records.append(record)
+
+
+def run_grid(
+    names: Sequence[str], *axes: Iterable[Any], desc: str, enabled: bool = True
+) -> Iterator[tuple[Any, ...]]:
+    """Every combination of ``axes`` (the first varies slowest) behind a tqdm progress bar that
+    shows the current combination, e.g. the ``(method, seed)`` runs of a job.
+
+    Args:
+        names: One name per axis, shown in the bar.
+        axes: The values of each axis.
+        desc: The bar's label (the job's name).
+        enabled: Show the bar (e.g. ``progress and is_main_process()``).
+
+    Example:
+        >>> list(run_grid(["method", "seed"], ["ce", "hug"], [0, 1], desc="demo", enabled=False))
+        [('ce', 0), ('ce', 1), ('hug', 0), ('hug', 1)]
+    """
+    import itertools
+
+    from tqdm.auto import tqdm
+
+    if len(names) != len(axes):
+        raise ValueError(f"one name per axis: {len(names)} names for {len(axes)} axes")
+    points = list(itertools.product(*axes))
+    with tqdm(total=len(points), desc=desc, unit="run", disable=not enabled) as bar:
+        for point in points:
+            bar.set_postfix(dict(zip(names, point, strict=True)))
+            yield point
+            bar.update(1)

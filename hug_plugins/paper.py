@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["PAPER_ERROR", "PAPER_ROBUST", "PAPER_TOP1"]
+__all__ = ["PAPER_ERROR", "PAPER_ROBUST", "PAPER_TOP1", "paper_robust_rows"]
 
 PAPER_ERROR = {
     ("cifar10", "resnet18", "ce"): 5.45,
@@ -53,3 +53,21 @@ PAPER_ROBUST = {
     "cifar100": {"CE": (2.12, 0.0, 0.0), "HUG": (5.26, 1.24, 0.44)},
 }
 """Paper PGD robust accuracy % at eps 2/255, 4/255, 8/255 (ResNet-18, no adversarial training)."""
+
+
+def paper_robust_rows(dataset: str) -> list[dict[str, object]]:
+    """The paper's robust accuracies of ``dataset`` as rows of the robustness table (none for a
+    dataset the paper did not attack).
+
+    Example:
+        >>> paper_robust_rows("cifar10")[1]["robust@8/255"], paper_robust_rows("digits")
+        (1.76, [])
+    """
+    return [
+        {
+            "method": method,
+            "attack": "paper (ResNet-18, PGD-ce)",
+            **{f"robust@{eps}/255": acc for eps, acc in zip((2, 4, 8), accs, strict=True)},
+        }
+        for method, accs in PAPER_ROBUST.get(dataset, {}).items()
+    ]

@@ -108,7 +108,7 @@ def _finite(value: object) -> bool:
 def summarize_runs(
     runs: Sequence[Mapping[str, Any]],
     by: Sequence[str],
-    metrics: Sequence[str],
+    metrics: Sequence[str] | Mapping[str, str],
     *,
     paired: Mapping[str, str] | None = None,
     baseline: Mapping[str, object] | None = None,
@@ -121,13 +121,14 @@ def summarize_runs(
     For each ``metric -> column`` of ``paired``, ``column`` holds the per-seed difference
     ``run - baseline run`` summarized over the seeds both groups ran, where the baseline group
     is this group with the ``baseline`` keys substituted (``None`` in the baseline's own rows
-    and when no seed is shared).
+    and when no seed is shared); it follows its metric's column.
 
     Args:
         runs: One mapping per run, holding the ``by`` keys, ``seed_key`` and the metrics.
         by: Keys that define a group, e.g. ``("ratio", "method")``.
-        metrics: Metric keys to summarize, in column order.
-        paired: ``metric -> column`` of the paired differences to add.
+        metrics: Metric keys to summarize, in column order, or ``column -> metric key``.
+        paired: ``metric key -> column`` of the paired differences to add (metric keys that are
+            not in ``metrics`` are ignored).
         baseline: The keys that select the baseline group, e.g. ``{"method": "CE"}``.
         seed_key: The key that pairs runs across groups.
 
@@ -147,19 +148,19 @@ def summarize_runs(
     """
     if paired and not baseline:
         raise ValueError("paired differences need a baseline, e.g. {'method': 'CE'}")
+    columns = metrics if isinstance(metrics, Mapping) else {m: m for m in metrics}
     groups: dict[tuple[object, ...], list[Mapping[str, Any]]] = {}
     for run in runs:
         groups.setdefault(tuple(run.get(k) for k in by), []).append(run)
     rows: list[dict[str, Any]] = []
     for key, mine in groups.items():
         row: dict[str, Any] = {**dict(zip(by, key, strict=True)), "seeds": len(mine)}
-        for metric in metrics:
+        base_key = tuple((baseline or {}).get(k, v) for k, v in zip(by, key, strict=True))
+        base = {r.get(seed_key): r for r in groups.get(base_key, [])}
+        for column, metric in columns.items():
             values = [r[metric] for r in mine if _finite(r.get(metric))]
-            row[metric] = summarize(values) if values else None
-        if paired and baseline:
-            base_key = tuple(baseline.get(k, v) for k, v in zip(by, key, strict=True))
-            base = {r.get(seed_key): r for r in groups.get(base_key, [])}
-            for metric, column in paired.items():
+            row[column] = summarize(values) if values else None
+            if paired and metric in paired:  # the paired column right after its metric
                 diffs = [
                     float(r[metric]) - float(base[r.get(seed_key)][metric])
                     for r in mine
@@ -167,7 +168,7 @@ def summarize_runs(
                     and _finite(r.get(metric))
                     and _finite(base[r.get(seed_key)].get(metric))
                 ]
-                row[column] = summarize(diffs) if diffs and base_key != key else None
+                row[paired[metric]] = summarize(diffs) if diffs and base_key != key else None
         rows.append(row)
     return rows
 

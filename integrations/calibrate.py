@@ -29,7 +29,12 @@ from hug_plugins.io import RunLog, atomic_write_text
 from hug_plugins.losses import HUGLoss
 from hug_plugins.models import build_classifier, classifier_weight
 from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
-from hug_plugins.tables import standard_header_lines, summarize, write_result_tables
+from hug_plugins.tables import (
+    standard_header_lines,
+    summarize,
+    summarize_runs,
+    write_result_tables,
+)
 from hug_plugins.train import (
     AugmentedLoss,
     Trainer,
@@ -41,6 +46,7 @@ from hug_plugins.train import (
 )
 
 TASK = "calibrate"
+CE = {"recipe": "ce"}
 
 
 def _data(setting: DictConfig, root: str | None) -> tuple[Any, Any, Any, Any]:
@@ -102,40 +108,29 @@ def run_one(setting: DictConfig, recipe: DictConfig, seed: int, cfg: DictConfig)
     }
 
 
-def summarize_runs(
+def recipe_tables(
     runs: list[dict[str, Any]], settings: list[str], recipes: list[str]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Per (setting, recipe) rows and one overall row per recipe (paired to CE by seed)."""
-    index = {(r["setting"], r["recipe"], r["seed"]): r for r in runs}
-    rows, overall = [], []
-    for recipe in recipes:
-        diffs_all: list[float] = []
-        wins = 0
-        for setting in settings:
-            mine = {s: r for (st, rc, s), r in index.items() if st == setting and rc == recipe}
-            if not mine:
-                continue
-            diffs = [
-                100.0 * (r["val_error"] - index[setting, "ce", s]["val_error"])
-                for s, r in mine.items()
-                if (setting, "ce", s) in index
-            ]
-            row: dict[str, Any] = {"setting": setting, "recipe": recipe}
-            row["val_error_%"] = summarize([100.0 * r["val_error"] for r in mine.values()])
-            row["vs_CE_pp"] = summarize(diffs) if recipe != "ce" and diffs else None
-            for key in ("nc1_unit", "nc4_unit"):
-                row[key] = summarize([r[key] for r in mine.values()])
-            rows.append(row)
-            if recipe != "ce" and diffs:
-                diffs_all.extend(diffs)
-                wins += int(sum(diffs) / len(diffs) <= 0.0)
-        if recipe != "ce" and diffs_all:
+    percent = [{**r, "val_error_%": 100.0 * r["val_error"]} for r in runs]
+    columns = ["val_error_%", "nc1_unit", "nc4_unit"]
+    paired = {"val_error_%": "vs_CE_pp"}
+    rows = summarize_runs(percent, ["setting", "recipe"], columns, paired=paired, baseline=CE)
+    rows.sort(key=lambda r: (recipes.index(r["recipe"]), settings.index(r["setting"])))
+    ce = {(r["setting"], r["seed"]): r["val_error_%"] for r in percent if r["recipe"] == "ce"}
+    overall = []
+    for recipe in [r for r in recipes if r != "ce"]:
+        mine = [r for r in percent if r["recipe"] == recipe and (r["setting"], r["seed"]) in ce]
+        diffs = [r["val_error_%"] - ce[r["setting"], r["seed"]] for r in mine]
+        if diffs:
+            paired_rows = [r["vs_CE_pp"] for r in rows if r["recipe"] == recipe and r["vs_CE_pp"]]
+            wins = [d.mean <= 0.0 for d in paired_rows]
             overall.append(
                 {
                     "recipe": recipe,
-                    "mean_vs_CE_pp": summarize(diffs_all),
-                    "worst_run_vs_CE_pp": max(diffs_all),
-                    "settings_at_or_below_CE": wins,
+                    "mean_vs_CE_pp": summarize(diffs),
+                    "worst_run_vs_CE_pp": max(diffs),
+                    "settings_at_or_below_CE": sum(wins),
                 }
             )
     return rows, overall
@@ -185,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     run_log.append(record)  # one line per finished run
                     print(json.dumps(record), file=sys.stderr, flush=True)
     runs = [r for r in run_log.records if r["setting"] in settings and r["recipe"] in recipes]
-    rows, overall = summarize_runs(runs, list(settings), list(recipes))
+    rows, overall = recipe_tables(runs, list(settings), list(recipes))
     header = [
         *standard_header_lines(["integrations/calibrate.py", *args]),
         f"Seeds {seeds}; wall time of this invocation {time.perf_counter() - started:.0f} s.",

@@ -29,18 +29,20 @@ from typing import Any
 
 from omegaconf import DictConfig
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from hug_plugins.backbones import MLP
 from hug_plugins.config import check_choices, check_seeds, run_job, to_dict
 from hug_plugins.data import DIGITS_NUM_CLASSES, DIGITS_NUM_FEATURES, load_digits_split
+from hug_plugins.io import run_grid
 from hug_plugins.losses import HUGLoss
+from hug_plugins.models import FeatureClassifier, classifier_weight, make_head
 from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
 from hug_plugins.proxies import ProxyHead
 from hug_plugins.tables import (
     COLLAPSE_COLUMNS,
     COLLAPSE_NOTE,
     standard_header_lines,
-    summarize,
+    summarize_runs,
     write_result_tables,
 )
 from hug_plugins.train import (
@@ -71,41 +73,28 @@ METRICS = {"test_error": "test_error", **COLLAPSE_COLUMNS}
 """Reported column -> key in the evaluation results (``unit_``: on ``x / ||x||``)."""
 
 
-class MLP(nn.Module):
-    """MLP ``in_dim -> hidden -> hidden -> feature_dim``; returns ``(features, logits)``."""
-
-    def __init__(self, in_dim: int, hidden: int, feature_dim: int, head: nn.Module) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Linear(in_dim, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, feature_dim),
-        )
-        self.head = head
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        features = self.body(x)
-        return features, self.head(features)
-
-
-def build(method: str, seed: int, cfg: DictConfig) -> tuple[MLP, Objective, Tensor]:
-    """Builds the seeded model, its objective and a view of its classifier rows/proxies."""
+def build(method: str, seed: int, cfg: DictConfig) -> tuple[nn.Module, Objective, Tensor]:
+    """Builds the seeded model (MLP ``64 -> hidden -> hidden -> feature_dim`` + head), its
+    objective and a view of its classifier rows/proxies (the head is drawn first)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
     seed_everything(seed)
-    dim = int(cfg.model.feature_dim)
-    head: nn.Module
-    if method == "ce":
-        head = nn.Linear(dim, DIGITS_NUM_CLASSES)
-        model = MLP(DIGITS_NUM_FEATURES, int(cfg.model.hidden), dim, head)
-        return model, CrossEntropyObjective(), head.weight
-    proxy_head = ProxyHead(
-        DIGITS_NUM_CLASSES, dim, mode=cfg.proxy.mode, scale=float(cfg.proxy.scale), seed=seed
+    dim, kind = int(cfg.model.feature_dim), "linear" if method == "ce" else "proxy"
+    head = make_head(
+        kind,
+        DIGITS_NUM_CLASSES,
+        dim,
+        proxy_mode=cfg.proxy.mode,
+        scale=float(cfg.proxy.scale),
+        seed=seed,
     )
-    model = MLP(DIGITS_NUM_FEATURES, int(cfg.model.hidden), dim, proxy_head)
-    return model, HUGObjective(HUGLoss.preset(method), proxy_head), proxy_head.proxies
+    model = FeatureClassifier(
+        MLP(DIGITS_NUM_FEATURES, int(cfg.model.hidden)), head, feature_dim=dim
+    )
+    if method == "ce":
+        return model, CrossEntropyObjective(), classifier_weight(model)
+    assert isinstance(head, ProxyHead)
+    return model, HUGObjective(HUGLoss.preset(method), head), head.proxies
 
 
 def run_one(
@@ -130,8 +119,7 @@ def run_one(
         "epochs_trained": float(result.epochs - result.start_epoch),
     }
     out.update(evaluate_classifier(model, test, batch_size=batch, prefix="test_"))
-    weight = model.head.proxies if isinstance(model.head, ProxyHead) else model.head.weight
-    assert isinstance(weight, Tensor)
+    weight = classifier_weight(model)
     out.update(
         evaluate_collapse(
             model,
@@ -145,47 +133,26 @@ def run_one(
     return out
 
 
-def _run_all(
-    methods: list[str], seeds: list[int], cfg: DictConfig, trainer_cfg: dict[str, Any]
-) -> tuple[list[dict[str, Any]], float]:
-    """Runs every (method, seed) behind a progress bar; returns the runs and the wall time."""
-    runs: list[dict[str, Any]] = []
-    started = time.perf_counter()
-    bar = tqdm(
-        total=len(methods) * len(seeds),
-        desc=TASK,
-        unit="run",
-        disable=not (bool(cfg.progress) and is_main_process()),
-        dynamic_ncols=True,
-    )
-    with bar:
-        for method in methods:
-            for seed in seeds:
-                bar.set_postfix(method=METHODS[method], seed=seed)
-                metrics = run_one(method, seed, cfg, trainer_cfg)
-                runs.append({"method": METHODS[method], "seed": seed, **metrics})
-                bar.update(1)
-    total_seconds = time.perf_counter() - started
-    return runs, total_seconds
-
-
 def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     """Runs every (method, seed), writes the tables (rank 0) and returns rows and paths."""
     methods = check_choices("methods", cfg.methods, list(METHODS))
     seeds = check_seeds(cfg.seeds)
     trainer_cfg = to_dict(cfg.trainer)
     TrainerConfig.from_mapping(trainer_cfg)  # fail fast on a bad trainer section
+    started = time.perf_counter()
+    show = bool(cfg.progress) and is_main_process()
     with torch_threads(cfg.num_threads):
-        runs, total_seconds = _run_all(methods, seeds, cfg, trainer_cfg)
+        runs = [
+            {"method": METHODS[method], "seed": seed, **run_one(method, seed, cfg, trainer_cfg)}
+            for method, seed in run_grid(
+                ["method", "seed"], methods, seeds, desc=TASK, enabled=show
+            )
+        ]
+    total_seconds = time.perf_counter() - started
 
-    rows: list[dict[str, Any]] = []
-    for method in methods:
-        mine = [r for r in runs if r["method"] == METHODS[method]]
-        row: dict[str, Any] = {"method": METHODS[method]}
-        for column, key in METRICS.items():
-            values = [r[key] for r in mine if key in r]
-            row[column] = summarize(values) if values else None
-        rows.append(row)
+    rows = summarize_runs(
+        runs, ["method"], METRICS, paired={"test_error": "vs_CE"}, baseline={"method": "CE"}
+    )
 
     t = cfg.trainer
     header = [
@@ -196,7 +163,8 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         f"{cfg.model.feature_dim}; HUG heads: ProxyHead({cfg.proxy.mode}); "
         f"test fraction {cfg.test_fraction} (split seeded per run); "
         f"wall time {total_seconds:.1f} s.",
-        "Columns: test error (fraction) and, on the training features after the last epoch, "
+        "Columns: test error (fraction); vs_CE: paired per-seed test-error difference to CE "
+        "(negative: better than CE); on the training features after the last epoch, "
         + COLLAPSE_NOTE
         + " Mean ± std (ddof = 1) over seeds.",
     ]
@@ -205,6 +173,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     if is_main_process():
         digits = {
             "test_error": 4,
+            "vs_CE": 4,
             "nc1": 3,
             "gnc2": 3,
             "nc3": 3,

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from hug_plugins.config import (
     check_choices,
@@ -38,6 +37,7 @@ from hug_plugins.config import (
     to_dict,
 )
 from hug_plugins.data import PIXEL_DATASETS, PixelDatasetInfo, load_pixel_datasets
+from hug_plugins.io import run_grid
 from hug_plugins.longtail import (
     SHOT_GROUPS,
     dataset_targets,
@@ -116,17 +116,11 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
             split_seed=int(cfg.data.split_seed),
             test_fraction=float(cfg.data.test_fraction),
         )
-        total = len(ratios) * len(methods) * len(seeds)
-        with tqdm(total=total, desc=TASK, unit="run", disable=not bool(cfg.progress)) as bar:
-            for ratio in ratios:
-                for method in methods:
-                    for seed in seeds:
-                        bar.set_postfix(ratio=ratio, method=method, seed=seed)
-                        result = run_one(method, ratio, seed, cfg, data)
-                        runs.append(
-                            {"ratio": ratio, "method": METHODS[method], "seed": seed, **result}
-                        )
-                        bar.update(1)
+        names = ["ratio", "method", "seed"]
+        grid = run_grid(names, ratios, methods, seeds, desc=TASK, enabled=bool(cfg.progress))
+        for ratio, method, seed in grid:
+            result = run_one(method, ratio, seed, cfg, data)
+            runs.append({"ratio": ratio, "method": METHODS[method], "seed": seed, **result})
     seconds = time.perf_counter() - started
 
     columns = ["top1_acc", *(f"{g}_acc" for g in SHOT_GROUPS)]

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from hug_plugins.config import (
     check_choices,
@@ -42,7 +41,8 @@ from hug_plugins.config import (
     to_dict,
 )
 from hug_plugins.data import PIXEL_DATASETS, PixelDatasetInfo, load_pixel_datasets
-from hug_plugins.paper import PAPER_ROBUST
+from hug_plugins.io import run_grid
+from hug_plugins.paper import paper_robust_rows
 from hug_plugins.robustness import autoattack_accuracy, evaluate_robustness
 from hug_plugins.tables import standard_header_lines, summarize_runs, write_result_tables
 from hug_plugins.train import (
@@ -152,35 +152,22 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
             split_seed=int(cfg.data.split_seed),
             test_fraction=float(cfg.data.test_fraction),
         )
-        total = len(methods) * len(seeds)
-        with tqdm(total=total, desc=TASK, unit="run", disable=not bool(cfg.progress)) as bar:
-            for method in methods:
-                for seed in seeds:
-                    bar.set_postfix(method=method, seed=seed)
-                    runs.extend(run_one(method, seed, cfg, data))
-                    bar.update(1)
+        grid = run_grid(["method", "seed"], methods, seeds, desc=TASK, enabled=bool(cfg.progress))
+        for method, seed in grid:
+            runs.extend(run_one(method, seed, cfg, data))
     seconds = time.perf_counter() - started
 
-    metric_cols: list[str] = []
-    for r in runs:
-        for key in r:
-            if (key.startswith("robust@") or key in ("clean_error", "zero_grad_%")) and (
-                key not in metric_cols
-            ):
-                metric_cols.append(key)
-    metric_cols.sort(key=lambda k: (k != "clean_error", k == "zero_grad_%"))
-    paired = {c: "vs_CE" + c.removeprefix("robust") for c in metric_cols if c.startswith("robust")}
-    paired["clean_error"] = "vs_CE_clean_error"
+    robust = list(dict.fromkeys(k for r in runs for k in r if k.startswith("robust@")))
+    metric_cols = ["clean_error", *robust, "zero_grad_%"]
+    paired = {"clean_error": "vs_CE_clean_error", **{c: "vs_CE" + c[6:] for c in robust}}
     rows = summarize_runs(runs, ["method", "attack"], metric_cols, paired=paired, baseline=CE)
     for row in rows:
         row["n"] = next(r["n"] for r in runs if r["attack"] == row["attack"])
-    paper = PAPER_ROBUST.get(str(cfg.data.name))
-    if paper is not None:
-        for method in methods:
-            ref = paper[METHODS[method]]
-            row = {"method": METHODS[method], "attack": "paper (ResNet-18, PGD-ce)"}
-            row.update({f"robust@{e:g}/255": v for e, v in zip((2, 4, 8), ref, strict=True)})
-            rows.append(row)
+    rows += [
+        r
+        for r in paper_robust_rows(str(cfg.data.name))
+        if r["method"] in (METHODS[m] for m in methods)
+    ]
 
     t, a = cfg.trainer, cfg.attack
     attacked = "all" if a.max_samples is None else f"a fixed class-stratified {a.max_samples}"
