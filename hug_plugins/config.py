@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from hug_plugins.train.config import TrainerConfig
+
 __all__ = [
     "CONFIG_DIR_ENV",
     "DEFAULT_PRESET",
@@ -374,8 +376,8 @@ def pixel_fit_options(cfg: DictConfig) -> dict[str, Any]:
         ...             "loss": {"alpha": None}},
         ...     "trainer": {"epochs": 1}, "data": {"augment": False}, "eval_only": False})
         >>> opts = pixel_fit_options(cfg)
-        >>> opts["model_options"]["convs_per_stage"], opts["hug_overrides"], opts["trainer_cfg"]
-        (2, {}, {'epochs': 1})
+        >>> opts["model_options"]["convs_per_stage"], opts["trainer_cfg"].epochs
+        (2, 1)
     """
     model, hug = cfg.model, cfg.hug
     return {
@@ -389,7 +391,7 @@ def pixel_fit_options(cfg: DictConfig) -> dict[str, Any]:
         },
         "hug_preset": str(hug.preset),
         "hug_overrides": set_values(hug.loss),
-        "trainer_cfg": to_dict(cfg.trainer),
+        "trainer_cfg": TrainerConfig.from_mapping(to_dict(cfg.trainer)),  # validated here, once
         "augment": bool(cfg.data.augment),
         "eval_only": bool(cfg.eval_only),
         "progress": bool(cfg.get("progress", False)),

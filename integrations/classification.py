@@ -93,7 +93,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     job = to_dict(cfg)
     tables = comparison_plan(job["tables"], TABLES, names)
     combos = list(dict.fromkeys(c for combos in tables.values() for c in combos))
-    TrainerConfig.from_mapping(job["trainer"])  # fail fast on a bad trainer section
+    trainer = TrainerConfig.from_mapping(job["trainer"])  # validated once, here
     progress = ("loss", "test_error", *METRICS.values()) if bool(cfg.progress) else None
 
     runs: dict[tuple[str, str, str, int], dict[str, Any]] = {}
@@ -113,7 +113,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
                         file=sys.stderr,
                         flush=True,
                     )
-                runs[key], histories[key] = fit_comparison_run(*key, job, progress)
+                runs[key], histories[key] = fit_comparison_run(*key, job, progress, trainer)
     total_seconds = time.perf_counter() - started
 
     t, m, d = cfg.trainer, cfg.model, cfg.data

@@ -22,6 +22,7 @@ Writes ``<output_dir>/<output_name>.md`` / ``.csv`` (summary) and ``..._runs.md`
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,7 +99,7 @@ def build(method: str, seed: int, cfg: DictConfig) -> tuple[nn.Module, Objective
 
 
 def run_one(
-    method: str, seed: int, cfg: DictConfig, trainer_cfg: dict[str, Any]
+    method: str, seed: int, cfg: DictConfig, trainer_cfg: TrainerConfig
 ) -> dict[str, float]:
     """Trains one (method, seed) and returns its test error and neural-collapse metrics."""
     train, test = load_digits_split(seed, test_fraction=float(cfg.test_fraction))
@@ -106,9 +107,7 @@ def run_one(
     checkpoint = None
     if cfg.checkpoint_dir:
         checkpoint = str(Path(str(cfg.checkpoint_dir)) / f"{method}_seed{seed}.pt")
-    trainer = Trainer(
-        TrainerConfig.from_mapping(trainer_cfg, seed=seed, checkpoint_path=checkpoint)
-    )
+    trainer = Trainer(dataclasses.replace(trainer_cfg, seed=seed, checkpoint_path=checkpoint))
     start = time.perf_counter()
     result = trainer.fit_classifier(model, train, objective)
     seconds = time.perf_counter() - start
@@ -137,8 +136,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     """Runs every (method, seed), writes the tables (rank 0) and returns rows and paths."""
     methods = check_choices("methods", cfg.methods, list(METHODS))
     seeds = check_seeds(cfg.seeds)
-    trainer_cfg = to_dict(cfg.trainer)
-    TrainerConfig.from_mapping(trainer_cfg)  # fail fast on a bad trainer section
+    trainer_cfg = TrainerConfig.from_mapping(to_dict(cfg.trainer))  # validated once, here
     started = time.perf_counter()
     show = bool(cfg.progress) and is_main_process()
     with torch_threads(cfg.num_threads):

@@ -34,7 +34,6 @@ from hug_plugins.config import (
     check_seeds,
     pixel_fit_options,
     run_job,
-    to_dict,
 )
 from hug_plugins.data import PIXEL_DATASETS, PixelDatasetInfo, load_pixel_datasets
 from hug_plugins.io import run_grid
@@ -49,7 +48,7 @@ from hug_plugins.longtail import (
 )
 from hug_plugins.paper import PAPER_TOP1
 from hug_plugins.tables import standard_header_lines, summarize_runs, write_result_tables
-from hug_plugins.train import TrainerConfig, checkpoint_file, fit_pixel_classifier, torch_threads
+from hug_plugins.train import checkpoint_file, fit_pixel_classifier, torch_threads
 
 TASK = "longtail"
 METHODS = {"ce": "CE", "hug": "HUG"}
@@ -63,8 +62,10 @@ def run_one(
     seed: int,
     cfg: DictConfig,
     data: tuple[Any, Any, PixelDatasetInfo],
+    options: dict[str, Any],
 ) -> dict[str, Any]:
-    """Trains (or reloads) one (method, ratio, seed) and returns its accuracies."""
+    """Trains (or reloads) one (method, ratio, seed) and returns its accuracies; ``options``:
+    :func:`~hug_plugins.config.pixel_fit_options` of the job."""
     train_full, test, data_info = data
     num_classes = data_info.num_classes
     n_max = None if cfg.longtail_n_max is None else int(cfg.longtail_n_max)
@@ -74,7 +75,7 @@ def run_one(
     arch = str(cfg.model.arch)
     ckpt = checkpoint_file(cfg.checkpoint_dir, data_info.name, arch, method, seed, ratio=ratio)
     model, info = fit_pixel_classifier(
-        method, data_info, train, seed=seed, checkpoint=ckpt, **pixel_fit_options(cfg)
+        method, data_info, train, seed=seed, checkpoint=ckpt, **options
     )
     accuracy, support = per_class_accuracy(
         model, test, num_classes, batch_size=int(cfg.eval_batch_size)
@@ -105,7 +106,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         raise ValueError(f"ratios must be a non-empty list of numbers in (0, 1], got {ratios}")
     if str(cfg.data.name) not in PIXEL_DATASETS:
         raise ValueError(f"data.name must be one of {list(PIXEL_DATASETS)}")
-    TrainerConfig.from_mapping(to_dict(cfg.trainer))  # fail fast
+    options = pixel_fit_options(cfg)  # validates the trainer section once, here
 
     started = time.perf_counter()
     runs: list[dict[str, Any]] = []
@@ -119,7 +120,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         names = ["ratio", "method", "seed"]
         grid = run_grid(names, ratios, methods, seeds, desc=TASK, enabled=bool(cfg.progress))
         for ratio, method, seed in grid:
-            result = run_one(method, ratio, seed, cfg, data)
+            result = run_one(method, ratio, seed, cfg, data, options)
             runs.append({"ratio": ratio, "method": METHODS[method], "seed": seed, **result})
     seconds = time.perf_counter() - started
 

@@ -38,7 +38,6 @@ from hug_plugins.config import (
     check_seeds,
     pixel_fit_options,
     run_job,
-    to_dict,
 )
 from hug_plugins.data import PIXEL_DATASETS, PixelDatasetInfo, load_pixel_datasets
 from hug_plugins.io import run_grid
@@ -46,7 +45,6 @@ from hug_plugins.paper import paper_robust_rows
 from hug_plugins.robustness import autoattack_accuracy, evaluate_robustness
 from hug_plugins.tables import standard_header_lines, summarize_runs, write_result_tables
 from hug_plugins.train import (
-    TrainerConfig,
     checkpoint_file,
     find_checkpoint,
     fit_pixel_classifier,
@@ -60,12 +58,16 @@ CE = {"method": "CE"}
 
 
 def run_one(
-    method: str, seed: int, cfg: DictConfig, data: tuple[Any, Any, PixelDatasetInfo]
+    method: str,
+    seed: int,
+    cfg: DictConfig,
+    data: tuple[Any, Any, PixelDatasetInfo],
+    job_options: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """Trains or reloads one (method, seed) model and attacks it; one row per attack loss."""
     train, test, data_info = data
     name, num_classes = data_info.name, data_info.num_classes
-    options = pixel_fit_options(cfg)
+    options = dict(job_options)
     if cfg.checkpoint_pattern:  # models trained by another job: load, never train
         run_name = "ce" if method == "ce" else str(cfg.hug.proxy_mode)
         ckpt = find_checkpoint(str(cfg.checkpoint_pattern), method=run_name, seed=seed)
@@ -141,7 +143,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     bad = [x for x in cfg.attack.losses if x not in ("ce", "margin")]
     if bad or not cfg.attack.losses:
         raise ValueError(f"attack.losses must be a non-empty subset of [ce, margin], got {bad}")
-    TrainerConfig.from_mapping(to_dict(cfg.trainer))
+    options = pixel_fit_options(cfg)  # validates the trainer section once, here
 
     started = time.perf_counter()
     runs: list[dict[str, Any]] = []
@@ -154,7 +156,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         )
         grid = run_grid(["method", "seed"], methods, seeds, desc=TASK, enabled=bool(cfg.progress))
         for method, seed in grid:
-            runs.extend(run_one(method, seed, cfg, data))
+            runs.extend(run_one(method, seed, cfg, data, options))
     seconds = time.perf_counter() - started
 
     robust = list(dict.fromkeys(k for r in runs for k in r if k.startswith("robust@")))

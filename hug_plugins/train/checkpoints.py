@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -79,7 +80,7 @@ def train_or_load(
     model: FeatureClassifier,
     method: str,
     train_data: Dataset[Any],
-    trainer_cfg: dict[str, Any],
+    trainer_cfg: TrainerConfig | Mapping[str, Any],
     *,
     seed: int,
     checkpoint: str | os.PathLike[str] | None,
@@ -96,7 +97,7 @@ def train_or_load(
             :class:`~hug_plugins.proxies.ProxyHead` (HUG).
         method: ``"ce"`` or ``"hug"``.
         train_data: Training set.
-        trainer_cfg: :class:`~hug_plugins.train.TrainerConfig` fields.
+        trainer_cfg: The job's :class:`~hug_plugins.train.TrainerConfig` (or its fields).
         seed: Run seed (overrides ``trainer_cfg``).
         checkpoint: Checkpoint file (``None``: no checkpoint).
         hug_preset: :class:`~hug_plugins.losses.HUGLoss` preset of the HUG method.
@@ -104,7 +105,7 @@ def train_or_load(
         augment: Batch augmentation applied to every training batch (e.g.
             :class:`~hug_plugins.data.BatchAugment`); ``None``: none.
         eval_only: Never train: load ``checkpoint`` (which must exist and have finished
-            ``trainer_cfg["epochs"]`` epochs) and return.
+            ``trainer_cfg.epochs`` epochs) and return.
         progress: A label: print a line per epoch to stderr (main process) with the loss and
             the time left in this run; ``None``: silent.
 
@@ -117,12 +118,17 @@ def train_or_load(
     """
     if method not in ("ce", "hug"):
         raise ValueError(f"method must be 'ce' or 'hug', got {method!r}")
+    base = (
+        trainer_cfg
+        if isinstance(trainer_cfg, TrainerConfig)
+        else TrainerConfig.from_mapping(trainer_cfg)
+    )
     if eval_only:
         if checkpoint is None:
             raise ValueError("eval_only needs a checkpoint directory")
         meta = load_checkpoint_weights(model, checkpoint)
-        epochs = trainer_cfg.get("epochs")
-        if "epoch" in meta and epochs is not None and int(meta["epoch"]) < int(epochs):
+        epochs = base.epochs
+        if "epoch" in meta and int(meta["epoch"]) < epochs:
             raise ValueError(
                 f"checkpoint {str(checkpoint)!r} is unfinished: epoch {meta['epoch']} of {epochs}"
             )
@@ -134,8 +140,8 @@ def train_or_load(
     else:
         loss = HUGLoss.preset(hug_preset, **(hug_overrides or {}))
         objective = HUGObjective(loss, model.head)
-    config = TrainerConfig.from_mapping(
-        trainer_cfg, seed=seed, checkpoint_path=None if checkpoint is None else str(checkpoint)
+    config = dataclasses.replace(
+        base, seed=seed, checkpoint_path=None if checkpoint is None else str(checkpoint)
     )
     loss_fn = SupervisedLoss(objective) if augment is None else AugmentedLoss(objective, augment)
     start = time.perf_counter()
@@ -264,7 +270,7 @@ def fit_pixel_classifier(
     model_options: Mapping[str, Any],
     hug_preset: str,
     hug_overrides: dict[str, Any] | None,
-    trainer_cfg: dict[str, Any],
+    trainer_cfg: TrainerConfig | Mapping[str, Any],
     seed: int,
     checkpoint: str | os.PathLike[str] | None,
     augment: bool = False,
@@ -282,7 +288,7 @@ def fit_pixel_classifier(
             ``hidden``, ``feature_dim``, ``convs_per_stage``, ``proxy_mode``, ``scale``).
         hug_preset: HUG preset name.
         hug_overrides: HUG config overrides.
-        trainer_cfg: Trainer config fields.
+        trainer_cfg: The job's :class:`~hug_plugins.train.TrainerConfig` (or its fields).
         seed: Run seed (weights, proxies, data order).
         checkpoint: Checkpoint file or ``None``.
         augment: CIFAR augmentation (:class:`~hug_plugins.data.BatchAugment`: crop with

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -238,15 +239,18 @@ def fit_comparison_run(
     seed: int,
     job: Mapping[str, Any],
     progress: Sequence[str] | None = None,
+    trainer_config: TrainerConfig | None = None,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Trains (or resumes / reloads) one run of the job; returns its final metrics and its
-    per-epoch history (:func:`~hug_plugins.train.collapse_fit.fit_tracking_collapse`)."""
+    per-epoch history (:func:`~hug_plugins.train.collapse_fit.fit_tracking_collapse`).
+
+    ``trainer_config`` is the job's validated trainer section (``None``: built from
+    ``job["trainer"]``); the run's seed and checkpoint replace its own."""
     train, test, collapse, info = comparison_data(dataset, job)
     model, objective = comparison_model(method, arch, info, seed, job)
     checkpoint = comparison_checkpoint(job, dataset, arch, method, seed)
-    trainer = Trainer(
-        TrainerConfig.from_mapping(job["trainer"], seed=seed, checkpoint_path=checkpoint)
-    )
+    base = trainer_config or TrainerConfig.from_mapping(job["trainer"])
+    trainer = Trainer(dataclasses.replace(base, seed=seed, checkpoint_path=checkpoint))
     augment = job["augment"]
     return fit_tracking_collapse(
         trainer,

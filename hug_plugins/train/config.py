@@ -43,9 +43,10 @@ def require_choice(name: str, value: object, choices: Sequence[str]) -> None:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainerConfig:
-    """Settings of :class:`Trainer`; validated on construction.
+    """Settings of :class:`Trainer`; validated once, on construction, and immutable after
+    (derive a run's config with :func:`dataclasses.replace` or :meth:`from_mapping`).
 
     Attributes:
         epochs: Number of training epochs (>= 1).
@@ -115,9 +116,9 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.checkpoint_path, os.PathLike):
-            self.checkpoint_path = os.fspath(self.checkpoint_path)
+            object.__setattr__(self, "checkpoint_path", os.fspath(self.checkpoint_path))
         if isinstance(self.device, torch.device):
-            self.device = str(self.device)
+            object.__setattr__(self, "device", str(self.device))
         self.validate()
 
     def validate(self) -> None:

@@ -114,8 +114,7 @@ class Trainer:
             config = TrainerConfig()
         elif not isinstance(config, TrainerConfig):
             config = TrainerConfig.from_mapping(config)
-        config.validate()
-        self.config = config
+        self.config = config  # frozen: validated when it was built
         self.device = resolve_device(config.device)
         self.optimizer: torch.optim.Optimizer | None = None
 
