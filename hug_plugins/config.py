@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from hug_plugins.data import PIXEL_DATASETS, PixelDatasetInfo, load_pixel_datasets
 from hug_plugins.train.config import TrainerConfig
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "check_seeds",
     "default_config_root",
     "load_config",
+    "load_job_pixel_data",
     "parse_cli",
     "pixel_fit_options",
     "resolve_preset_path",
@@ -396,6 +398,24 @@ def pixel_fit_options(cfg: DictConfig) -> dict[str, Any]:
         "eval_only": bool(cfg.eval_only),
         "progress": bool(cfg.get("progress", False)),
     }
+
+
+def load_job_pixel_data(cfg: DictConfig) -> tuple[Any, Any, PixelDatasetInfo]:
+    """``(train, test, info)`` of a job's ``data.{name, root, split_seed, test_fraction}`` as
+    [0, 1] pixel tensors (:func:`hug_plugins.data.load_pixel_datasets`).
+
+    Raises:
+        ValueError: If ``data.name`` is not a pixel dataset.
+    """
+    d = cfg.data
+    if str(d.name) not in PIXEL_DATASETS:
+        raise ValueError(f"data.name must be one of {list(PIXEL_DATASETS)}, got {d.name!r}")
+    return load_pixel_datasets(
+        str(d.name),
+        None if d.root is None else str(d.root),
+        split_seed=int(d.split_seed),
+        test_fraction=float(d.test_fraction),
+    )
 
 
 def run_job(

@@ -32,10 +32,11 @@ from omegaconf import DictConfig
 from hug_plugins.config import (
     check_choices,
     check_seeds,
+    load_job_pixel_data,
     pixel_fit_options,
     run_job,
 )
-from hug_plugins.data import PIXEL_DATASETS, PixelDatasetInfo, load_pixel_datasets
+from hug_plugins.data import PixelDatasetInfo
 from hug_plugins.io import run_grid
 from hug_plugins.longtail import (
     SHOT_GROUPS,
@@ -104,19 +105,12 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     seeds = check_seeds(cfg.seeds)
     if not ratios or any(not 0 < r <= 1 for r in ratios):
         raise ValueError(f"ratios must be a non-empty list of numbers in (0, 1], got {ratios}")
-    if str(cfg.data.name) not in PIXEL_DATASETS:
-        raise ValueError(f"data.name must be one of {list(PIXEL_DATASETS)}")
     options = pixel_fit_options(cfg)  # validates the trainer section once, here
 
     started = time.perf_counter()
     runs: list[dict[str, Any]] = []
     with torch_threads(cfg.num_threads):
-        data = load_pixel_datasets(
-            str(cfg.data.name),
-            cfg.data.root,
-            split_seed=int(cfg.data.split_seed),
-            test_fraction=float(cfg.data.test_fraction),
-        )
+        data = load_job_pixel_data(cfg)
         names = ["ratio", "method", "seed"]
         grid = run_grid(names, ratios, methods, seeds, desc=TASK, enabled=bool(cfg.progress))
         for ratio, method, seed in grid:

@@ -36,10 +36,11 @@ from omegaconf import DictConfig
 from hug_plugins.config import (
     check_choices,
     check_seeds,
+    load_job_pixel_data,
     pixel_fit_options,
     run_job,
 )
-from hug_plugins.data import PIXEL_DATASETS, PixelDatasetInfo, load_pixel_datasets
+from hug_plugins.data import PixelDatasetInfo
 from hug_plugins.io import run_grid
 from hug_plugins.paper import paper_robust_rows
 from hug_plugins.robustness import autoattack_accuracy, evaluate_robustness
@@ -138,8 +139,6 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     """Runs every (method, seed), writes the tables and returns rows, runs and paths."""
     methods = check_choices("methods", cfg.methods, list(METHODS))
     seeds = check_seeds(cfg.seeds)
-    if str(cfg.data.name) not in PIXEL_DATASETS:
-        raise ValueError(f"data.name must be one of {list(PIXEL_DATASETS)}")
     bad = [x for x in cfg.attack.losses if x not in ("ce", "margin")]
     if bad or not cfg.attack.losses:
         raise ValueError(f"attack.losses must be a non-empty subset of [ce, margin], got {bad}")
@@ -148,12 +147,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     started = time.perf_counter()
     runs: list[dict[str, Any]] = []
     with torch_threads(cfg.num_threads):
-        data = load_pixel_datasets(
-            str(cfg.data.name),
-            cfg.data.root,
-            split_seed=int(cfg.data.split_seed),
-            test_fraction=float(cfg.data.test_fraction),
-        )
+        data = load_job_pixel_data(cfg)
         grid = run_grid(["method", "seed"], methods, seeds, desc=TASK, enabled=bool(cfg.progress))
         for method, seed in grid:
             runs.extend(run_one(method, seed, cfg, data, options))
