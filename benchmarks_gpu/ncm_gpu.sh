@@ -2,7 +2,7 @@
 # One-shot GPU check of hug_plugins.ncm (exact nearest-class-mean / NC4 evaluator).
 #
 # Runs on a lent H100/H200 over a copy of the repo, installs nothing, finishes in < 6 minutes:
-#   1. tests/test_ncm.py with a GPU present (the "auto" backend now runs on the GPU),
+#   1. tests/ncm/test_ncm.py with a GPU present (the "auto" backend now runs on the GPU),
 #   2. integrations/ncm.py --preset gpu: N = 1e6 queries, d = 512, C in {1e3, 1e4, 1e5, 1e6},
 #      exact evaluator vs chunked torch matmul, against the FP32 GEMM bound 2 N C d / peak.
 # FAISS-GPU is used when `import faiss` finds GPUs; otherwise the evaluator runs torch on CUDA
@@ -37,7 +37,7 @@ PYEOF
 } 2>&1 | tee "$OUT/env.txt"
 
 echo "== tests ==" | tee "$OUT/pytest.log"
-timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_ncm.py 2>&1 | tail -25 | tee -a "$OUT/pytest.log"
+timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/ncm/test_ncm.py 2>&1 | tail -25 | tee -a "$OUT/pytest.log"
 
 echo "== benchmark ==" | tee "$OUT/bench.log"
 timeout 330 "$PY" integrations/ncm.py --preset gpu "output_dir=$OUT" "$@" 2>&1 | tee -a "$OUT/bench.log"

@@ -13,7 +13,7 @@ import pytest
 
 from hug_plugins.config import available_presets, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "integrations" / "digits.py"
 METHODS = ["CE", "HUG (default)", "MHE-HUG (paper)", "MHS-HUG (paper)", "MGD-HUG (paper)"]
 

@@ -9,7 +9,7 @@ import pytest
 
 from hug_plugins.config import available_presets, load_config
 
-TASKS = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs").iterdir())
+TASKS = sorted(p.name for p in (Path(__file__).resolve().parents[2] / "configs").iterdir())
 TRAINING = {"classification", "continual", "digits", "calibrate", "longtail", "robustness"}
 TRAINING |= {"selfsupervised"}
 PRESETS = [(task, name) for task in TASKS for name in available_presets(task)]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "integrations" / "continual.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "integrations" / "continual.py"
 
 
 def _load() -> Any:

@@ -20,7 +20,7 @@ from types import ModuleType
 import pytest
 import torch.distributed as dist
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "integrations" / "selfsupervised.py"
 METHODS = ["HUGCriterion", "NTXentLoss", "HypersphereLoss"]
 OVERRIDES = ["trainer.epochs=1", "seeds=[0]", "eval.knn_k=50"]
