@@ -28,7 +28,9 @@ Presets (``configs/selfsupervised/``):
   GPU).
 
 Output: ``<output>.md`` and ``<output>.csv`` (mean +- std over seeds, with the exact command and
-the hardware in the header) and ``<output>_runs.csv`` (one row per criterion and seed).
+the hardware in the header), ``<output>_runs.csv`` (one row per criterion and seed) and
+``<output>_done.jsonl`` (finished runs: a restarted job skips them; with ``checkpoint_dir`` a
+run cut mid-way resumes from its last epoch).
 
 Usage::
 
@@ -68,12 +70,14 @@ import torch
 import torch.distributed as dist
 
 from hug_plugins.config import parse_cli, to_dict
+from hug_plugins.io import RunLog
 from hug_plugins.simclr import (
     CRITERIA,
     CRITERION_NAMES,
     load_ssl_datasets,
     per_process_batch,
     run_ssl,
+    ssl_settings_tag,
 )
 from hug_plugins.tables import standard_header_lines, summarize_runs, write_tables
 from hug_plugins.train import distributed_info, init_distributed_from_env, is_main_process
@@ -111,16 +115,30 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             flush=True,
         )
     job = to_dict(cfg)
+    stem = Path(str(cfg.output_dir)) / str(cfg.output_name)
+    # Finished runs, one line each: a restarted job skips them (a changed setting changes the tag).
+    run_log = RunLog(stem.with_name(stem.name + "_done.jsonl"), ("criterion", "seed", "settings"))
     runs: list[dict[str, Any]] = []
     for seed in cfg.seeds:
         for name in cfg.criteria:
-            run = run_ssl(str(name), int(seed), job, datasets)
+            key = {
+                "criterion": CRITERION_NAMES[name],
+                "seed": int(seed),
+                "settings": ssl_settings_tag(str(name), job, world),
+            }
+            restored = run_log.done(key)
+            if restored:
+                run = {k: v for k, v in run_log.get(key).items() if k != "settings"}
+            else:
+                run = run_ssl(str(name), int(seed), job, datasets)
+                if is_main_process():
+                    run_log.append({**run, "settings": key["settings"]})
             runs.append(run)
             if is_main_process():
                 print(
                     f"[ssl] {run['criterion']:>16s} seed {seed}: kNN top-1 {run['knn_top1']:.4f} "
                     f"GNC2 {run['gnc2_ratio']:.4f} NC4 {run['nc4_agreement']:.4f} "
-                    f"{run['train_images_per_s']:.0f} img/s",
+                    f"{run['train_images_per_s']:.0f} img/s{' (restored)' if restored else ''}",
                     flush=True,
                 )
     metrics = ("knn_top1", "gnc2_ratio", "nc1", "nc4_agreement", "train_images_per_s", "final_loss")
@@ -160,7 +178,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 else ""
             )
         )
-        stem = Path(str(cfg.output_dir)) / str(cfg.output_name)
         digits = {
             "knn_top1": 4,
             "knn_vs_NTXent": 4,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
 import torch
@@ -270,32 +269,3 @@ def test_extra_repr_and_chunking_invariance() -> None:
     torch.testing.assert_close(small, HUGCriterion()(views))
     text = repr(HUGCriterion(memory_bank_size=(4, 6)))
     assert "uniformity='riesz'" in text and "memory_bank_size=(4, 6)" in text
-
-
-def test_benchmark_script_quick_smoke(tmp_path: Path) -> None:
-    import importlib.util
-
-    script = Path(__file__).resolve().parent.parent / "integrations" / "selfsupervised.py"
-    spec = importlib.util.spec_from_file_location("ssl_benchmark", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    stem = tmp_path / "ssl"
-    rows = module.main(
-        [
-            "--preset",
-            "quick",
-            "trainer.epochs=1",
-            "seeds=[0]",
-            "criteria=[hug,ntxent]",
-            "eval.knn_k=20",
-            f"output_dir={stem.parent}",
-            f"output_name={stem.name}",
-        ]
-    )
-    assert [r["criterion"] for r in rows] == ["HUGCriterion", "NTXentLoss"]
-    assert all(0.0 <= r["knn_top1"][0] <= 1.0 for r in rows)
-    text = stem.with_name("ssl.md").read_text()
-    assert "Command: `python integrations/selfsupervised.py --preset quick" in text
-    assert "Hardware: CPU" in text and "| HUGCriterion | 1 |" in text
-    assert stem.with_name("ssl_runs.csv").read_text().count("\n") == 3

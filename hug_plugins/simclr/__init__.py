@@ -45,6 +45,7 @@ from hug_plugins.simclr.runs import (
     images_per_run,
     per_process_batch,
     run_ssl,
+    ssl_settings_tag,
 )
 
 __all__ = [
@@ -66,4 +67,5 @@ __all__ = [
     "load_ssl_datasets",
     "per_process_batch",
     "run_ssl",
+    "ssl_settings_tag",
 ]

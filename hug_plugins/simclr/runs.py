@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +23,13 @@ from hug_plugins.simclr.model import (
     build_criterion,
     build_ssl_model,
 )
-from hug_plugins.train import Trainer, TrainerConfig, distributed_info, seed_everything
+from hug_plugins.train import (
+    Trainer,
+    TrainerConfig,
+    distributed_info,
+    seed_everything,
+    settings_tag,
+)
 
 
 @torch.no_grad()
@@ -125,24 +133,52 @@ def images_per_run(num_train: int, per_batch: int, world: int, epochs: int, drop
 # ----------------------------------------------------------------------------- one run
 
 
+def ssl_settings_tag(name: str, job: Mapping[str, Any], world: int) -> str:
+    """Hash of everything that changes a run of criterion ``name`` except its seed: the data
+    (not its path), model, trainer (not its progress/device/worker settings), evaluation, the
+    criterion's own section and the number of processes."""
+    skip = ("progress", "device", "num_workers")
+    return settings_tag(
+        {
+            "criterion": name,
+            "options": job.get(name),
+            "data": {k: v for k, v in job["data"].items() if k != "root"},
+            "model": job["model"],
+            "trainer": {k: v for k, v in job["trainer"].items() if k not in skip},
+            "eval": job["eval"],
+            "world": world,
+        }
+    )
+
+
 def run_ssl(name: str, seed: int, job: Mapping[str, Any], data: SSLDatasets) -> dict[str, Any]:
     """Trains criterion ``name`` with one seed and evaluates it (under DDP: on every rank).
 
     ``job`` is the self-supervised job's config as plain containers
     (``configs/selfsupervised/*.yaml``): ``trainer`` (global batch), ``model.{backbone, width,
-    proj_hidden, proj_dim}``, the criterion's own section (``job[name]``) and
-    ``eval.{knn_k, knn_t, batch_size}``. Under DDP the weights stay identical on all ranks:
-    rank 0 evaluates on the full sets and broadcasts its numbers and its wall time, so every
-    rank returns the same row.
+    proj_hidden, proj_dim}``, the criterion's own section (``job[name]``),
+    ``eval.{knn_k, knn_t, batch_size}`` and ``checkpoint_dir`` (null: none; else the run is
+    checkpointed after every epoch under a name holding :func:`ssl_settings_tag`, and a
+    restarted run resumes from it). Under DDP the weights stay identical on all ranks: rank 0
+    evaluates on the full sets and broadcasts its numbers and its wall time, so every rank
+    returns the same row.
 
     Returns:
         ``{"criterion", "seed", knn_top1, gnc2_ratio, nc1, nc4_agreement, "final_loss",
-        "train_images_per_s", "train_seconds"}``.
+        "train_images_per_s", "train_seconds", "resumed_from_epoch"}``; the throughput counts
+        the epochs trained in this call (NaN when a finished checkpoint was only reloaded).
     """
     train_views, collate_fn = data.train, data.collate_fn
     rank, world = distributed_info()
     per_batch = per_process_batch(int(job["trainer"]["batch_size"]), world)
-    trainer_cfg = TrainerConfig.from_mapping(job["trainer"], seed=seed, batch_size=per_batch)
+    checkpoint = None
+    if job.get("checkpoint_dir"):
+        tag = ssl_settings_tag(name, job, world)
+        stem = f"{job['data']['name']}_{job['model']['backbone']}_{name}_seed{seed}_{tag}.pt"
+        checkpoint = str(Path(str(job["checkpoint_dir"])) / stem)
+    trainer_cfg = TrainerConfig.from_mapping(
+        job["trainer"], seed=seed, batch_size=per_batch, checkpoint_path=checkpoint
+    )
     if world > 1 and isinstance(collate_fn, DigitsViews):
         collate_fn = collate_fn.for_rank(seed, rank)
     trainer = Trainer(trainer_cfg)
@@ -161,7 +197,8 @@ def run_ssl(name: str, seed: int, job: Mapping[str, Any], data: SSLDatasets) -> 
         torch.cuda.synchronize(trainer.device)
     seconds = time.perf_counter() - start
     num_train = len(train_views)  # type: ignore[arg-type]
-    images = images_per_run(num_train, per_batch, world, trainer_cfg.epochs, trainer_cfg.drop_last)
+    trained = result.epochs - result.start_epoch
+    images = images_per_run(num_train, per_batch, world, trained, trainer_cfg.drop_last)
     shared: list[Any] = [None]
     if rank == 0:
         e = job["eval"]
@@ -184,6 +221,7 @@ def run_ssl(name: str, seed: int, job: Mapping[str, Any], data: SSLDatasets) -> 
         "seed": seed,
         **metrics,
         "final_loss": result.final["loss"],
-        "train_images_per_s": images / seconds,
+        "train_images_per_s": images / seconds if trained > 0 else math.nan,
         "train_seconds": seconds,
+        "resumed_from_epoch": result.start_epoch,
     }
