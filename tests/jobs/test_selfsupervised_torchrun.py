@@ -91,7 +91,7 @@ def test_torchrun_two_processes_matches_single_process_tables(tmp_path: Path) ->
     )
 
     # rank 0 alone wrote the files (no leftovers of the atomic writes); same names both ways
-    names = ["ssl.csv", "ssl.md", "ssl_runs.csv", "ssl_runs.md"]
+    names = ["ssl.csv", "ssl.md", "ssl_done.jsonl", "ssl_runs.csv", "ssl_runs.md"]
     assert sorted(p.name for p in ddp_dir.iterdir()) == names
     assert sorted(p.name for p in single_dir.iterdir()) == names
 
