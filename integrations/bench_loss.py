@@ -26,6 +26,7 @@ import torch
 from hug_plugins import benchmark
 from hug_plugins.config import parse_cli
 from hug_plugins.tables import standard_header_lines, write_tables
+from hug_plugins.train.runtime import resolve_device
 
 RATIOS = {
     "hug/ce": "hug",
@@ -124,7 +125,7 @@ def train_rows(cfg: Any, threads: int | None, header: list[str]) -> list[dict[st
 def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     cfg = parse_cli(argv, "bench_loss", description=__doc__)
     if cfg.device == "auto":
-        cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+        cfg.device = resolve_device("auto").type
     threads = None if cfg.num_threads is None else int(cfg.num_threads)
     if threads is not None:
         torch.set_num_threads(threads)

@@ -40,6 +40,7 @@ from torch import Tensor
 from hug_plugins.ncm.index import NearestMeanIndex
 from hug_plugins.ncm.measure import PeakMemory, openblas_probe, trim_memory
 from hug_plugins.ncm.scorer import ncm_reference
+from hug_plugins.train.runtime import resolve_device
 
 __all__ = [
     "COLUMNS",
@@ -258,7 +259,7 @@ def _run_ncm(means: Tensor, queries: Tensor, s: NCMBenchSettings) -> tuple[Tenso
 def _run_torch(
     means: Tensor, queries: Tensor, s: NCMBenchSettings
 ) -> tuple[Tensor, dict[str, Any]]:
-    device = torch.device("cuda" if s.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = resolve_device("cpu" if s.device == "cpu" else "auto")
     t0 = time.perf_counter()
     m = means.to(device)
     bias = -0.5 * (m * m).sum(1)
@@ -319,7 +320,7 @@ def _cell(
     n = int(min(s.n_queries, max(s.check_queries, s.max_tflop_per_cell * 1e12 / (2 * c * s.dim))))
     means, queries = make_problem(kind, n, c, s.dim, s.near_ties, base, s.seed)
     check = min(s.check_queries, n)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     ref = ncm_reference(queries[:check].to(device), means.to(device)).cpu()
     cell: dict[str, dict[str, Any]] = {}
     methods = list(s.methods)
