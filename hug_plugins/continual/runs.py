@@ -95,11 +95,11 @@ def load_stream_tensors(
     """``(train, test, input_shape)`` as in-memory tensors for a class-incremental stream.
 
     Digits are the flat ``[0, 1]`` vectors of :func:`~hug_plugins.data.load_digits_split`; MNIST
-    (flattened) and CIFAR-10 images are standardized with the training set's channel
-    statistics. ``train_per_class`` / ``test_per_class`` cap the samples per class.
+    (flattened) and CIFAR-10 / CIFAR-100 images are standardized with the training set's
+    channel statistics. ``train_per_class`` / ``test_per_class`` cap the samples per class.
 
     Args:
-        name: ``"digits"``, ``"mnist"`` or ``"cifar10"``.
+        name: ``"digits"``, ``"mnist"``, ``"cifar10"`` or ``"cifar100"``.
         root: Data root (not for digits).
         split_seed: Digits train/test split seed.
         train_per_class: Per-class cap of the training set (``None``: all).
@@ -108,8 +108,9 @@ def load_stream_tensors(
     Returns:
         ``((x_train, y_train), (x_test, y_test), input_shape)``.
     """
-    if name not in ("digits", "mnist", "cifar10"):
-        raise ValueError(f"data.name must be one of ['cifar10', 'digits', 'mnist'], got {name!r}")
+    names = ("digits", "mnist", "cifar10", "cifar100")
+    if name not in names:
+        raise ValueError(f"data.name must be one of {list(names)}, got {name!r}")
     if name == "digits":
         tr, te = load_digits_split(seed=split_seed)
         train, test = (tr.tensors[0], tr.tensors[1]), (te.tensors[0], te.tensors[1])
@@ -119,7 +120,7 @@ def load_stream_tensors(
             raise ValueError(f"the {name} preset needs --data-root (or data.root=...)")
         images_train, images_test, info = load_image_dataset(name, root)
         train, test = (_standardized(d, info.mean, info.std) for d in (images_train, images_test))
-        shape = (3, 32, 32) if name == "cifar10" else (784,)
+        shape = (784,) if name == "mnist" else (3, 32, 32)
         if name == "mnist":
             train, test = (train[0].flatten(1), train[1]), (test[0].flatten(1), test[1])
     train = _cap_per_class(*train, train_per_class, 0)
