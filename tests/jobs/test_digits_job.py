@@ -67,7 +67,9 @@ def test_quick_job_writes_tables(job: ModuleType, tmp_path: Path) -> None:
     text = md.read_text(encoding="utf-8")
     assert "Command: `python integrations/digits.py --preset quick" in text
     assert "Hardware: CPU:" in text
-    header = "| method | seeds | test_error | vs_CE | nc1 | gnc2 | nc3 | nc4 | nc1_unit | nc4_unit |"
+    header = (
+        "| method | seeds | test_error | vs_CE | nc1 | gnc2 | nc3 | nc4 | nc1_unit | nc4_unit |"
+    )
     assert header in text
     for method in METHODS:
         assert f"| {method} | " in text
