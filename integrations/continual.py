@@ -2,8 +2,8 @@
 
 Split-digits (quick), Split-MNIST and Split-CIFAR-10 in 5 experiences of 2 classes each
 (Split-CIFAR-100: 20 each), the class order drawn from the seed. Two methods share the backbone
-(same init per seed), the optimizer, the epochs, the minibatch sizes and the replay memory (Avalanche's class-balanced
-buffer, replayed samples concatenated to every minibatch):
+(same init per seed), the optimizer, the epochs, the minibatch sizes and the replay memory
+(Avalanche's class-balanced buffer, replayed samples concatenated to every minibatch):
 
 * ``er_ce``: :class:`hug_plugins.continual.ReplayMemoryPlugin` (Avalanche's ``ReplayPlugin``
   with the 0.6.0 traps fixed), a linear classifier and cross-entropy;
