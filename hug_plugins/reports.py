@@ -1,10 +1,10 @@
 """The multi-file report of a CE-vs-HUG comparison job: tables, every run, epochs and plots.
 
-:func:`write_comparison_report` writes what ``integrations/classification.py`` produces from
-its runs: one summary table per comparison (:func:`hug_plugins.train.comparison.summary_rows`
-rows), the every-run table, the per-epoch history CSV, one collapse plot per (dataset, arch)
-and a combined markdown page that shows the tables and the plots. Every file is written
-atomically.
+:func:`summary_rows` reduces the runs of a comparison to its table (mean ± std over seeds, the
+paired difference to CE, the collapse columns); :func:`write_comparison_report` writes what
+``integrations/classification.py`` produces from its runs: one summary table per comparison,
+the every-run table, the per-epoch history CSV, one collapse plot per (dataset, arch) and a
+combined markdown page that shows the tables and the plots. Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -15,12 +15,50 @@ from typing import Any
 
 from hug_plugins.io import PathLike, atomic_write_text
 from hug_plugins.plots import plot_collapse
-from hug_plugins.tables import history_csv, write_tables
+from hug_plugins.tables import COLLAPSE_COLUMNS, history_csv, summarize, write_tables
+from hug_plugins.train.comparison import COMPARISON_METHODS, RunKey
 
-__all__ = ["RunKey", "write_comparison_report"]
+__all__ = ["summary_rows", "write_comparison_report"]
 
-RunKey = tuple[str, str, str, int]
-"""``(dataset, arch, method, seed)`` of one run."""
+
+def summary_rows(
+    combos: Sequence[tuple[str, str, str]],
+    runs: Mapping[RunKey, Mapping[str, Any]],
+    paper: Mapping[tuple[str, str, str], float] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per ``(dataset, arch, method)``: test error mean ± std over seeds, the paired
+    per-seed difference to CE in percentage points, the paper's number and the collapse
+    columns.
+
+    Example:
+        >>> runs = {("d", "cnn", m, s): {"test_error": e + s / 100, "loss": 1.0}
+        ...         for m, e in (("ce", 0.2), ("learnable", 0.1)) for s in (0, 1)}
+        >>> row = summary_rows([("d", "cnn", "learnable")], runs)[0]
+        >>> row["method"], round(row["vs_CE_pp"].mean, 6)
+        ('HUG (learnable)', -10.0)
+    """
+    rows: list[dict[str, Any]] = []
+    for dataset, arch, method in combos:
+        mine = {s: r for (d, a, m, s), r in runs.items() if (d, a, m) == (dataset, arch, method)}
+        if not mine:
+            continue
+        ce = {s: r for (d, a, m, s), r in runs.items() if (d, a, m) == (dataset, arch, "ce")}
+        paired = [100.0 * (mine[s]["test_error"] - ce[s]["test_error"]) for s in mine if s in ce]
+        row: dict[str, Any] = {
+            "dataset": dataset,
+            "arch": arch,
+            "method": COMPARISON_METHODS[method],
+            "seeds": len(mine),
+            "test_error_%": summarize([100.0 * r["test_error"] for r in mine.values()]),
+            "vs_CE_pp": summarize(paired) if method != "ce" and paired else None,
+            "paper_error_%": (paper or {}).get((dataset, arch, method)),
+        }
+        for column, key in COLLAPSE_COLUMNS.items():
+            values = [r[key] for r in mine.values() if key in r]
+            row[column] = summarize(values) if values else None
+        row["train_loss"] = summarize([r["loss"] for r in mine.values()])
+        rows.append(row)
+    return rows
 
 
 def write_comparison_report(

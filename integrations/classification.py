@@ -44,7 +44,7 @@ from hug_plugins.config import check_seeds, run_job, set_values, to_dict
 from hug_plugins.data import DatasetInfo
 from hug_plugins.paper import PAPER_ERROR
 from hug_plugins.plots import COLLAPSE_METRICS
-from hug_plugins.reports import write_comparison_report
+from hug_plugins.reports import summary_rows, write_comparison_report
 from hug_plugins.tables import COLLAPSE_COLUMNS, COLLAPSE_NOTE, standard_header_lines
 from hug_plugins.train import TrainerConfig, is_main_process, torch_threads
 from hug_plugins.train.comparison import (
@@ -52,7 +52,6 @@ from hug_plugins.train.comparison import (
     comparison_data,
     comparison_plan,
     fit_comparison_run,
-    summary_rows,
 )
 
 TASK = "classification"

@@ -81,3 +81,26 @@ def test_no_module_imports_another_modules_private_names() -> None:
         if name.startswith("_")
     ]
     assert offenders == []
+
+
+PLUMBING = ("config", "tables", "plots", "reports", "benchmark")
+"""Job plumbing: presets, result tables, plots, reports, speed measurements (``io``, the atomic
+file writes, serves every layer)."""
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        p
+        for p in PACKAGE.rglob("*.py")
+        if p.stem not in PLUMBING and p.parent.name != "__pycache__" and p.name != "__init__.py"
+    ),
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
+def test_library_layers_import_no_job_plumbing(path: Path) -> None:
+    for module, names in _imports(path):
+        parts = module.split(".")
+        if parts[0] != "hug_plugins":
+            continue
+        imported = parts[1:2] or names  # `from hug_plugins import x` imports the module x
+        assert not set(imported) & set(PLUMBING), (path.name, module, names)

@@ -1,9 +1,9 @@
-"""CE against HUG on one backbone: the methods, their seeded models and the summary table.
+"""CE against HUG on one backbone: the methods, their seeded models and the job's runs.
 
 A comparison trains, per seed, the same backbone and neck (same initialization) with either a
 linear head and cross-entropy (``"ce"``) or a :class:`~hug_plugins.proxies.ProxyHead` in one
-of its modes and the HUG loss; :func:`summary_rows` reduces the runs to mean ± std over seeds
-with the paired per-seed difference to CE.
+of its modes and the HUG loss; :func:`hug_plugins.reports.summary_rows` reduces the runs to
+mean ± std over seeds with the paired per-seed difference to CE.
 
 Example:
     >>> from hug_plugins.data import load_image_dataset
@@ -26,7 +26,6 @@ from hug_plugins.data import BatchAugment, DatasetInfo, ImageTensorDataset, load
 from hug_plugins.losses import HUGLoss
 from hug_plugins.models import ARCHITECTURES, build_classifier
 from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
-from hug_plugins.tables import COLLAPSE_COLUMNS, summarize
 from hug_plugins.train.checkpoints import settings_tag
 from hug_plugins.train.collapse_fit import fit_tracking_collapse
 from hug_plugins.train.config import TrainerConfig
@@ -41,7 +40,6 @@ __all__ = [
     "comparison_model",
     "comparison_plan",
     "fit_comparison_run",
-    "summary_rows",
 ]
 
 COMPARISON_METHODS = {
@@ -110,46 +108,6 @@ def build_comparison_model(
         return model, CrossEntropyObjective(label_smoothing=label_smoothing)
     loss = HUGLoss.preset(hug_preset, **dict(hug_overrides or {}))
     return model, HUGObjective(loss, model.head)
-
-
-def summary_rows(
-    combos: Sequence[tuple[str, str, str]],
-    runs: Mapping[RunKey, Mapping[str, Any]],
-    paper: Mapping[tuple[str, str, str], float] | None = None,
-) -> list[dict[str, Any]]:
-    """One row per ``(dataset, arch, method)``: test error mean ± std over seeds, the paired
-    per-seed difference to CE in percentage points, the paper's number and the collapse
-    columns.
-
-    Example:
-        >>> runs = {("d", "cnn", m, s): {"test_error": e + s / 100, "loss": 1.0}
-        ...         for m, e in (("ce", 0.2), ("learnable", 0.1)) for s in (0, 1)}
-        >>> row = summary_rows([("d", "cnn", "learnable")], runs)[0]
-        >>> row["method"], round(row["vs_CE_pp"].mean, 6)
-        ('HUG (learnable)', -10.0)
-    """
-    rows: list[dict[str, Any]] = []
-    for dataset, arch, method in combos:
-        mine = {s: r for (d, a, m, s), r in runs.items() if (d, a, m) == (dataset, arch, method)}
-        if not mine:
-            continue
-        ce = {s: r for (d, a, m, s), r in runs.items() if (d, a, m) == (dataset, arch, "ce")}
-        paired = [100.0 * (mine[s]["test_error"] - ce[s]["test_error"]) for s in mine if s in ce]
-        row: dict[str, Any] = {
-            "dataset": dataset,
-            "arch": arch,
-            "method": COMPARISON_METHODS[method],
-            "seeds": len(mine),
-            "test_error_%": summarize([100.0 * r["test_error"] for r in mine.values()]),
-            "vs_CE_pp": summarize(paired) if method != "ce" and paired else None,
-            "paper_error_%": (paper or {}).get((dataset, arch, method)),
-        }
-        for column, key in COLLAPSE_COLUMNS.items():
-            values = [r[key] for r in mine.values() if key in r]
-            row[column] = summarize(values) if values else None
-        row["train_loss"] = summarize([r["loss"] for r in mine.values()])
-        rows.append(row)
-    return rows
 
 
 # ----------------------------------------------------------------------------- the job's runs
