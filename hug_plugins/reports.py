@@ -15,7 +15,7 @@ from typing import Any
 
 from hug_plugins.io import PathLike, atomic_write_text
 from hug_plugins.plots import plot_collapse
-from hug_plugins.tables import COLLAPSE_COLUMNS, history_csv, summarize, write_tables
+from hug_plugins.tables import COLLAPSE_COLUMNS, history_csv, summarize_runs, write_tables
 from hug_plugins.train.comparison import COMPARISON_METHODS, RunKey
 
 __all__ = ["summary_rows", "write_comparison_report"]
@@ -37,27 +37,29 @@ def summary_rows(
         >>> row["method"], round(row["vs_CE_pp"].mean, 6)
         ('HUG (learnable)', -10.0)
     """
+    flat = [
+        {"dataset": d, "arch": a, "method": m, "seed": s, **r, "error_%": 100.0 * r["test_error"]}
+        for (d, a, m, s), r in runs.items()
+    ]
+    metrics = {"test_error_%": "error_%", **COLLAPSE_COLUMNS, "train_loss": "loss"}
+    groups = summarize_runs(
+        flat,
+        ["dataset", "arch", "method"],
+        metrics,
+        paired={"error_%": "vs_CE_pp"},
+        baseline={"method": "ce"},
+    )
+    by_combo = {(g["dataset"], g["arch"], g["method"]): g for g in groups}
     rows: list[dict[str, Any]] = []
-    for dataset, arch, method in combos:
-        mine = {s: r for (d, a, m, s), r in runs.items() if (d, a, m) == (dataset, arch, method)}
-        if not mine:
+    for combo in combos:
+        if combo not in by_combo:
             continue
-        ce = {s: r for (d, a, m, s), r in runs.items() if (d, a, m) == (dataset, arch, "ce")}
-        paired = [100.0 * (mine[s]["test_error"] - ce[s]["test_error"]) for s in mine if s in ce]
-        row: dict[str, Any] = {
-            "dataset": dataset,
-            "arch": arch,
-            "method": COMPARISON_METHODS[method],
-            "seeds": len(mine),
-            "test_error_%": summarize([100.0 * r["test_error"] for r in mine.values()]),
-            "vs_CE_pp": summarize(paired) if method != "ce" and paired else None,
-            "paper_error_%": (paper or {}).get((dataset, arch, method)),
-        }
-        for column, key in COLLAPSE_COLUMNS.items():
-            values = [r[key] for r in mine.values() if key in r]
-            row[column] = summarize(values) if values else None
-        row["train_loss"] = summarize([r["loss"] for r in mine.values()])
-        rows.append(row)
+        group = dict(by_combo[combo])
+        row = {k: group.pop(k) for k in ("dataset", "arch", "method", "seeds", "test_error_%")}
+        row["method"] = COMPARISON_METHODS[combo[2]]
+        row["vs_CE_pp"] = group.pop("vs_CE_pp")
+        row["paper_error_%"] = (paper or {}).get(combo)
+        rows.append({**row, **group})
     return rows
 
 
