@@ -80,11 +80,7 @@ def test_reference_shows_the_documented_flaws() -> None:
 
 
 def test_bench_script_writes_tables(tmp_path: Path) -> None:
-    script = Path(__file__).resolve().parent.parent / "integrations" / "bench_loss.py"
-    spec = importlib.util.spec_from_file_location("bench_loss_script", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module("integrations.bench_loss")
     tables = module.main(
         [
             "--preset",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -14,14 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def job() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "calibrate_job", ROOT / "integrations" / "calibrate.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["calibrate_job"] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("integrations.calibrate")
 
 
 def _preset(tmp_path: Path, recipes: dict[str, dict[str, object]]) -> Path:

@@ -9,15 +9,9 @@ from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "integrations" / "continual.py"
-
 
 def _load() -> Any:
-    spec = importlib.util.spec_from_file_location("continual_script", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("integrations.continual")
 
 
 def test_job_writes_tables_and_resumes_finished_runs(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -13,23 +12,12 @@ import pytest
 
 from hug_plugins.config import available_presets, load_config
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "integrations" / "digits.py"
 METHODS = ["CE", "HUG (default)", "MHE-HUG (paper)", "MHS-HUG (paper)", "MGD-HUG (paper)"]
-
-
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("digits_job", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["digits_job"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def job() -> ModuleType:
-    return _load_script()
+    return importlib.import_module("integrations.digits")
 
 
 def test_presets_exist_and_share_keys() -> None:

@@ -6,15 +6,9 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-SCRIPT = Path(__file__).resolve().parents[2] / "integrations" / "selfsupervised.py"
-
 
 def _job() -> Any:
-    spec = importlib.util.spec_from_file_location("ssl_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("integrations.selfsupervised")
 
 
 def test_quick_job_writes_tables(tmp_path: Path) -> None:

@@ -27,11 +27,7 @@ OVERRIDES = ["trainer.epochs=1", "seeds=[0]", "eval.knn_k=50"]
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ssl_benchmark_torchrun", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("integrations.selfsupervised")
 
 
 # ----------------------------------------------------------------------------- fast
