@@ -9,6 +9,8 @@ loop with :func:`set_validation` once a pipeline is known to be sound.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -129,22 +131,25 @@ def check_batch(
 
 
 def check_deferred(
-    flags: Tensor,
+    label_bounds: Tensor,
+    norm_sums: Tensor,
     features: Tensor,
     labels: Tensor,
     num_classes: int,
     proxies: Tensor,
 ) -> None:
-    """Raises what :func:`check_batch` would, from flags computed alongside a loss.
+    """Raises what :func:`check_batch` would, from reductions computed alongside a loss.
 
     A loss that already reduces its inputs (the fused P-HUG node computes every feature and
     proxy norm) gets their finiteness for ``O(B + C)`` instead of two passes over the
     ``(B, d)`` and ``(C, d)`` tensors; it computes with labels clamped into range, then reads
-    these flags (one device read) and raises before the loss is returned.
+    these values (two small device reads) and raises before the loss is returned.
 
     Args:
-        flags: Booleans ``[labels >= 0, labels < C, features finite, proxies finite]``.
-        features: The features (confirmed element-wise before raising).
+        label_bounds: ``[min, max]`` of the labels as given.
+        norm_sums: Sums of the feature norms and of the proxy norms (non-finite iff a value
+            is, barring overflow, which is confirmed element-wise before raising).
+        features: The features.
         labels: The labels as given.
         num_classes: Exclusive upper bound of the labels.
         proxies: The proxies.
@@ -152,13 +157,13 @@ def check_deferred(
     Raises:
         ValueError: In the order of :func:`check_batch`.
     """
-    ok = flags.tolist()
-    if not ok[2]:
+    low, high = label_bounds.tolist()
+    feature_sum, proxy_sum = norm_sums.tolist()
+    if not math.isfinite(feature_sum):
         _raise_non_finite(features, "features")
-    if not (ok[0] and ok[1]):
-        low, high = torch.aminmax(labels)
-        raise ValueError(f"labels out of range [0, {num_classes}): min {int(low)}, max {int(high)}")
-    if not ok[3]:
+    if low < 0 or high >= num_classes:
+        raise ValueError(f"labels out of range [0, {num_classes}): min {low}, max {high}")
+    if not math.isfinite(proxy_sum):
         _raise_non_finite(proxies, "proxies")
 
 

@@ -213,12 +213,71 @@ def pair_block(
     return stat, coef, gram.mul_(coef).T @ row_weights
 
 
+def _intra_side(
+    features: Tensor,
+    targets: Tensor,
+    sq_targets: Tensor,
+    intra_weights: Tensor,
+    spec: FusedSpec,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Intra term of the normalized features to their targets, with its gradient factors.
+
+    Returns ``(intra, norm_sum, diff, pull, feature_scale, radial_scale)``: the weighted sum of
+    the distances, the sum of the feature norms, ``diff = x_hat - t`` and the per-sample factors
+    of the backward pass, ``dL/dx = g (diff * feature_scale - x * radial_scale)`` and
+    ``dL/dt = -g pull diff``. The features are never normalized into a copy: ``x_hat`` enters
+    as ``x / |x|`` in ``diff`` only, and the radial part of the normalization's backward pass
+    uses ``<diff, x_hat> = (|x_hat|^2 + |diff|^2 - |t|^2) / 2`` with ``|x_hat| = 1`` (it
+    applies only where ``|x|`` exceeds the norm floor).
+    """
+    norms_x = torch.linalg.vector_norm(features, dim=1)
+    inv_x = norms_x.clamp_min(UNIT_EPS).reciprocal()
+    diff = (features * inv_x[:, None]).sub_(targets)
+    d2 = torch.linalg.vecdot(diff, diff, dim=1)
+    eps2 = spec.eps * spec.eps
+    if spec.squared:
+        intra = d2 @ intra_weights
+        pull = 2.0 * intra_weights
+    else:
+        dist = d2.clamp_min(eps2).sqrt()
+        intra = dist @ intra_weights
+        pull = (intra_weights / dist).masked_fill_(d2 <= eps2, 0.0)
+    feature_scale = pull * inv_x
+    half_inv = (0.5 * inv_x).masked_fill_(norms_x <= UNIT_EPS, 0.0)
+    radial_scale = (d2 - sq_targets).add_(1.0).mul_(feature_scale).mul_(half_inv)
+    return intra, norms_x.sum(), diff, pull, feature_scale, radial_scale
+
+
+def _symmetric_pairs(
+    unit_w: Tensor, sq_w: Tensor, kernel: PairKernel, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Pair statistic of all proxies against each other and its (symmetric) derivative block.
+
+    Plain kernels: ``stat = sum_{i != j} K(d2_ij)``, ``D_ij = K'(d2_ij)``; log-mean-exp kernels:
+    ``stat = logsumexp_{i != j} g_ij``, ``D_ij = softmax_ij g'_ij``. ``D`` has a zero diagonal.
+    """
+    d2 = torch.addmm(sq_w[:, None] + sq_w, unit_w, unit_w.T, alpha=-2.0).clamp_(min=0.0)
+    values, deriv = kernel.evaluate(d2, need_grad)
+    if kernel.log_mean_exp:
+        stat = torch.logsumexp(values.fill_diagonal_(-math.inf).flatten(), dim=0)
+        if not need_grad:
+            return stat, None
+        coef = values.sub_(stat).exp_()
+        return stat, coef.mul_(deriv) if deriv is not None else coef.mul_(-kernel.param)
+    stat = values.fill_diagonal_(0.0).sum()
+    return stat, None if deriv is None else deriv.fill_diagonal_(0.0)
+
+
+def _ordered_pairs(num_classes: int) -> float:
+    """Number of ordered pairs of distinct proxies: the full-mode pair mean's normalization."""
+    return float(num_classes * (num_classes - 1))
+
+
 def hug_forward(
     features: Tensor,
     proxies: Tensor,
     labels: Tensor,
-    anchors: Tensor,
-    row_weights: Tensor,
+    row_weights: Tensor | None,
     intra_weights: Tensor,
     spec: FusedSpec,
     need_grad: bool,
@@ -228,34 +287,42 @@ def hug_forward(
     ``norm_sums`` are the sums of the feature and of the proxy norms (finite iff the inputs
     are, barring overflow); see :func:`fused_proxy_hug`.
 
+    Full mode (``C <= B`` under ``energy_mode="auto"``) works on one normalized copy ``W_hat``
+    of the proxies: the pair block is the symmetric ``(C, C)`` block of ``W_hat W_hat^T``. Rows
+    mode (large ``C``) never normalizes the ``(C, d)`` proxies: see :func:`pair_block`.
+
     A pure function of tensors and constants, so that ``torch.compile`` can fuse it.
     """
-    norms_x = torch.linalg.vector_norm(features, dim=1)
-    clamped_x = norms_x.clamp_min(UNIT_EPS)
-    x_hat = features / clamped_x[:, None]
     norms_w = torch.linalg.vector_norm(proxies, dim=1)
     inv_w = norms_w.clamp_min(UNIT_EPS).reciprocal()
     sq_w = (norms_w * inv_w).square()
-    # Full mode: the anchors are all proxies in order (no gather); rows mode: the batch labels.
-    anchor_inv = inv_w[anchors] if spec.rows else inv_w
-    unit_anchors = (proxies[anchors] if spec.rows else proxies) * anchor_inv[:, None]
-    targets = unit_anchors if spec.rows else unit_anchors[labels]
-    diff = x_hat - targets
-    d2 = torch.linalg.vecdot(diff, diff, dim=1)
-    eps2 = spec.eps * spec.eps
-    if spec.squared:
-        intra = d2 @ intra_weights
-        pull = intra_weights
+    if spec.rows:  # anchors are the labels: the intra targets are the pair block's rows
+        targets = proxies.index_select(0, labels) * inv_w.index_select(0, labels)[:, None]
     else:
-        dist = d2.clamp_min(eps2).sqrt()
-        intra = dist @ intra_weights
-        pull = torch.where(d2 > eps2, 0.5 * intra_weights / dist, 0.0)
+        unit_w = proxies * inv_w[:, None]
+        targets = unit_w.index_select(0, labels)
+    sq_targets = sq_w.index_select(0, labels)
+    intra, norm_sum_x, diff, pull, feature_scale, radial_scale = _intra_side(
+        features, targets, sq_targets, intra_weights, spec
+    )
+    norm_sums = torch.stack([norm_sum_x, norms_w.sum()])
+    active_w = norms_w > UNIT_EPS
+    if not spec.rows:
+        stat, coef = _symmetric_pairs(unit_w, sq_w, spec.kernel, need_grad)
+        pairs = _ordered_pairs(proxies.shape[0])
+        inter = stat - math.log(pairs) if spec.kernel.log_mean_exp else stat / pairs
+        if not need_grad:
+            return intra, inter, norm_sums
+        assert coef is not None
+        return (
+            intra, inter, norm_sums, diff, pull, feature_scale, radial_scale,
+            inv_w, active_w, unit_w, coef,
+        )  # fmt: skip
+    assert row_weights is not None  # fused_proxy_hug checks it
     pair_total = row_weights.sum() * (proxies.shape[0] - 1)
     stat, coef, colsum = pair_block(
-        unit_anchors, proxies, inv_w, sq_w[anchors] if spec.rows else sq_w, sq_w, row_weights,
-        anchors, spec.kernel,
-        need_grad,
-    )  # fmt: skip
+        targets, proxies, inv_w, sq_targets, sq_w, row_weights, labels, spec.kernel, need_grad
+    )
     if spec.kernel.log_mean_exp:
         inter = stat - torch.log(pair_total)
         anchor_scale = torch.ones_like(row_weights)
@@ -263,23 +330,21 @@ def hug_forward(
         inter = stat / pair_total
         anchor_scale = row_weights / pair_total
         colsum = None if colsum is None else colsum / pair_total
-    # NaN/inf anywhere in the inputs makes a norm sum non-finite: the value checks read this.
-    norm_sums = torch.stack([norms_x.sum(), norms_w.sum()])
     if not need_grad:
         return intra, inter, norm_sums
     assert coef is not None and colsum is not None
     return (
-        intra, inter, norm_sums, x_hat, clamped_x, norms_x > UNIT_EPS, inv_w,
-        norms_w > UNIT_EPS, unit_anchors, diff, pull, coef, colsum, anchor_scale,
+        intra, inter, norm_sums, diff, pull, feature_scale, radial_scale,
+        inv_w, active_w, targets, coef, anchor_scale, colsum,
     )  # fmt: skip
 
 
 def hug_backward(
     grad_intra: Tensor,
     grad_inter: Tensor,
+    features: Tensor,
     proxies: Tensor,
     labels: Tensor,
-    anchors: Tensor,
     saved: tuple[Tensor, ...],
     spec: FusedSpec,
     need_x: bool,
@@ -287,40 +352,47 @@ def hug_backward(
 ) -> tuple[Tensor | None, Tensor | None]:
     """Backward math of the fused node: gradients of features and proxies.
 
-    With ``D``, ``colsum`` and the anchor scales ``s_i`` of :func:`pair_block` and
-    ``g = grad_inter``: ``dL/dW_c = -2 g (D^T (s U))_c + 2 g r_c^2 colsum_c W_c`` (columns;
-    the second part is the normalization's radial correction), ``dL/dU_i = -2 g s_i (D W)_i``
-    (anchors, then through the normalization of ``W[anchors]``), and the intra term's
-    ``dL/dx_hat_b = 2 pull_b (x_hat_b - t_b)`` through the features' normalization.
+    Features: ``dL/dx = g_intra (diff * feature_scale - x * radial_scale)`` (see
+    :func:`_intra_side`). Full mode: ``dL/dW_hat = -4 g s D W_hat`` (``D`` symmetric, ``s`` the
+    pair scale) plus the intra targets' ``-2 g_intra pull diff``, then one normalization
+    backward ``(G - W_hat <G, W_hat>) / |W|``. Rows mode, with ``D``, ``colsum`` and the anchor
+    scales ``s_i`` of :func:`pair_block`: ``dL/dW_c = -2 g (D^T (s U))_c + 2 g r_c^2 colsum_c
+    W_c`` (columns; the second part is the normalization's radial correction), ``dL/dU_i = -2 g
+    s_i (D W)_i`` (anchors, then through the normalization of ``W[anchors]``).
     """
-    (
-        x_hat, clamped_x, active_x, inv_w, active_w,
-        unit_anchors, diff, pull, coef, colsum, anchor_scale,
-    ) = saved  # fmt: skip
-    grad_diff = diff * (2.0 * grad_intra * pull)[:, None]
+    diff, pull, feature_scale, radial_scale, inv_w, active_w, unit_rows, coef = saved[:8]
     grad_x = None
     if need_x:
-        radial = torch.linalg.vecdot(grad_diff, x_hat, dim=1) * active_x
-        grad_x = torch.addcmul(grad_diff, x_hat, radial[:, None], value=-1.0) / clamped_x[:, None]
+        grad_x = torch.addcmul(
+            diff * (grad_intra * feature_scale)[:, None],
+            features,
+            (grad_intra * radial_scale)[:, None],
+            value=-1.0,
+        )
     if not need_w:
         return grad_x, None
+    grad_targets = diff * (-grad_intra * pull)[:, None] if spec.train_targets else None
+    if not spec.rows:  # unit_rows is W_hat, coef the symmetric block
+        # Log-mean-exp kernels: the softmax weights in ``coef`` already sum to one.
+        pairs = 1.0 if spec.kernel.log_mean_exp else _ordered_pairs(proxies.shape[0])
+        grad_unit = (coef * ((-4.0 / pairs) * grad_inter)) @ unit_rows
+        if grad_targets is not None:
+            grad_unit = grad_unit.index_add_(0, labels, grad_targets)
+        radial = torch.linalg.vecdot(grad_unit, unit_rows, dim=1) * active_w
+        grad_w = torch.addcmul(grad_unit, unit_rows, radial[:, None], value=-1.0)
+        return grad_x, grad_w.mul_(inv_w[:, None])
+    anchor_scale, colsum = saved[8:]
     scale = (-2.0 * grad_inter) * anchor_scale
-    grad_w = coef.T @ (unit_anchors * scale[:, None])
+    grad_w = coef.T @ (unit_rows * scale[:, None])
     column_radial = (2.0 * grad_inter) * inv_w * inv_w * colsum * active_w
     grad_w = torch.addcmul(grad_w, proxies, column_radial[:, None])
     grad_anchors = (coef @ proxies) * scale[:, None]
-    if spec.train_targets:
-        if spec.rows:
-            grad_anchors = grad_anchors - grad_diff
-        else:
-            grad_anchors = grad_anchors.index_add(0, labels, grad_diff, alpha=-1.0)
-    radial = torch.linalg.vecdot(grad_anchors, unit_anchors, dim=1)
-    radial = radial * (active_w[anchors] if spec.rows else active_w)
-    grad_anchors = torch.addcmul(grad_anchors, unit_anchors, radial[:, None], value=-1.0)
-    grad_anchors = grad_anchors * (inv_w[anchors] if spec.rows else inv_w)[:, None]
-    if not spec.rows:  # anchor i is proxy i
-        return grad_x, grad_w + grad_anchors
-    return grad_x, grad_w.index_add(0, anchors, grad_anchors)
+    if grad_targets is not None:
+        grad_anchors = grad_anchors + grad_targets
+    radial = torch.linalg.vecdot(grad_anchors, unit_rows, dim=1) * active_w.index_select(0, labels)
+    grad_anchors = torch.addcmul(grad_anchors, unit_rows, radial[:, None], value=-1.0)
+    grad_anchors = grad_anchors * inv_w.index_select(0, labels)[:, None]
+    return grad_x, grad_w.index_add_(0, labels, grad_anchors)
 
 
 def _compiled(fn: Callable[..., Any], device: torch.device, size: int) -> Callable[..., Any]:
@@ -367,59 +439,63 @@ class _FusedProxyHUG(torch.autograd.Function):
         features: Tensor,
         proxies: Tensor,
         labels: Tensor,
-        anchors: Tensor,
-        row_weights: Tensor,
+        row_weights: Tensor | None,
         intra_weights: Tensor,
         spec: FusedSpec,
     ) -> tuple[Tensor, Tensor, Tensor]:
         needs = ctx.needs_input_grad  # type: ignore[attr-defined]
         need_x, need_w = bool(needs[0]), bool(needs[1])
         need_grad = need_x or need_w
-        size = anchors.shape[0] * proxies.shape[0]
+        size = (labels.shape[0] if spec.rows else proxies.shape[0]) * proxies.shape[0]
         forward = _compiled(hug_forward, proxies.device, size)
         with torch.no_grad():
-            out = forward(
-                features, proxies, labels, anchors, row_weights, intra_weights, spec, need_grad
-            )
+            out = forward(features, proxies, labels, row_weights, intra_weights, spec, need_grad)
         ctx.spec = spec  # type: ignore[attr-defined]
         ctx.flags = (need_x, need_w, size)  # type: ignore[attr-defined]
         if need_grad:
-            ctx.save_for_backward(proxies, labels, anchors, *out[3:])
+            ctx.save_for_backward(features, proxies, labels, *out[3:])
         ctx.mark_non_differentiable(out[2])
+        ctx.set_materialize_grads(False)  # no zero tensor for the norms' (absent) gradient
         return out[0], out[1], out[2]
 
     @staticmethod
     @once_differentiable
     def backward(
-        ctx: Any, grad_intra: Tensor, grad_inter: Tensor, _grad_norms: Tensor
+        ctx: Any, grad_intra: Tensor | None, grad_inter: Tensor | None, _grad_norms: Tensor | None
     ) -> tuple[Tensor | None, ...]:
-        proxies, labels, anchors, *saved = ctx.saved_tensors
+        features, proxies, labels, *saved = ctx.saved_tensors
+        if grad_intra is None:  # a term the loss did not use
+            grad_intra = proxies.new_zeros(())
+        if grad_inter is None:
+            grad_inter = proxies.new_zeros(())
         need_x, need_w, size = ctx.flags
         backward = _compiled(hug_backward, proxies.device, size)
         grad_x, grad_w = backward(
-            grad_intra, grad_inter, proxies, labels, anchors, tuple(saved), ctx.spec, need_x, need_w
-        )
-        return grad_x, grad_w, None, None, None, None, None
+            grad_intra, grad_inter, features, proxies, labels, tuple(saved), ctx.spec,
+            need_x, need_w,
+        )  # fmt: skip
+        return grad_x, grad_w, None, None, None, None
 
 
 def fused_proxy_hug(
     features: Tensor,
     proxies: Tensor,
     labels: Tensor,
-    anchors: Tensor,
-    row_weights: Tensor,
+    row_weights: Tensor | None,
     intra_weights: Tensor,
     spec: FusedSpec,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Unweighted intra term and inter pair mean of P-HUG in one autograd node.
 
+    The pair block's rows (anchors) are all proxies in full mode and the proxies of the batch
+    labels in rows mode (``spec.rows``); each anchor skips its own column.
+
     Args:
         features: ``(B, d)`` raw features (normalized here).
         proxies: ``(C, d)`` raw proxies (normalized here), same dtype as ``features``.
         labels: ``(B,)`` int64 labels.
-        anchors: ``(m,)`` int64 anchor proxies of the pair block: ``labels`` (rows mode) or
-            ``arange(C)`` (full mode); anchor ``i`` skips column ``anchors[i]``.
-        row_weights: ``(m,)`` positive anchor weights.
+        row_weights: Rows mode: ``(B,)`` positive anchor weights. Full mode: ``None`` (every
+            proxy weighs one).
         intra_weights: ``(B,)`` weights of the per-sample intra distances.
         spec: What to compute.
 
@@ -428,8 +504,13 @@ def fused_proxy_hug(
         mean of the kernel (log-mean-exp kernels: the log of the mean of ``exp``), as
         :func:`~hug_plugins.uniformity.pair_kernel_mean` returns it, and the sums of the
         feature and proxy norms (no gradient; finite iff the inputs are, barring overflow).
+
+    Raises:
+        ValueError: In rows mode without ``row_weights``.
     """
+    if spec.rows and row_weights is None:
+        raise ValueError("rows mode needs row_weights (one weight per batch label)")
     intra, inter, norm_sums = _FusedProxyHUG.apply(
-        features, proxies, labels, anchors, row_weights, intra_weights, spec
+        features, proxies, labels, row_weights, intra_weights, spec
     )
     return intra, inter, norm_sums

@@ -250,7 +250,6 @@ class HUGLoss(_HUGBase):
                 intra = intra_term(x_hat, targets, labels=labels, counts=counts, config=config)
                 return self._finish(self._static_inter(proxies, dtype), intra)
             if fused:
-                anchors = labels if rows else torch.arange(num_classes, device=labels.device)
                 spec = FusedSpec(
                     kernel=inter_kernel(config, self._kernel),
                     squared=config.intra == "squared_distance",
@@ -262,17 +261,14 @@ class HUGLoss(_HUGBase):
                     features.to(dtype),
                     proxies.to(dtype),
                     labels,
-                    anchors,
-                    counts[labels].reciprocal() if rows else counts.new_ones(num_classes),
+                    counts.index_select(0, labels).reciprocal() if rows else None,
                     intra_weights(labels, counts, config),
                     spec,
                 )
                 if deferred:
-                    low, high = torch.aminmax(given_labels)
-                    finite = torch.isfinite(norm_sums)
-                    flags = torch.stack([low >= 0, high < num_classes, finite[0], finite[1]])
-                    check_deferred(flags, features, given_labels, num_classes, proxies)
-                inter = inter_from_pair_mean(value, value.new_tensor(float(num_classes)), config)
+                    bounds = torch.stack(torch.aminmax(given_labels))
+                    check_deferred(bounds, norm_sums, features, given_labels, num_classes, proxies)
+                inter = inter_from_pair_mean(value, float(num_classes), config)
                 return self._finish(inter, intra)
             x_hat = unit_rows(features.to(dtype))
             w_hat = unit_rows(proxies.to(dtype))

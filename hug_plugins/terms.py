@@ -234,8 +234,8 @@ def intra_weights(labels: Tensor, counts: Tensor, config: HUGConfig) -> Tensor:
         return torch.ones_like(labels, dtype=counts.dtype)
     if config.intra_reduction == "sample_mean":
         return torch.full_like(labels, 1.0 / labels.shape[0], dtype=counts.dtype)
-    num_present = (counts > 0).sum().clamp_min(1).to(counts.dtype)
-    return (counts[labels] * num_present).reciprocal()
+    num_present = torch.count_nonzero(counts).clamp_min(1)
+    return (counts.index_select(0, labels) * num_present).reciprocal()
 
 
 def intra_term(
@@ -339,19 +339,29 @@ def inter_kernel(config: HUGConfig, kernel: PairKernel | None) -> PairKernel:
     return PairKernel("softmin", config.separation_t, config.eps)
 
 
-def inter_from_pair_mean(value: Tensor, num_points: Tensor, config: HUGConfig) -> Tensor:
+def inter_from_pair_mean(value: Tensor, num_points: Tensor | float, config: HUGConfig) -> Tensor:
     """The inter term (as a loss) from the pair mean of its kernel over ``num_points`` points.
 
     MHS: ``-soft_separation = t * (log mean exp(-d / t) + log #pairs)``; MHE in sum form: the
     mean times the number of ordered pairs (plus its log for the log-mean-exp Gaussian kernel).
+    ``num_points`` is a tensor where it depends on the batch (the classes present) and a number
+    where it is known (the proxies).
     """
     if config.inter == "mhs":
-        num_pairs = (num_points * (num_points - 1) / 2).clamp_min(1.0)
-        return config.separation_t * (value + torch.log(num_pairs.to(value)))
+        num_pairs = num_points * (num_points - 1) / 2
+        if isinstance(num_pairs, Tensor):
+            return config.separation_t * (value + torch.log(num_pairs.clamp_min(1.0).to(value)))
+        return config.separation_t * (value + math.log(max(num_pairs, 1.0)))
     if config.reduction == "sum":
-        ordered_pairs = (num_points * (num_points - 1)).clamp_min(1.0).to(value)
+        ordered_pairs = num_points * (num_points - 1)
+        if isinstance(ordered_pairs, Tensor):
+            ordered_pairs = ordered_pairs.clamp_min(1.0).to(value)
+            log_pairs: Tensor | float = torch.log(ordered_pairs)
+        else:
+            ordered_pairs = max(ordered_pairs, 1.0)
+            log_pairs = math.log(ordered_pairs)
         if config.kernel == "gaussian":
-            return value + torch.log(ordered_pairs)
+            return value + log_pairs
         return value * ordered_pairs
     return value
 
@@ -360,12 +370,14 @@ def weighted_terms(
     config: HUGConfig, inter: Tensor, intra: Tensor, ce: Tensor | None = None
 ) -> HUGTerms:
     """``HUGTerms`` of ``alpha * inter + beta * intra [+ ce_weight * ce]`` (each term weighted)."""
-    loss = config.alpha * inter + config.beta * intra
+    weighted_inter = config.alpha * inter
+    weighted_intra = config.beta * intra
+    loss = weighted_inter + weighted_intra
     weighted_ce = None
     if ce is not None:
         weighted_ce = config.ce_weight * ce
         loss = loss + weighted_ce
-    return HUGTerms(loss, config.alpha * inter, config.beta * intra, weighted_ce)
+    return HUGTerms(loss, weighted_inter, weighted_intra, weighted_ce)
 
 
 def _masked_gram_log_det(points: Tensor, present: Tensor, config: HUGConfig) -> Tensor:

@@ -207,3 +207,51 @@ def test_deferred_checks_accept_huge_finite_values() -> None:
     with torch.no_grad():
         features[0] = 1e300  # finite, but its norm overflows: confirmed element-wise, no error
     assert torch.isfinite(HUGLoss()(features, labels, proxies))
+
+
+@pytest.mark.parametrize("mode", ["full", "rows"])
+def test_fused_handles_zero_vectors_in_both_energy_modes(mode: str) -> None:
+    features, labels, proxies = _inputs(num_classes=6)
+    with torch.no_grad():
+        features[2] = 0.0
+        proxies[0] = 0.0
+        proxies[labels[3]] = 0.0
+    config = HUGLoss(energy_mode=mode, detach_proxies=False).config
+    fast = _loss_and_grads(config, features, labels, proxies, on=True)
+    assert all(bool(torch.isfinite(t).all()) for t in fast)
+    _assert_same(fast, _loss_and_grads(config, features, labels, proxies, on=False))
+
+
+@pytest.mark.parametrize("mode", ["full", "rows"])
+def test_fused_backward_can_run_twice(mode: str) -> None:
+    """The backward pass leaves its saved tensors intact (``retain_graph=True`` callers)."""
+    features, labels, proxies = _inputs(num_classes=6)
+    loss = HUGLoss(energy_mode=mode)(features, labels, proxies)
+    loss.backward(retain_graph=True)
+    assert features.grad is not None and proxies.grad is not None
+    first = (features.grad.clone(), proxies.grad.clone())
+    loss.backward()
+    torch.testing.assert_close(features.grad, 2 * first[0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(proxies.grad, 2 * first[1], rtol=1e-12, atol=1e-14)
+
+
+def test_fused_backward_of_one_term_only() -> None:
+    """A loss built from one term gets that term's gradient (the other's is absent, not NaN)."""
+    config = HUGLoss(energy_mode="full").config
+    features, labels, proxies = _inputs(num_classes=6)
+    for term in ("inter", "intra"):
+        grads = []
+        for on in (True, False):
+            set_fused(on)
+            features.grad = None
+            proxies.grad = None
+            getattr(HUGLoss(config).terms(features, labels, proxies), term).backward()
+            grads.append(
+                [g.clone() if g is not None else None for g in (features.grad, proxies.grad)]
+            )
+        for got, want in zip(*grads, strict=True):
+            if want is None or not bool(want.any()):
+                assert got is None or not bool(got.any())
+            else:
+                assert got is not None
+                torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
