@@ -7,11 +7,18 @@ the ``(C, d)`` proxies and over the ``(m, C)`` pair block cost as much as the th
 products that a linear head + cross-entropy also needs; at small ``C`` the ~50 small operations
 cost more than the arithmetic. This module computes the same loss with
 
-* **no normalized copy of the proxies**: the pair block is ``(U W^T) * r`` with ``U`` the
-  normalized anchor proxies and ``r`` the inverse proxy norms; normalization enters the
-  backward pass as one rank-1 correction per proxy (one fused ``(C, d)`` pass);
-* **one autograd node** for the whole loss (intra and inter term), whose backward pass is two
-  matrix products plus ``O(B d + C d)`` element-wise work, as a linear layer's;
+* **one autograd node** for the whole loss (intra and inter term), whose backward pass is one
+  or two matrix products plus ``O(B d + C d)`` element-wise work, as a linear layer's;
+* **full mode** (all proxies as anchors, ``C <= B`` under ``energy_mode="auto"``): the pair
+  block is the symmetric ``(C, C)`` block of one normalized copy ``W_hat``; its gradient is
+  ``D W_hat`` (one product), then one normalization backward pass over the proxies;
+* **rows mode** (the batch labels as anchors, large ``C``): **no normalized copy of the
+  proxies**: the pair block is ``(U W^T) * r`` with ``U`` the normalized anchor proxies and
+  ``r`` the inverse proxy norms; normalization enters the backward pass as one rank-1
+  correction per proxy (one fused ``(C, d)`` pass);
+* **no normalized copy of the features** either (``x / |x|`` enters the intra difference
+  directly), rows gathered with ``index_select`` (several times faster on a CPU than advanced
+  indexing);
 * **the element-wise work on the pair block in one function** (:func:`pair_block`), which
   ``torch.compile`` fuses into one or two passes when the block is large enough for that to pay
   off (:func:`set_compile`); eager otherwise, and whenever compilation is unavailable.

@@ -40,7 +40,7 @@ see :func:`hug_plugins.set_validation`).
 
 Execution: for the MHE and MHS inter terms with a distance or squared-distance pull (the
 default recipe and the paper's MHE presets), :class:`HUGLoss` runs the fused node of
-:mod:`hug_plugins.fused` (one autograd node, no normalized copy of the proxies, compiled for
+:mod:`hug_plugins.fused` (one autograd node with a hand-written backward pass, compiled for
 large pair blocks) and reads its value checks from the norms that node computes; everything
 else runs the composed reference path below, which gives the same values and gradients.
 Proxies that get no gradient (static proxies) skip the inter term: it is a constant, computed
