@@ -147,8 +147,8 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         f"classes by training images: many > {many:g}, medium {few:g}..{many:g}, few < {few:g} "
         f"(the usual 100 / 20 scaled by min(1, n_max / {cfg.shots.reference_n_max})). "
         "vs_CE_pp: paired per-seed top-1 difference to CE (points; positive: HUG better). "
-        "Empty group: blank. 'paper top1': the HUG paper's ResNet result on CIFAR-10-LT for "
-        "the same ratio, when this is that data set.",
+        "Empty group: blank. 'paper top1': the HUG paper's ResNet-32 result (200 epochs) on "
+        "CIFAR-10-LT / CIFAR-100-LT for the same ratio, when this is that data set.",
     ]
     stem = Path(str(cfg.output_dir)) / str(cfg.output_name)
     paths = write_result_tables(

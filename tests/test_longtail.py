@@ -134,9 +134,11 @@ def test_per_class_and_group_accuracy() -> None:
 
 
 def test_presets_share_keys() -> None:
-    assert {"quick", "mnist", "cifar10"} <= set(available_presets("longtail"))
+    real = ("mnist", "cifar10", "cpu-cifar10", "cpu-cifar100")
+    assert {"quick", *real} <= set(available_presets("longtail"))
     quick = load_config("longtail", "quick")
-    for name in ("mnist", "cifar10"):
+    assert load_config("longtail", "cpu-cifar100").data.name == "cifar100"
+    for name in real:
         other = load_config("longtail", name)
         assert set(other) == set(quick) and set(other.trainer) == set(quick.trainer)
         assert list(other.ratios) == [0.2, 0.1, 0.02, 0.01] and list(other.methods) == ["ce", "hug"]
