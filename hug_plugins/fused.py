@@ -361,7 +361,7 @@ def hug_backward(
 
     Features: ``dL/dx = g_intra (diff * feature_scale - x * radial_scale)`` (see
     :func:`_intra_side`). Full mode: ``dL/dW_hat = -4 g s D W_hat`` (``D`` symmetric, ``s`` the
-    pair scale) plus the intra targets' ``-2 g_intra pull diff``, then one normalization
+    pair scale) plus the intra targets' ``-g_intra pull diff``, then one normalization
     backward ``(G - W_hat <G, W_hat>) / |W|``. Rows mode, with ``D``, ``colsum`` and the anchor
     scales ``s_i`` of :func:`pair_block`: ``dL/dW_c = -2 g (D^T (s U))_c + 2 g r_c^2 colsum_c
     W_c`` (columns; the second part is the normalization's radial correction), ``dL/dU_i = -2 g
