@@ -104,10 +104,11 @@ def test_unsupported_settings_take_the_reference_path() -> None:
     assert not fused.fused_supported(HUGLoss().config, 8, 4)
 
 
-def test_compiled_path_equals_eager() -> None:
+@pytest.mark.parametrize("mode", ["rows", "full"])
+def test_compiled_path_equals_eager(mode: str) -> None:
     if shutil.which("g++") is None and shutil.which("c++") is None:
         pytest.skip("torch.compile needs a C++ compiler on the CPU")
-    config = HUGLoss(energy_mode="rows").config
+    config = HUGLoss(energy_mode=mode).config
     features, labels, proxies = _inputs(num_classes=30)
     set_compile("never")
     eager = _loss_and_grads(config, features, labels, proxies, on=True)
