@@ -246,7 +246,7 @@ class HUGLoss(_HUGBase):
             counts = class_counts(labels, num_classes, dtype)
             if static:
                 x_hat = unit_rows(features.to(dtype))
-                targets = unit_rows(proxies[labels].to(dtype))
+                targets = unit_rows(proxies.index_select(0, labels).to(dtype))
                 intra = intra_term(x_hat, targets, labels=labels, counts=counts, config=config)
                 return self._finish(self._static_inter(proxies, dtype), intra)
             if fused:
@@ -272,7 +272,7 @@ class HUGLoss(_HUGBase):
                 return self._finish(inter, intra)
             x_hat = unit_rows(features.to(dtype))
             w_hat = unit_rows(proxies.to(dtype))
-            targets = (w_hat.detach() if config.detach_proxies else w_hat)[labels]
+            targets = (w_hat.detach() if config.detach_proxies else w_hat).index_select(0, labels)
             intra = intra_term(x_hat, targets, labels=labels, counts=counts, config=config)
             inter = inter_term(
                 w_hat,
@@ -375,7 +375,9 @@ class ClassMeanHUGLoss(_HUGBase):
                 global_mean = (means * present[:, None]).sum(0) / present.sum().clamp_min(1.0)
                 means = means - global_mean * present[:, None]
             mu_hat = unit_rows(means)
-            targets = (mu_hat.detach() if self.config.detach_proxies else mu_hat)[labels]
+            targets = (mu_hat.detach() if self.config.detach_proxies else mu_hat).index_select(
+                0, labels
+            )
             intra = intra_term(x_hat, targets, labels=labels, counts=counts, config=self.config)
             inter = inter_term(
                 mu_hat, labels=labels, counts=counts, config=self.config, kernel=self._kernel,
