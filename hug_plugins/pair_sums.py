@@ -199,7 +199,7 @@ class _PairKernelMean(torch.autograd.Function):
         unit: bool,
     ) -> Tensor:
         rows_mode = not x_or_rows.is_floating_point()
-        x = y[x_or_rows] if rows_mode else x_or_rows
+        x = y.index_select(0, x_or_rows) if rows_mode else x_or_rows
         m, n = x.shape[0], y.shape[0]
         need_grad = any(ctx.needs_input_grad[:2])  # type: ignore[attr-defined]
         cache = need_grad and m * n <= _CACHE_BUDGET
@@ -251,7 +251,7 @@ class _PairKernelMean(torch.autograd.Function):
         cached: list[_Block] | None = ctx.blocks
         ctx.blocks = None
         rows_mode = not x_or_rows.is_floating_point()
-        x = y[x_or_rows] if rows_mode else x_or_rows
+        x = y.index_select(0, x_or_rows) if rows_mode else x_or_rows
         need_y = ctx.needs_input_grad[1]
         need_x = need_y if rows_mode else ctx.needs_input_grad[0]
         m = x.shape[0]

@@ -378,7 +378,9 @@ class HUGCriterion(nn.Module):
             if labels is not None:
                 present = (counts > 0).to(dtype)
             mu_hat = F.normalize(means, dim=1, eps=1e-12)
-            targets = (mu_hat.detach() if config.detach_proxies else mu_hat)[row_slot]
+            targets = (mu_hat.detach() if config.detach_proxies else mu_hat).index_select(
+                0, row_slot
+            )
             intra = intra_term(rows, targets, labels=row_slot, counts=counts, config=config)
             if bank is None:
                 inter = inter_term(
