@@ -343,27 +343,21 @@ def inter_from_pair_mean(value: Tensor, num_points: Tensor | float, config: HUGC
     """The inter term (as a loss) from the pair mean of its kernel over ``num_points`` points.
 
     MHS: ``-soft_separation = t * (log mean exp(-d / t) + log #pairs)``; MHE in sum form: the
-    mean times the number of ordered pairs (plus its log for the log-mean-exp Gaussian kernel).
-    ``num_points`` is a tensor where it depends on the batch (the classes present) and a number
-    where it is known (the proxies).
+    mean times the number of ordered pairs (plus its log for the log-mean-exp Gaussian kernel);
+    MHE in mean form: the mean itself. ``num_points`` is a tensor where it depends on the batch
+    (the classes present) and a number where it is known (the proxies); the number becomes a
+    tensor only for the forms that use it.
     """
+    if config.inter != "mhs" and config.reduction != "sum":
+        return value
+    num = num_points if isinstance(num_points, Tensor) else value.new_tensor(num_points)
     if config.inter == "mhs":
-        num_pairs = num_points * (num_points - 1) / 2
-        if isinstance(num_pairs, Tensor):
-            return config.separation_t * (value + torch.log(num_pairs.clamp_min(1.0).to(value)))
-        return config.separation_t * (value + math.log(max(num_pairs, 1.0)))
-    if config.reduction == "sum":
-        ordered_pairs = num_points * (num_points - 1)
-        if isinstance(ordered_pairs, Tensor):
-            ordered_pairs = ordered_pairs.clamp_min(1.0).to(value)
-            log_pairs: Tensor | float = torch.log(ordered_pairs)
-        else:
-            ordered_pairs = max(ordered_pairs, 1.0)
-            log_pairs = math.log(ordered_pairs)
-        if config.kernel == "gaussian":
-            return value + log_pairs
-        return value * ordered_pairs
-    return value
+        num_pairs = (num * (num - 1) / 2).clamp_min(1.0)
+        return config.separation_t * (value + torch.log(num_pairs.to(value)))
+    ordered_pairs = (num * (num - 1)).clamp_min(1.0).to(value)
+    if config.kernel == "gaussian":
+        return value + torch.log(ordered_pairs)
+    return value * ordered_pairs
 
 
 def weighted_terms(
