@@ -1,9 +1,12 @@
-"""Image classification: cross-entropy vs. HUG, the paper's two headline tables.
+"""Image classification: cross-entropy vs. HUG, the paper's two headline tables and ours.
 
 Table "proxies": CE against HUG with fully learnable, static random, static optimized and
 partially learnable class proxies (the paper: ResNet-18). Table "architectures": CE against HUG
-across backbones (the paper: ResNet-18, VGG-16, DenseNet-121). Both on every dataset listed in
-``data.names`` (the paper: CIFAR-10 and CIFAR-100).
+across backbones (the paper: ResNet-18, VGG-16, DenseNet-121). Table "recipes": CE against
+HUG's recipes with learnable proxies: the job's recipe (``hug.preset``, the calibrated default),
+the paper's sum form with its weights (``paper``, preset ``"mhe_sum"``) and the job's recipe
+plus cross-entropy on the scaled-cosine logits (``hybrid``, ``ce_weight`` 1). Each table on
+every dataset listed in ``data.names`` (the paper: CIFAR-10 and CIFAR-100).
 
 Every run trains on the shared loop (:class:`hug_plugins.train.Trainer`) with the same
 backbone, optimizer, schedule, epochs, augmentation and seeds; CE and HUG differ only in the
@@ -49,6 +52,8 @@ from hug_plugins.tables import COLLAPSE_COLUMNS, COLLAPSE_NOTE, standard_header_
 from hug_plugins.train import TrainerConfig, is_main_process, torch_threads
 from hug_plugins.train.comparison import (
     COMPARISON_METHODS,
+    HYBRID_CE_WEIGHT,
+    PAPER_FORM_PRESET,
     comparison_data,
     comparison_plan,
     fit_comparison_run,
@@ -61,6 +66,7 @@ METHODS = COMPARISON_METHODS
 TABLES = {
     "proxies": "CE vs. HUG with learnable, static and partially learnable proxies",
     "architectures": "CE vs. HUG across architectures",
+    "recipes": "CE vs. HUG recipes: the calibrated default, the paper's form and the CE hybrid",
 }
 """Table keys accepted under ``tables`` and their titles."""
 
@@ -81,6 +87,17 @@ DIGITS = {
     **{c: 4 for c in ("nc4", "nc4_unit", "train_loss")},
 }
 """Markdown digits per column."""
+
+
+def _recipe_note(combos: Sequence[tuple[str, str, str]], preset: str) -> str:
+    """What the recipe methods in ``combos`` train with (empty when none runs)."""
+    methods = {method for _, _, method in combos}
+    notes = []
+    if "paper" in methods:
+        notes.append(f"paper form: learnable proxies + HUGLoss preset '{PAPER_FORM_PRESET}'")
+    if "hybrid" in methods:
+        notes.append(f"hybrid: learnable proxies + preset '{preset}' + {HYBRID_CE_WEIGHT} x CE")
+    return "".join(f"; {note}" for note in notes)
 
 
 def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
@@ -137,7 +154,8 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         f"features (cnn width {m.width}); CE: linear head + cross-entropy; HUG: "
         f"ProxyHead(mode = the method, scale {cfg.hug.scale}) + HUGLoss preset "
         f"'{cfg.hug.preset}' with {loss_overrides or 'its default weights'}, prediction = "
-        f"nearest proxy. Wall time {total_seconds:.1f} s ({total_seconds / 60:.1f} min).",
+        f"nearest proxy{_recipe_note(combos, str(cfg.hug.preset))}. "
+        f"Wall time {total_seconds:.1f} s ({total_seconds / 60:.1f} min).",
         "Columns: test error % (mean ± std over seeds, ddof 1); vs_CE_pp = paired per-seed "
         "difference to CE in percentage points (negative: HUG better); paper_error_% = the "
         "poster's number for this dataset/architecture (ResNet-18/VGG-16/DenseNet-121, 200-epoch "

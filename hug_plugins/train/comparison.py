@@ -34,6 +34,10 @@ from hug_plugins.train.trainer import Trainer
 
 __all__ = [
     "COMPARISON_METHODS",
+    "HYBRID_CE_WEIGHT",
+    "PAPER_FORM_PRESET",
+    "PROXY_METHODS",
+    "RECIPE_METHODS",
     "build_comparison_model",
     "comparison_checkpoint",
     "comparison_data",
@@ -42,14 +46,31 @@ __all__ = [
     "fit_comparison_run",
 ]
 
-COMPARISON_METHODS = {
+PROXY_METHODS = {
     "ce": "CE",
     "learnable": "HUG (learnable)",
     "static_random": "HUG (static random)",
     "static_optimized": "HUG (static optimized)",
     "partial": "HUG (partially learnable)",
 }
-"""Method keys (``ce`` or a ProxyHead mode) and their display names."""
+"""``ce`` and the HUG methods named by their ProxyHead mode (the job's HUG recipe)."""
+
+RECIPE_METHODS = {
+    "paper": "HUG (paper form, learnable)",
+    "hybrid": "HUG (hybrid with CE, learnable)",
+}
+"""HUG methods with learnable proxies and a recipe of their own: ``paper`` is the poster's sum
+form with its weights (preset ``"mhe_sum"``, whatever the job's recipe); ``hybrid`` is the
+job's recipe plus :data:`HYBRID_CE_WEIGHT` x cross-entropy on the scaled-cosine logits."""
+
+HYBRID_CE_WEIGHT = 1.0
+"""``ce_weight`` of the ``hybrid`` method."""
+
+PAPER_FORM_PRESET = "mhe_sum"
+"""HUG preset of the ``paper`` method."""
+
+COMPARISON_METHODS = {**PROXY_METHODS, **RECIPE_METHODS}
+"""Method keys and their display names."""
 
 RunKey = tuple[str, str, str, int]
 """``(dataset, arch, method, seed)``."""
@@ -81,8 +102,8 @@ def build_comparison_model(
         channels_last: Channels-last memory format.
         scale: ProxyHead logit scale.
         label_smoothing: Of the cross-entropy.
-        hug_preset: HUG preset of the HUG methods.
-        hug_overrides: HUG config overrides.
+        hug_preset: HUG preset of the HUG methods (not of ``paper``).
+        hug_overrides: HUG config overrides (not of ``paper``).
 
     Returns:
         ``(model, objective)``.
@@ -96,7 +117,7 @@ def build_comparison_model(
         info.in_channels,
         feature_dim=feature_dim,
         head="linear" if method == "ce" else "proxy",
-        proxy_mode="learnable" if method == "ce" else method,
+        proxy_mode=method if method in PROXY_METHODS and method != "ce" else "learnable",
         scale=scale,
         seed=seed,
         width=width,
@@ -106,7 +127,13 @@ def build_comparison_model(
     )
     if method == "ce":
         return model, CrossEntropyObjective(label_smoothing=label_smoothing)
-    loss = HUGLoss.preset(hug_preset, **dict(hug_overrides or {}))
+    if method == "paper":
+        loss = HUGLoss.preset(PAPER_FORM_PRESET)
+    else:
+        overrides = dict(hug_overrides or {})
+        if method == "hybrid":
+            overrides["ce_weight"] = HYBRID_CE_WEIGHT
+        loss = HUGLoss.preset(hug_preset, **overrides)
     return model, HUGObjective(loss, model.head)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,12 @@ import pytest
 import torch
 
 from hug_plugins.config import available_presets, load_config, parse_cli
-from hug_plugins.train.comparison import comparison_data, comparison_model
+from hug_plugins.losses import HUGLoss
+from hug_plugins.train.comparison import (
+    PROXY_METHODS,
+    comparison_data,
+    comparison_model,
+)
 from integrations import classification as job
 
 TINY = [
@@ -47,14 +53,27 @@ def test_presets_exist_and_share_keys() -> None:
     paper = load_config("classification", "paper")
     assert list(paper.data.names) == ["cifar10", "cifar100"]
     assert list(paper.tables.architectures.archs) == ["resnet18", "vgg16", "densenet121"]
-    assert list(paper.tables.proxies.methods) == list(job.METHODS)
+    assert list(paper.tables.proxies.methods) == list(PROXY_METHODS)
+    for name in ("quick", "cpu-cifar10", "cpu-cifar100", "paper"):
+        recipes = load_config("classification", name).tables.recipes
+        assert list(recipes.methods) == ["ce", "learnable", "paper", "hybrid"]
 
 
 def test_both_tables_are_written_with_mean_std_and_provenance(result: dict[str, Any]) -> None:
     out: Path = result["out"]
     proxies = result["tables"]["proxies"]
-    assert [r["method"] for r in proxies] == list(job.METHODS.values())
+    assert [r["method"] for r in proxies] == list(PROXY_METHODS.values())
     assert [r["method"] for r in result["tables"]["architectures"]] == ["CE", "HUG (learnable)"]
+    recipes = result["tables"]["recipes"]
+    assert [r["method"] for r in recipes] == [
+        "CE",
+        "HUG (learnable)",
+        "HUG (paper form, learnable)",
+        "HUG (hybrid with CE, learnable)",
+    ]
+    # shared runs are reused: the same (dataset, arch, method, seed) gives the same row
+    assert recipes[1]["test_error_%"] == proxies[1]["test_error_%"]
+    assert all(r["vs_CE_pp"] is not None for r in recipes[1:])
     for row in proxies:
         mean, std = row["test_error_%"]
         assert 0.0 <= mean <= 100.0 and std >= 0.0 and row["seeds"] == 2
@@ -75,7 +94,7 @@ def test_both_tables_are_written_with_mean_std_and_provenance(result: dict[str, 
 def test_collapse_metrics_are_logged_every_epoch(result: dict[str, Any]) -> None:
     with open(result["out"] / "classification_quick_epochs.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 5 * 2 * 2  # 5 methods (cnn runs shared by both tables) x 2 seeds x 2 epochs
+    assert len(rows) == 7 * 2 * 2  # 7 methods (cnn runs shared by the tables) x 2 seeds x 2 epochs
     for row in rows:
         for key in ("test_error", "nc1", "gnc2_ratio", "nc3_dist", "nc4_mismatch", "unit_nc1"):
             assert math.isfinite(float(row[key])), key
@@ -84,7 +103,7 @@ def test_collapse_metrics_are_logged_every_epoch(result: dict[str, Any]) -> None
 
 def test_rerun_resumes_from_checkpoints(result: dict[str, Any], tmp_path: Path) -> None:
     out: Path = result["out"]
-    assert len(list((out / "ckpt").glob("digits_cnn_*_seed*_*.pt"))) == 10
+    assert len(list((out / "ckpt").glob("digits_cnn_*_seed*_*.pt"))) == 14
     again = _run(tmp_path, f"checkpoint_dir={out / 'ckpt'}")
     for key, run in again["runs"].items():
         assert run["resumed_from_epoch"] == 2.0  # nothing retrained
@@ -112,7 +131,12 @@ def test_bad_tables_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown archs"):
         _run(tmp_path, "tables.proxies.archs=[alexnet]")
     with pytest.raises(ValueError, match="nothing to run"):
-        _run(tmp_path, "tables.proxies.archs=[]", "tables.architectures.archs=[]")
+        _run(
+            tmp_path,
+            "tables.proxies.archs=[]",
+            "tables.architectures.archs=[]",
+            "tables.recipes.archs=[]",
+        )
     with pytest.raises(ValueError, match="seeds"):
         _run(tmp_path, "seeds=[1,1]")
 
@@ -130,3 +154,18 @@ def test_plus_overrides_reach_the_hug_loss() -> None:
     bad = load_config("classification", "quick", ["+hug.loss.intra_kind=distance"])
     with pytest.raises(ValueError, match="unknown HUGConfig field"):
         comparison_model("learnable", "cnn", info, 0, bad)
+
+
+def test_recipe_methods_build_the_paper_form_and_the_hybrid() -> None:
+    cfg = load_config("classification", "quick", ["model.width=8", "hug.loss.alpha=3.0"])
+    _, _, _, info = comparison_data("digits", cfg)
+    _, default = comparison_model("learnable", "cnn", info, 0, cfg)
+    paper_model, paper = comparison_model("paper", "cnn", info, 0, cfg)
+    hybrid_model, hybrid = comparison_model("hybrid", "cnn", info, 0, cfg)
+    assert default.loss.config.alpha == 3.0 and default.loss.config.ce_weight == 0.0
+    # the paper form ignores the job's recipe: the poster's sum form with its own weights
+    assert paper.loss.config == HUGLoss.preset("mhe_sum").config
+    # the hybrid is the job's recipe (overrides included) plus the CE term
+    assert hybrid.loss.config == dataclasses.replace(default.loss.config, ce_weight=1.0)
+    for model in (paper_model, hybrid_model):
+        assert model.head.mode == "learnable" and model.head.proxies.requires_grad
