@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from hug_plugins.data import PIXEL_DATASETS, PixelDatasetInfo, load_pixel_datasets
+from hug_plugins.train.checkpoints import settings_tag
 from hug_plugins.train.config import TrainerConfig
 
 __all__ = [
@@ -398,6 +400,62 @@ def pixel_fit_options(cfg: DictConfig) -> dict[str, Any]:
         "eval_only": bool(cfg.eval_only),
         "progress": bool(cfg.get("progress", False)),
     }
+
+
+RUN_INDEPENDENT_TRAINER_FIELDS = (
+    "seed",
+    "checkpoint_path",
+    "progress",
+    "device",
+    "num_workers",
+    "eval_every",
+)
+"""TrainerConfig fields left out of a run's settings tag: set per run (seed, checkpoint) or
+without effect on the trained weights' recipe (where and how verbosely it runs)."""
+
+
+def pixel_run_tag(cfg: DictConfig, extra_keys: Sequence[str] = ()) -> str:
+    """The settings tag (:func:`hug_plugins.train.settings_tag`) of a robustness / long-tail
+    job's runs: a hash of everything the trained weights depend on besides the method, the seed
+    and the long-tail ratio (which the checkpoint name carries), so that a changed recipe is
+    trained anew instead of silently reloaded from another recipe's checkpoint.
+
+    Covers the :func:`pixel_fit_options` (model, HUG recipe, trainer but its
+    :data:`RUN_INDEPENDENT_TRAINER_FIELDS`, augmentation), ``data`` but its ``root`` (any path,
+    same data) and the top-level ``extra_keys`` (the long-tail construction).
+
+    Example:
+        >>> base = {
+        ...     "model": {"arch": "mlp", "hidden": 8, "feature_dim": 4},
+        ...     "hug": {"preset": "default", "proxy_mode": "learnable", "scale": 16.0,
+        ...             "loss": {"alpha": None}},
+        ...     "trainer": {"epochs": 1}, "data": {"name": "digits", "root": None,
+        ...     "augment": False}, "eval_only": False}
+        >>> tag = pixel_run_tag(OmegaConf.create(base))
+        >>> moved = OmegaConf.merge(base, {"data": {"root": "/x"}, "trainer": {"device": "cpu"}})
+        >>> pixel_run_tag(moved) == tag
+        True
+        >>> pixel_run_tag(OmegaConf.merge(base, {"trainer": {"epochs": 2}})) == tag
+        False
+    """
+    options = pixel_fit_options(cfg)
+    trainer = {
+        k: v
+        for k, v in dataclasses.asdict(options["trainer_cfg"]).items()
+        if k not in RUN_INDEPENDENT_TRAINER_FIELDS
+    }
+    data = {k: v for k, v in to_dict(cfg.data).items() if k != "root"}
+    return settings_tag(
+        {
+            "model": options["model_options"],
+            "hug_preset": options["hug_preset"],
+            "hug_overrides": options["hug_overrides"],
+            "augment": options["augment"],
+            "trainer": trainer,
+            "data": data,
+            **{key: to_dict(cfg)[key] for key in extra_keys},
+        }
+    )
 
 
 def load_job_pixel_data(cfg: DictConfig) -> tuple[Any, Any, PixelDatasetInfo]:

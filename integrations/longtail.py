@@ -34,6 +34,7 @@ from hug_plugins.config import (
     check_seeds,
     load_job_pixel_data,
     pixel_fit_options,
+    pixel_run_tag,
     run_job,
 )
 from hug_plugins.data import PixelDatasetInfo
@@ -74,7 +75,10 @@ def run_one(
         train_full, ratio, num_classes=num_classes, n_max=n_max, seed=int(cfg.longtail_seed)
     )
     arch = str(cfg.model.arch)
-    ckpt = checkpoint_file(cfg.checkpoint_dir, data_info.name, arch, method, seed, ratio=ratio)
+    tag = pixel_run_tag(cfg, ("longtail_seed", "longtail_n_max"))
+    ckpt = checkpoint_file(
+        cfg.checkpoint_dir, data_info.name, arch, method, seed, ratio=ratio, tag=tag
+    )
     model, info = fit_pixel_classifier(
         method, data_info, train, seed=seed, checkpoint=ckpt, **options
     )

@@ -38,6 +38,7 @@ from hug_plugins.config import (
     check_seeds,
     load_job_pixel_data,
     pixel_fit_options,
+    pixel_run_tag,
     run_job,
 )
 from hug_plugins.data import PixelDatasetInfo
@@ -74,7 +75,8 @@ def run_one(
         ckpt = find_checkpoint(str(cfg.checkpoint_pattern), method=run_name, seed=seed)
         options["eval_only"] = True
     else:
-        ckpt = checkpoint_file(cfg.checkpoint_dir, name, str(cfg.model.arch), method, seed)
+        tag = pixel_run_tag(cfg)
+        ckpt = checkpoint_file(cfg.checkpoint_dir, name, str(cfg.model.arch), method, seed, tag=tag)
     model, info = fit_pixel_classifier(
         method, data_info, train, seed=seed, checkpoint=ckpt, **options
     )

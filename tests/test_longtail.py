@@ -170,3 +170,10 @@ def test_job_writes_tables_and_reuses_checkpoints(tmp_path: Path) -> None:
     second = job.main([*args, "eval_only=true"])
     for a, b in zip(first["runs"], second["runs"], strict=True):
         assert b["epochs_trained"] == 0 and a["top1_acc"] == b["top1_acc"]
+    # a changed recipe is never served another recipe's checkpoint (its name carries a settings
+    # tag): with eval_only it finds none, without it trains anew
+    for changed in ("trainer.lr=0.01", "hug.loss.alpha=1.0", "longtail_seed=1"):
+        with pytest.raises(ValueError, match="does not exist"):
+            job.main([*args, changed, "eval_only=true"])
+    moved = job.main([*args, "trainer.device=auto", f"data.root={tmp_path}", "eval_only=true"])
+    assert all(run["epochs_trained"] == 0 for run in moved["runs"])

@@ -149,9 +149,8 @@ def test_job_trains_once_then_evaluates_from_checkpoints(tmp_path: Path) -> None
         job.main([*args, f"checkpoint_dir={tmp_path / 'none'}", "eval_only=true"])
     # another job's checkpoints, found by pattern (HUG runs named by their proxy mode)
     shutil.copytree(tmp_path / "ck", tmp_path / "other")
-    (tmp_path / "other" / "digits_mlp_hug_seed0.pt").rename(
-        tmp_path / "other" / "digits_mlp_learnable_seed0_0f3c.pt"
-    )
+    (hug_file,) = (tmp_path / "other").glob("digits_mlp_hug_seed0_*.pt")
+    hug_file.rename(tmp_path / "other" / "digits_mlp_learnable_seed0_0f3c.pt")
     pattern = str(tmp_path / "other" / "digits_mlp_{method}_seed{seed}*.pt")
     reused = job.main([*args, "checkpoint_dir=null", f"checkpoint_pattern={pattern}"])
     for a, c in zip(first["runs"], reused["runs"], strict=True):

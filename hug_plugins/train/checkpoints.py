@@ -189,19 +189,24 @@ def checkpoint_file(
     method: str,
     seed: int,
     ratio: float | None = None,
+    tag: str | None = None,
 ) -> Path | None:
-    """The checkpoint path of one (data, arch, long-tail ratio, method, seed) run.
+    """The checkpoint path of one (data, arch, long-tail ratio, method, seed) run, ending in
+    ``tag`` (a :func:`settings_tag` of the run's other settings) when given.
 
     Example:
         >>> checkpoint_file("ck", "digits", "mlp", "ce", 0).name
         'digits_mlp_ce_seed0.pt'
+        >>> checkpoint_file("ck", "digits", "mlp", "ce", 0, tag="ab12cd34").name
+        'digits_mlp_ce_seed0_ab12cd34.pt'
         >>> checkpoint_file(None, "digits", "mlp", "ce", 0) is None
         True
     """
     if directory is None:
         return None
     tail = "" if ratio is None or ratio == 1 else f"_lt{ratio:g}"
-    return Path(directory) / f"{data}_{arch}{tail}_{method}_seed{seed}.pt"
+    suffix = "" if tag is None else f"_{tag}"
+    return Path(directory) / f"{data}_{arch}{tail}_{method}_seed{seed}{suffix}.pt"
 
 
 def build_pixel_classifier(
