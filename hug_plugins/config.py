@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from hug_plugins.data import PIXEL_DATASETS, PixelDatasetInfo, load_pixel_datasets
+from hug_plugins.losses import preset_config
 from hug_plugins.train.checkpoints import settings_tag
 from hug_plugins.train.config import TrainerConfig
 
@@ -420,7 +421,8 @@ def pixel_run_tag(cfg: DictConfig, extra_keys: Sequence[str] = ()) -> str:
     and the long-tail ratio (which the checkpoint name carries), so that a changed recipe is
     trained anew instead of silently reloaded from another recipe's checkpoint.
 
-    Covers the :func:`pixel_fit_options` (model, HUG recipe, trainer but its
+    Covers the :func:`pixel_fit_options` (model, the HUG recipe the preset and its overrides
+    resolve to, so that a new default recipe is a new run, trainer but its
     :data:`RUN_INDEPENDENT_TRAINER_FIELDS`, augmentation), ``data`` but its ``root`` (any path,
     same data) and the top-level ``extra_keys`` (the long-tail construction).
 
@@ -448,8 +450,9 @@ def pixel_run_tag(cfg: DictConfig, extra_keys: Sequence[str] = ()) -> str:
     return settings_tag(
         {
             "model": options["model_options"],
-            "hug_preset": options["hug_preset"],
-            "hug_overrides": options["hug_overrides"],
+            "hug_recipe": dataclasses.asdict(
+                preset_config(options["hug_preset"], **(options["hug_overrides"] or {}))
+            ),
             "augment": options["augment"],
             "trainer": trainer,
             "data": data,

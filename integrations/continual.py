@@ -38,9 +38,10 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from hug_plugins.config import parse_cli
+from hug_plugins.config import parse_cli, to_dict
 from hug_plugins.continual import class_incremental_tensors
 from hug_plugins.continual.runs import (
+    continual_settings_tag,
     hug_plugin_options,
     load_stream_tensors,
     run_class_incremental,
@@ -89,7 +90,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     run_rows: list[dict[str, Any]] = []
     # Finished runs are kept one per line: a killed job resumes with the next run.
-    run_log = RunLog(stem.with_name(stem.name + "_done.jsonl"), ("method", "mem_size", "seed"))
+    # Keyed by the settings tag too: a changed recipe is run anew, never served an old result.
+    tag = continual_settings_tag(to_dict(cfg))
+    run_log = RunLog(
+        stem.with_name(stem.name + "_done.jsonl"), ("method", "mem_size", "seed", "settings")
+    )
     total = len(cfg.seeds) * len(cfg.mem_sizes) * len(methods)
     job_start = time.perf_counter()
     fresh = 0
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             )
         for mem_size in [int(m) for m in cfg.mem_sizes]:
             for method in methods:
-                key = {"method": method, "mem_size": mem_size, "seed": seed}
+                key = {"method": method, "mem_size": mem_size, "seed": seed, "settings": tag}
                 restored = run_log.done(key)
                 if restored:
                     res = run_log.get(key)

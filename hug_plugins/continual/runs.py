@@ -25,7 +25,7 @@ import re
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -40,12 +40,14 @@ from torch import Tensor, nn
 from hug_plugins.continual.plugin import HUGPlugin
 from hug_plugins.continual.replay import ReplayMemoryPlugin
 from hug_plugins.data import load_digits_split, load_image_dataset
-from hug_plugins.losses import preset_config
+from hug_plugins.losses import HUGConfig, preset_config
+from hug_plugins.train.checkpoints import settings_tag
 from hug_plugins.train.runtime import resolve_device
 
 __all__ = [
     "METHODS",
     "StreamSettings",
+    "continual_settings_tag",
     "hug_plugin_options",
     "load_stream_tensors",
     "run_class_incremental",
@@ -253,6 +255,38 @@ def hug_plugin_options(hug: Mapping[str, Any]) -> dict[str, Any]:
     if hug.get("scale") is not None:
         options["scale"] = float(hug["scale"])
     return options
+
+
+def continual_settings_tag(cfg: Mapping[str, Any]) -> str:
+    """Hash of what changes a continual job's run besides its method, memory size and seed: the
+    data (not its path), the number of experiences, the :func:`stream_settings` (not the device
+    or the logging), the ``hug`` section and the HUG recipe it resolves to (so that a new
+    default recipe is a new run, not a reloaded one). Keys the job's log of finished runs.
+
+    Example:
+        >>> from hug_plugins.config import load_config, to_dict
+        >>> job = to_dict(load_config("continual", "quick"))
+        >>> tag = continual_settings_tag(job)
+        >>> continual_settings_tag({**job, "data": {**job["data"], "root": "/x"}}) == tag
+        True
+        >>> continual_settings_tag({**job, "num_experiences": 2}) == tag
+        False
+    """
+    settings = asdict(stream_settings(cfg))
+    for key in ("device", "interactive"):
+        settings.pop(key)
+    options = hug_plugin_options(cfg["hug"])
+    recipe = options.pop("hug", HUGConfig())  # the plugin's default loss when no preset is set
+    return settings_tag(
+        {
+            "data": {k: v for k, v in cfg["data"].items() if k != "root"},
+            "num_experiences": cfg["num_experiences"],
+            "stream": settings,
+            "hug": cfg["hug"],
+            "hug_plugin_options": options,
+            "hug_recipe": asdict(recipe),
+        }
+    )
 
 
 def _strategy(
