@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping
@@ -136,12 +137,20 @@ def images_per_run(num_train: int, per_batch: int, world: int, epochs: int, drop
 def ssl_settings_tag(name: str, job: Mapping[str, Any], world: int) -> str:
     """Hash of everything that changes a run of criterion ``name`` except its seed: the data
     (not its path), model, trainer (not its progress/device/worker settings), evaluation, the
-    criterion's own section and the number of processes."""
+    criterion's own section, what it resolves to (HUGCriterion's full HUG configuration, so a
+    new default is a new run; lightly's criteria by their repr) and the number of processes."""
     skip = ("progress", "device", "num_workers")
+    options = job.get(name) or {}
+    criterion = build_criterion(name, options)
+    config = getattr(criterion, "config", None)
+    resolved: Any = repr(criterion)
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        resolved = dataclasses.asdict(config)
     return settings_tag(
         {
             "criterion": name,
             "options": job.get(name),
+            "resolved": resolved,
             "data": {k: v for k, v in job["data"].items() if k != "root"},
             "model": job["model"],
             "trainer": {k: v for k, v in job["trainer"].items() if k not in skip},

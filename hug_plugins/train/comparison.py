@@ -23,7 +23,7 @@ from typing import Any
 from torch import nn
 
 from hug_plugins.data import BatchAugment, DatasetInfo, ImageTensorDataset, load_with_subsets
-from hug_plugins.losses import HUGLoss
+from hug_plugins.losses import HUGConfig, HUGLoss, preset_config
 from hug_plugins.models import ARCHITECTURES, build_classifier
 from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
 from hug_plugins.train.checkpoints import settings_tag
@@ -43,6 +43,7 @@ __all__ = [
     "comparison_data",
     "comparison_model",
     "comparison_plan",
+    "comparison_recipe",
     "fit_comparison_run",
 ]
 
@@ -125,16 +126,35 @@ def build_comparison_model(
         std=info.std,
         channels_last=channels_last,
     )
-    if method == "ce":
+    recipe = comparison_recipe(method, hug_preset, hug_overrides)
+    if recipe is None:
         return model, CrossEntropyObjective(label_smoothing=label_smoothing)
+    return model, HUGObjective(HUGLoss(recipe), model.head)
+
+
+def comparison_recipe(
+    method: str, hug_preset: str = "default", hug_overrides: Mapping[str, Any] | None = None
+) -> HUGConfig | None:
+    """The HUG configuration ``method`` trains with (``None`` for ``"ce"``): the job's recipe
+    (``hug_preset`` + ``hug_overrides``) for the proxy modes, :data:`PAPER_FORM_PRESET` for
+    ``"paper"``, the job's recipe + :data:`HYBRID_CE_WEIGHT` x CE for ``"hybrid"``.
+
+    Example:
+        >>> comparison_recipe("paper", "default", {"alpha": 3.0}).reduction
+        'sum'
+        >>> comparison_recipe("hybrid", "default", {"alpha": 3.0}).ce_weight
+        1.0
+    """
+    if method not in COMPARISON_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {sorted(COMPARISON_METHODS)}")
+    if method == "ce":
+        return None
     if method == "paper":
-        loss = HUGLoss.preset(PAPER_FORM_PRESET)
-    else:
-        overrides = dict(hug_overrides or {})
-        if method == "hybrid":
-            overrides["ce_weight"] = HYBRID_CE_WEIGHT
-        loss = HUGLoss.preset(hug_preset, **overrides)
-    return model, HUGObjective(loss, model.head)
+        return preset_config(PAPER_FORM_PRESET)
+    overrides = dict(hug_overrides or {})
+    if method == "hybrid":
+        overrides["ce_weight"] = HYBRID_CE_WEIGHT
+    return preset_config(hug_preset, **overrides)
 
 
 # ----------------------------------------------------------------------------- the job's runs
@@ -197,9 +217,14 @@ def comparison_checkpoint(
     job: Mapping[str, Any], dataset: str, arch: str, method: str, seed: int
 ) -> str | None:
     """The run's checkpoint under ``checkpoint_dir`` (``None``: disabled), named with a hash of
-    every setting that changes its result except the method and the seed."""
+    every setting that changes its result except the method and the seed, and of the HUG
+    recipe the method resolves to (:func:`comparison_recipe`: a new default recipe is a new
+    run, not a reloaded one)."""
     if not job["checkpoint_dir"]:
         return None
+    hug = job["hug"]
+    overrides = {k: v for k, v in (hug["loss"] or {}).items() if v is not None}
+    recipe = comparison_recipe(method, str(hug["preset"]), overrides)
     data = {k: v for k, v in _plain(job["data"]).items() if k != "root"}  # any path, same data
     skip = ("progress", "device", "num_workers", "eval_every")
     trainer = {k: v for k, v in _plain(job["trainer"]).items() if k not in skip}
@@ -212,6 +237,7 @@ def comparison_checkpoint(
             "collapse_samples": job["metrics"]["collapse_samples"],  # what the history measured
             "collapse_spaces": ["raw", "unit"],  # older histories lack the unit-space metrics
             "trainer": trainer,
+            "recipe": None if recipe is None else dataclasses.asdict(recipe),
         }
     )
     return str(Path(str(job["checkpoint_dir"])) / f"{dataset}_{arch}_{method}_seed{seed}_{tag}.pt")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from hug_plugins.config import available_presets, load_config, parse_cli
+from hug_plugins.config import available_presets, load_config, parse_cli, to_dict
 from hug_plugins.losses import HUGLoss
 from hug_plugins.train.comparison import (
     PROXY_METHODS,
@@ -169,3 +169,25 @@ def test_recipe_methods_build_the_paper_form_and_the_hybrid() -> None:
     assert hybrid.loss.config == dataclasses.replace(default.loss.config, ce_weight=1.0)
     for model in (paper_model, hybrid_model):
         assert model.head.mode == "learnable" and model.head.proxies.requires_grad
+
+
+def test_checkpoint_name_follows_the_resolved_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hug_plugins.train import comparison
+
+    cfg = to_dict(load_config("classification", "quick", ["checkpoint_dir=ck"]))
+
+    def names() -> dict[str, str | None]:
+        checkpoint = comparison.comparison_checkpoint
+        return {m: checkpoint(cfg, "digits", "cnn", m, 0) for m in job.METHODS}
+
+    before = names()
+    # a new default recipe (same preset name, other weights) must not reload the old runs
+    original = comparison.preset_config
+
+    def shifted(name: str, **overrides: Any) -> Any:
+        return dataclasses.replace(original(name, **overrides), alpha=123.0)
+
+    monkeypatch.setattr(comparison, "preset_config", shifted)
+    after = names()
+    assert after["ce"] == before["ce"]  # CE trains no HUG recipe
+    assert all(after[m] != before[m] for m in job.METHODS if m != "ce")
