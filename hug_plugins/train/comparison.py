@@ -184,6 +184,11 @@ def comparison_data(
     )
 
 
+def _set_overrides(hug: Mapping[str, Any]) -> dict[str, Any]:
+    """The job's ``hug.loss`` overrides that are set (null: the preset's value)."""
+    return {str(k): v for k, v in (hug["loss"] or {}).items() if v is not None}
+
+
 def comparison_model(
     method: str, arch: str, info: DatasetInfo, seed: int, job: Mapping[str, Any]
 ) -> tuple[nn.Module, Objective]:
@@ -200,7 +205,7 @@ def comparison_model(
         scale=float(hug["scale"]),
         label_smoothing=float(job["ce"]["label_smoothing"]),
         hug_preset=str(hug["preset"]),
-        hug_overrides={k: v for k, v in (hug["loss"] or {}).items() if v is not None},
+        hug_overrides=_set_overrides(hug),
     )
 
 
@@ -223,8 +228,7 @@ def comparison_checkpoint(
     if not job["checkpoint_dir"]:
         return None
     hug = job["hug"]
-    overrides = {k: v for k, v in (hug["loss"] or {}).items() if v is not None}
-    recipe = comparison_recipe(method, str(hug["preset"]), overrides)
+    recipe = comparison_recipe(method, str(hug["preset"]), _set_overrides(hug))
     data = {k: v for k, v in _plain(job["data"]).items() if k != "root"}  # any path, same data
     skip = ("progress", "device", "num_workers", "eval_every")
     trainer = {k: v for k, v in _plain(job["trainer"]).items() if k not in skip}
