@@ -446,7 +446,8 @@ def pixel_run_tag(cfg: DictConfig, extra_keys: Sequence[str] = ()) -> str:
         for k, v in dataclasses.asdict(options["trainer_cfg"]).items()
         if k not in RUN_INDEPENDENT_TRAINER_FIELDS
     }
-    data = {k: v for k, v in to_dict(cfg.data).items() if k != "root"}
+    job = to_dict(cfg)
+    data = {k: v for k, v in job["data"].items() if k != "root"}
     return settings_tag(
         {
             "model": options["model_options"],
@@ -456,7 +457,7 @@ def pixel_run_tag(cfg: DictConfig, extra_keys: Sequence[str] = ()) -> str:
             "augment": options["augment"],
             "trainer": trainer,
             "data": data,
-            **{key: to_dict(cfg)[key] for key in extra_keys},
+            **{key: job[key] for key in extra_keys},
         }
     )
 

@@ -65,9 +65,11 @@ def run_one(
     cfg: DictConfig,
     data: tuple[Any, Any, PixelDatasetInfo],
     options: dict[str, Any],
+    tag: str,
 ) -> dict[str, Any]:
     """Trains (or reloads) one (method, ratio, seed) and returns its accuracies; ``options``:
-    :func:`~hug_plugins.config.pixel_fit_options` of the job."""
+    :func:`~hug_plugins.config.pixel_fit_options` of the job, ``tag``: its
+    :func:`~hug_plugins.config.pixel_run_tag` (the checkpoint name's settings hash)."""
     train_full, test, data_info = data
     num_classes = data_info.num_classes
     n_max = None if cfg.longtail_n_max is None else int(cfg.longtail_n_max)
@@ -75,7 +77,6 @@ def run_one(
         train_full, ratio, num_classes=num_classes, n_max=n_max, seed=int(cfg.longtail_seed)
     )
     arch = str(cfg.model.arch)
-    tag = pixel_run_tag(cfg, ("longtail_seed", "longtail_n_max"))
     ckpt = checkpoint_file(
         cfg.checkpoint_dir, data_info.name, arch, method, seed, ratio=ratio, tag=tag
     )
@@ -110,6 +111,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     if not ratios or any(not 0 < r <= 1 for r in ratios):
         raise ValueError(f"ratios must be a non-empty list of numbers in (0, 1], got {ratios}")
     options = pixel_fit_options(cfg)  # validates the trainer section once, here
+    tag = pixel_run_tag(cfg, ("longtail_seed", "longtail_n_max"))
 
     started = time.perf_counter()
     runs: list[dict[str, Any]] = []
@@ -118,7 +120,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         names = ["ratio", "method", "seed"]
         grid = run_grid(names, ratios, methods, seeds, desc=TASK, enabled=bool(cfg.progress))
         for ratio, method, seed in grid:
-            result = run_one(method, ratio, seed, cfg, data, options)
+            result = run_one(method, ratio, seed, cfg, data, options, tag)
             runs.append({"ratio": ratio, "method": METHODS[method], "seed": seed, **result})
     seconds = time.perf_counter() - started
 

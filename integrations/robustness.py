@@ -65,8 +65,11 @@ def run_one(
     cfg: DictConfig,
     data: tuple[Any, Any, PixelDatasetInfo],
     job_options: dict[str, Any],
+    tag: str,
 ) -> list[dict[str, Any]]:
-    """Trains or reloads one (method, seed) model and attacks it; one row per attack loss."""
+    """Trains or reloads one (method, seed) model and attacks it; one row per attack loss
+    (``tag``: the job's :func:`~hug_plugins.config.pixel_run_tag`, its checkpoints' settings
+    hash)."""
     train, test, data_info = data
     name, num_classes = data_info.name, data_info.num_classes
     options = dict(job_options)
@@ -75,7 +78,6 @@ def run_one(
         ckpt = find_checkpoint(str(cfg.checkpoint_pattern), method=run_name, seed=seed)
         options["eval_only"] = True
     else:
-        tag = pixel_run_tag(cfg)
         ckpt = checkpoint_file(cfg.checkpoint_dir, name, str(cfg.model.arch), method, seed, tag=tag)
     model, info = fit_pixel_classifier(
         method, data_info, train, seed=seed, checkpoint=ckpt, **options
@@ -145,6 +147,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     if bad or not cfg.attack.losses:
         raise ValueError(f"attack.losses must be a non-empty subset of [ce, margin], got {bad}")
     options = pixel_fit_options(cfg)  # validates the trainer section once, here
+    tag = pixel_run_tag(cfg)
 
     started = time.perf_counter()
     runs: list[dict[str, Any]] = []
@@ -152,7 +155,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         data = load_job_pixel_data(cfg)
         grid = run_grid(["method", "seed"], methods, seeds, desc=TASK, enabled=bool(cfg.progress))
         for method, seed in grid:
-            runs.extend(run_one(method, seed, cfg, data, options))
+            runs.extend(run_one(method, seed, cfg, data, options, tag))
     seconds = time.perf_counter() - started
 
     robust = list(dict.fromkeys(k for r in runs for k in r if k.startswith("robust@")))
