@@ -138,6 +138,9 @@ class FusedSpec:
         eps: Distance floor of the intra term.
         rows: Anchors are the batch labels (rows mode) rather than all proxies (full mode).
         train_targets: Proxies receive the intra term's gradient (``detach_proxies=False``).
+        static: The proxies are constants (they get no gradient): the node computes the intra
+            term only, from the ``B`` proxy rows of the batch labels, in ``O(B d)`` whatever
+            ``C``; its inter output is zero (the caller adds the constant inter term).
     """
 
     kernel: PairKernel
@@ -145,6 +148,7 @@ class FusedSpec:
     eps: float
     rows: bool
     train_targets: bool
+    static: bool = False
 
 
 def fused_supported(config: Any, anchors: int, num_classes: int) -> bool:
@@ -161,6 +165,15 @@ def fused_supported(config: Any, anchors: int, num_classes: int) -> bool:
         and config.intra in ("distance", "squared_distance")
         and config.ce_weight == 0
         and anchors * num_classes <= MAX_FUSED_PAIRS
+    )
+
+
+def fused_static_supported(config: Any) -> bool:
+    """Whether the fused node computes the intra term of ``config`` for static proxies."""
+    return (
+        _fused_enabled
+        and config.intra in ("distance", "squared_distance")
+        and config.ce_weight == 0
     )
 
 
@@ -226,21 +239,29 @@ def _intra_side(
     sq_targets: Tensor,
     intra_weights: Tensor,
     spec: FusedSpec,
+    scratch: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Intra term of the normalized features to their targets, with its gradient factors.
 
-    Returns ``(intra, norm_sum, diff, pull, feature_scale, radial_scale)``: the weighted sum of
-    the distances, the sum of the feature norms, ``diff = x_hat - t`` and the per-sample factors
-    of the backward pass, ``dL/dx = g (diff * feature_scale - x * radial_scale)`` and
-    ``dL/dt = -g pull diff``. The features are never normalized into a copy: ``x_hat`` enters
-    as ``x / |x|`` in ``diff`` only, and the radial part of the normalization's backward pass
-    uses ``<diff, x_hat> = (|x_hat|^2 + |diff|^2 - |t|^2) / 2`` with ``|x_hat| = 1`` (it
+    Returns ``(intra, norm_sum, gap, pull, feature_scale, radial_scale)``: the weighted sum of
+    the distances, the sum of the feature norms, ``gap = t - x_hat`` and the per-sample factors
+    of the backward pass, ``dL/dx = -g (gap * feature_scale + x * radial_scale)`` and
+    ``dL/dt = g pull gap``. The features are never normalized into a copy: ``x_hat`` enters
+    as ``x / |x|`` in ``gap`` only, and the radial part of the normalization's backward pass
+    uses ``<x_hat - t, x_hat> = (|x_hat|^2 + |gap|^2 - |t|^2) / 2`` with ``|x_hat| = 1`` (it
     applies only where ``|x|`` exceeds the norm floor).
+
+    With ``scratch`` the ``(B, d)`` ``targets`` are a copy of the caller's that it does not
+    need again, and ``gap`` is written into them: each fresh ``(B, d)`` buffer costs about as
+    much as the arithmetic on it on a CPU, so the forward pass allocates one at most.
     """
     norms_x = torch.linalg.vector_norm(features, dim=1)
     inv_x = norms_x.clamp_min(UNIT_EPS).reciprocal()
-    diff = (features * inv_x[:, None]).sub_(targets)
-    d2 = torch.linalg.vecdot(diff, diff, dim=1)
+    if scratch:
+        gap = targets.addcmul_(features, inv_x[:, None], value=-1.0)
+    else:
+        gap = torch.addcmul(targets, features, inv_x[:, None], value=-1.0)
+    d2 = torch.linalg.vector_norm(gap, dim=1).square()
     eps2 = spec.eps * spec.eps
     if spec.squared:
         intra = d2 @ intra_weights
@@ -252,7 +273,7 @@ def _intra_side(
     feature_scale = pull * inv_x
     half_inv = (0.5 * inv_x).masked_fill_(norms_x <= UNIT_EPS, 0.0)
     radial_scale = (d2 - sq_targets).add_(1.0).mul_(feature_scale).mul_(half_inv)
-    return intra, norms_x.sum(), diff, pull, feature_scale, radial_scale
+    return intra, norms_x.sum(), gap, pull, feature_scale, radial_scale
 
 
 def _symmetric_pairs(
@@ -298,19 +319,36 @@ def hug_forward(
     of the proxies: the pair block is the symmetric ``(C, C)`` block of ``W_hat W_hat^T``. Rows
     mode (large ``C``) never normalizes the ``(C, d)`` proxies: see :func:`pair_block`.
 
+    Static proxies (``spec.static``): the intra term only, from the proxy rows of the labels;
+    ``norm_sums`` then holds the sum of the norms of those rows.
+
     A pure function of tensors and constants, so that ``torch.compile`` can fuse it.
     """
+    if spec.static:
+        rows_w = proxies.index_select(0, labels).to(features.dtype)
+        norms_t = torch.linalg.vector_norm(rows_w, dim=1)
+        inv_t = norms_t.clamp_min(UNIT_EPS).reciprocal()
+        intra, norm_sum_x, *factors = _intra_side(
+            features,
+            rows_w.mul_(inv_t[:, None]),
+            (norms_t * inv_t).square(),
+            intra_weights,
+            spec,
+            scratch=True,
+        )
+        static_out = (intra, intra.new_zeros(()), torch.stack([norm_sum_x, norms_t.sum()]))
+        return (*static_out, *factors) if need_grad else static_out
     norms_w = torch.linalg.vector_norm(proxies, dim=1)
     inv_w = norms_w.clamp_min(UNIT_EPS).reciprocal()
     sq_w = (norms_w * inv_w).square()
     if spec.rows:  # anchors are the labels: the intra targets are the pair block's rows
-        targets = proxies.index_select(0, labels) * inv_w.index_select(0, labels)[:, None]
+        targets = proxies.index_select(0, labels).mul_(inv_w.index_select(0, labels)[:, None])
     else:
         unit_w = proxies * inv_w[:, None]
         targets = unit_w.index_select(0, labels)
     sq_targets = sq_w.index_select(0, labels)
-    intra, norm_sum_x, diff, pull, feature_scale, radial_scale = _intra_side(
-        features, targets, sq_targets, intra_weights, spec
+    intra, norm_sum_x, gap, pull, feature_scale, radial_scale = _intra_side(
+        features, targets, sq_targets, intra_weights, spec, scratch=not spec.rows
     )
     norm_sums = torch.stack([norm_sum_x, norms_w.sum()])
     active_w = norms_w > UNIT_EPS
@@ -322,7 +360,7 @@ def hug_forward(
             return intra, inter, norm_sums
         assert coef is not None
         return (
-            intra, inter, norm_sums, diff, pull, feature_scale, radial_scale,
+            intra, inter, norm_sums, gap, pull, feature_scale, radial_scale,
             inv_w, active_w, unit_w, coef,
         )  # fmt: skip
     assert row_weights is not None  # fused_proxy_hug checks it
@@ -341,7 +379,7 @@ def hug_forward(
         return intra, inter, norm_sums
     assert coef is not None and colsum is not None
     return (
-        intra, inter, norm_sums, diff, pull, feature_scale, radial_scale,
+        intra, inter, norm_sums, gap, pull, feature_scale, radial_scale,
         inv_w, active_w, targets, coef, anchor_scale, colsum,
     )  # fmt: skip
 
@@ -359,26 +397,25 @@ def hug_backward(
 ) -> tuple[Tensor | None, Tensor | None]:
     """Backward math of the fused node: gradients of features and proxies.
 
-    Features: ``dL/dx = g_intra (diff * feature_scale - x * radial_scale)`` (see
+    Features: ``dL/dx = -g_intra (gap * feature_scale + x * radial_scale)`` (see
     :func:`_intra_side`). Full mode: ``dL/dW_hat = -4 g s D W_hat`` (``D`` symmetric, ``s`` the
-    pair scale) plus the intra targets' ``-g_intra pull diff``, then one normalization
+    pair scale) plus the intra targets' ``g_intra pull gap``, then one normalization
     backward ``(G - W_hat <G, W_hat>) / |W|``. Rows mode, with ``D``, ``colsum`` and the anchor
     scales ``s_i`` of :func:`pair_block`: ``dL/dW_c = -2 g (D^T (s U))_c + 2 g r_c^2 colsum_c
     W_c`` (columns; the second part is the normalization's radial correction), ``dL/dU_i = -2 g
-    s_i (D W)_i`` (anchors, then through the normalization of ``W[anchors]``).
+    s_i (D W)_i`` (anchors, then through the normalization of ``W[anchors]``). Static proxies:
+    features only. The ``(B, d)`` results are computed in place where they are fresh buffers.
     """
-    diff, pull, feature_scale, radial_scale, inv_w, active_w, unit_rows, coef = saved[:8]
+    gap, pull, feature_scale, radial_scale = saved[:4]
     grad_x = None
     if need_x:
-        grad_x = torch.addcmul(
-            diff * (grad_intra * feature_scale)[:, None],
-            features,
-            (grad_intra * radial_scale)[:, None],
-            value=-1.0,
+        grad_x = (gap * (-grad_intra * feature_scale)[:, None]).addcmul_(
+            features, (grad_intra * radial_scale)[:, None], value=-1.0
         )
     if not need_w:
         return grad_x, None
-    grad_targets = diff * (-grad_intra * pull)[:, None] if spec.train_targets else None
+    inv_w, active_w, unit_rows, coef = saved[4:8]
+    grad_targets = gap * (grad_intra * pull)[:, None] if spec.train_targets else None
     if not spec.rows:  # unit_rows is W_hat, coef the symmetric block
         # Log-mean-exp kernels: the softmax weights in ``coef`` already sum to one.
         pairs = 1.0 if spec.kernel.log_mean_exp else _ordered_pairs(proxies.shape[0])
@@ -386,19 +423,19 @@ def hug_backward(
         if grad_targets is not None:
             grad_unit = grad_unit.index_add_(0, labels, grad_targets)
         radial = torch.linalg.vecdot(grad_unit, unit_rows, dim=1) * active_w
-        grad_w = torch.addcmul(grad_unit, unit_rows, radial[:, None], value=-1.0)
+        grad_w = grad_unit.addcmul_(unit_rows, radial[:, None], value=-1.0)
         return grad_x, grad_w.mul_(inv_w[:, None])
     anchor_scale, colsum = saved[8:]
     scale = (-2.0 * grad_inter) * anchor_scale
     grad_w = coef.T @ (unit_rows * scale[:, None])
     column_radial = (2.0 * grad_inter) * inv_w * inv_w * colsum * active_w
-    grad_w = torch.addcmul(grad_w, proxies, column_radial[:, None])
-    grad_anchors = (coef @ proxies) * scale[:, None]
+    grad_w = grad_w.addcmul_(proxies, column_radial[:, None])
+    grad_anchors = (coef @ proxies).mul_(scale[:, None])
     if grad_targets is not None:
-        grad_anchors = grad_anchors + grad_targets
+        grad_anchors = grad_anchors.add_(grad_targets)
     radial = torch.linalg.vecdot(grad_anchors, unit_rows, dim=1) * active_w.index_select(0, labels)
-    grad_anchors = torch.addcmul(grad_anchors, unit_rows, radial[:, None], value=-1.0)
-    grad_anchors = grad_anchors * inv_w.index_select(0, labels)[:, None]
+    grad_anchors = grad_anchors.addcmul_(unit_rows, radial[:, None], value=-1.0)
+    grad_anchors = grad_anchors.mul_(inv_w.index_select(0, labels)[:, None])
     return grad_x, grad_w.index_add_(0, labels, grad_anchors)
 
 
@@ -453,7 +490,9 @@ class _FusedProxyHUG(torch.autograd.Function):
         needs = ctx.needs_input_grad  # type: ignore[attr-defined]
         need_x, need_w = bool(needs[0]), bool(needs[1])
         need_grad = need_x or need_w
-        size = (labels.shape[0] if spec.rows else proxies.shape[0]) * proxies.shape[0]
+        # Pair block size: decides compilation (the static node has no pair block).
+        size = 0 if spec.static else (labels.shape[0] if spec.rows else proxies.shape[0])
+        size *= proxies.shape[0]
         forward = _compiled(hug_forward, proxies.device, size)
         with torch.no_grad():
             out = forward(features, proxies, labels, row_weights, intra_weights, spec, need_grad)
@@ -499,7 +538,8 @@ def fused_proxy_hug(
 
     Args:
         features: ``(B, d)`` raw features (normalized here).
-        proxies: ``(C, d)`` raw proxies (normalized here), same dtype as ``features``.
+        proxies: ``(C, d)`` raw proxies (normalized here), same dtype as ``features``
+            (static proxies: any floating dtype; only the rows of ``labels`` are read and cast).
         labels: ``(B,)`` int64 labels.
         row_weights: Rows mode: ``(B,)`` positive anchor weights. Full mode: ``None`` (every
             proxy weighs one).
@@ -515,7 +555,7 @@ def fused_proxy_hug(
     Raises:
         ValueError: In rows mode without ``row_weights``.
     """
-    if spec.rows and row_weights is None:
+    if spec.rows and not spec.static and row_weights is None:
         raise ValueError("rows mode needs row_weights (one weight per batch label)")
     intra, inter, norm_sums = _FusedProxyHUG.apply(
         features, proxies, labels, row_weights, intra_weights, spec

@@ -87,7 +87,12 @@ from hug_plugins._checks import (
     raise_non_finite,
     validation_enabled,
 )
-from hug_plugins.fused import FusedSpec, fused_proxy_hug, fused_supported
+from hug_plugins.fused import (
+    FusedSpec,
+    fused_proxy_hug,
+    fused_static_supported,
+    fused_supported,
+)
 from hug_plugins.terms import (
     PAPER_WEIGHTS,
     EnergyMode,
@@ -230,7 +235,10 @@ class HUGLoss(_HUGBase):
         static = not proxies.requires_grad and config.ce_weight == 0
         batch = labels.shape[0] if isinstance(labels, Tensor) and labels.ndim == 1 else 0
         rows = resolve_energy_mode(config, num_classes, batch) == "rows"
-        fused = not static and fused_supported(config, batch if rows else num_classes, num_classes)
+        if static:
+            fused = fused_static_supported(config)
+        else:
+            fused = fused_supported(config, batch if rows else num_classes, num_classes)
         # The fused node reduces every input anyway: it checks values after computing (with
         # labels clamped into range), for O(B + C) instead of two passes over the inputs.
         deferred = fused and validation_enabled()
@@ -244,11 +252,6 @@ class HUGLoss(_HUGBase):
             if deferred:
                 labels = labels.clamp(0, num_classes - 1)
             counts = class_counts(labels, num_classes, dtype)
-            if static:
-                x_hat = unit_rows(features.to(dtype))
-                targets = unit_rows(proxies.index_select(0, labels).to(dtype))
-                intra = intra_term(x_hat, targets, labels=labels, counts=counts, config=config)
-                return self._finish(self._static_inter(proxies, dtype), intra)
             if fused:
                 spec = FusedSpec(
                     kernel=inter_kernel(config, self._kernel),
@@ -256,20 +259,28 @@ class HUGLoss(_HUGBase):
                     eps=config.eps,
                     rows=rows,
                     train_targets=not config.detach_proxies,
+                    static=static,
                 )
                 intra, value, norm_sums = fused_proxy_hug(
                     features.to(dtype),
-                    proxies.to(dtype),
+                    proxies if static else proxies.to(dtype),  # static: only B rows are cast
                     labels,
-                    counts.index_select(0, labels).reciprocal() if rows else None,
+                    counts.index_select(0, labels).reciprocal() if rows and not static else None,
                     intra_weights(labels, counts, config),
                     spec,
                 )
                 if deferred:
                     bounds = torch.stack(torch.aminmax(given_labels))
                     check_deferred(bounds, norm_sums, features, given_labels, num_classes, proxies)
+                if static:
+                    return self._finish(self._static_inter(proxies, dtype), intra)
                 inter = inter_from_pair_mean(value, float(num_classes), config)
                 return self._finish(inter, intra)
+            if static:
+                x_hat = unit_rows(features.to(dtype))
+                targets = unit_rows(proxies.index_select(0, labels).to(dtype))
+                intra = intra_term(x_hat, targets, labels=labels, counts=counts, config=config)
+                return self._finish(self._static_inter(proxies, dtype), intra)
             x_hat = unit_rows(features.to(dtype))
             w_hat = unit_rows(proxies.to(dtype))
             targets = (w_hat.detach() if config.detach_proxies else w_hat).index_select(0, labels)

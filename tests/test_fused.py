@@ -154,6 +154,81 @@ def test_static_proxies_step_is_exact_and_computes_the_energy_once(
     torch.testing.assert_close(grad, features.grad, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"intra": "squared_distance"},
+        {"intra_reduction": "sample_mean"},
+        {"reduction": "sum"},
+    ],
+)
+def test_static_fused_node_equals_the_static_reference(
+    overrides: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Static proxies run the fused intra-only node: same values and feature gradients."""
+    features, labels, proxies = _inputs(num_classes=40)
+    static = proxies.detach().clone()
+    with torch.no_grad():
+        features[1] = 0.0  # zero vectors on both sides
+        static[labels[4]] = 0.0
+    calls = []
+    original = losses.fused_proxy_hug
+
+    def counting(*args: Any) -> Any:
+        calls.append(args[-1].static)
+        return original(*args)
+
+    monkeypatch.setattr(losses, "fused_proxy_hug", counting)
+    results = []
+    for on in (True, False):
+        set_fused(on)
+        features.grad = None
+        terms = HUGLoss(**overrides).terms(features, labels, static)
+        terms.loss.backward()
+        assert features.grad is not None
+        results.append([terms.loss.detach(), terms.intra.detach(), features.grad.clone()])
+    assert calls == [True]  # the fused node ran once (fused on), in static mode
+    _assert_same(results[0], results[1])
+    assert all(bool(torch.isfinite(t).all()) for t in results[0])
+
+
+def test_static_fused_node_reads_only_the_batch_rows_of_other_dtypes() -> None:
+    """float64 features, float32 static proxies: float32 compute (as the reference), same loss."""
+    features, labels, proxies = _inputs(num_classes=40)
+    static = proxies.detach().float()
+    loss = HUGLoss()(features, labels, static)
+    set_fused(False)
+    want = HUGLoss()(features, labels, static)
+    assert loss.dtype == want.dtype == torch.float32
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ("nan_features", "features contains non-finite"),
+        ("label_high", r"labels out of range \[0, 6\): min 0, max 6"),
+        ("label_low", r"labels out of range \[0, 6\): min -1"),
+    ],
+)
+def test_static_fused_node_raises_the_reference_errors(change: str, match: str) -> None:
+    features, labels, proxies = _inputs(num_classes=6)
+    static = proxies.detach().clone()
+    with torch.no_grad():
+        if change == "nan_features":
+            features[3, 1] = float("nan")
+    labels = labels.clamp(0, 5)
+    if change == "label_high":
+        labels[0] = 6
+    elif change == "label_low":
+        labels[1] = -1
+    for on in (True, False):
+        set_fused(on)
+        with pytest.raises(ValueError, match=match):
+            HUGLoss()(features, labels, static)
+
+
 def test_static_cache_follows_in_place_updates_and_checks_values() -> None:
     features, labels, proxies = _inputs(num_classes=6)
     static = proxies.detach().clone()
