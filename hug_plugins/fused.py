@@ -26,7 +26,10 @@ cost more than the arithmetic. This module computes the same loss with
 The fused path covers the MHE and MHS inter terms (every kernel) with the ``"distance"`` and
 ``"squared_distance"`` intra terms, in both reductions and both energy modes, when the pair
 block fits in memory (:func:`fused_supported`); everything else runs the reference path. The
-two paths agree to rounding (tested in float64, values and gradients).
+two paths agree to rounding (tested in float64, values and gradients). Static proxies (no
+gradient) run the same node without its pair block (``FusedSpec.static``,
+:func:`fused_static_supported`): the intra term from the ``B`` proxy rows of the batch, one
+``(B, d)`` buffer per pass.
 
 Example:
     >>> import torch
