@@ -163,16 +163,15 @@ def fused_supported(config: Any, anchors: int, num_classes: int) -> bool:
         num_classes: Number of proxies ``C``.
     """
     return (
-        _fused_enabled
+        fused_static_supported(config)
         and config.inter in ("mhe", "mhs")
-        and config.intra in ("distance", "squared_distance")
-        and config.ce_weight == 0
         and anchors * num_classes <= MAX_FUSED_PAIRS
     )
 
 
 def fused_static_supported(config: Any) -> bool:
-    """Whether the fused node computes the intra term of ``config`` for static proxies."""
+    """Whether the fused node computes the intra term of ``config`` (all that static proxies
+    need; :func:`fused_supported` adds the inter term's conditions)."""
     return (
         _fused_enabled
         and config.intra in ("distance", "squared_distance")
@@ -558,7 +557,7 @@ def fused_proxy_hug(
     Raises:
         ValueError: In rows mode without ``row_weights``.
     """
-    if spec.rows and not spec.static and row_weights is None:
+    if spec.rows and row_weights is None:
         raise ValueError("rows mode needs row_weights (one weight per batch label)")
     intra, inter, norm_sums = _FusedProxyHUG.apply(
         features, proxies, labels, row_weights, intra_weights, spec

@@ -234,7 +234,8 @@ class HUGLoss(_HUGBase):
         config = self.config
         static = not proxies.requires_grad and config.ce_weight == 0
         batch = labels.shape[0] if isinstance(labels, Tensor) and labels.ndim == 1 else 0
-        rows = resolve_energy_mode(config, num_classes, batch) == "rows"
+        # Static proxies have no pair block, hence no energy mode.
+        rows = not static and resolve_energy_mode(config, num_classes, batch) == "rows"
         if static:
             fused = fused_static_supported(config)
         else:
@@ -265,7 +266,7 @@ class HUGLoss(_HUGBase):
                     features.to(dtype),
                     proxies if static else proxies.to(dtype),  # static: only B rows are cast
                     labels,
-                    counts.index_select(0, labels).reciprocal() if rows and not static else None,
+                    counts.index_select(0, labels).reciprocal() if rows else None,
                     intra_weights(labels, counts, config),
                     spec,
                 )
