@@ -3,8 +3,7 @@
 import sys
 
 import torch
-
-from hug_plugins.benchmark import _make_step
+from harness.benchmark import _make_step
 
 for c in [int(v) for v in sys.argv[1:]]:
     step = _make_step("hug", c, 256, 512, torch.device("cuda"), 0)

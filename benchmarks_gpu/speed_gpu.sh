@@ -23,7 +23,7 @@ echo "== AMP ==" | tee "$OUT/amp_check.txt"
 timeout 180 "$PY" - 2>&1 <<'PY' | tee -a "$OUT/amp_check.txt"
 import torch
 from hug_plugins import HUGLoss, ProxyHead
-from hug_plugins.fused import set_compile
+from hug_plugins.functional.fused import set_compile
 dev = "cuda"
 torch.manual_seed(0)
 for compile_mode in ("never", "always"):

@@ -2,8 +2,8 @@
 
 Core pieces:
 
-* :mod:`hug_plugins.uniformity`: hyperspherical energy (Riesz, log, Gaussian), separation and
-  Gram log-determinant, chunked and differentiable.
+* :mod:`hug_plugins.functional`: the losses as functions and the uniformity measures
+  (hyperspherical energies, separation, Gram log-determinant), chunked and differentiable.
 * :mod:`hug_plugins.losses`: :class:`HUGLoss` (proxy form) and :class:`ClassMeanHUGLoss`.
 * :mod:`hug_plugins.proxies`: :class:`ProxyHead` and uniform constructors.
 * :mod:`hug_plugins.metrics`: streaming NC1-NC4 / GNC2 torchmetrics.
@@ -14,24 +14,7 @@ Reference:
 """
 
 from hug_plugins._checks import set_validation
-from hug_plugins.losses import (
-    PAPER_WEIGHTS,
-    ClassMeanHUGLoss,
-    HUGConfig,
-    HUGLoss,
-    HUGTerms,
-    preset_config,
-)
-from hug_plugins.metrics import NCMAgreement, NeuralCollapseMetrics, reference_energy
-from hug_plugins.proxies import (
-    ProxyHead,
-    cross_polytope,
-    minimize_energy,
-    optimized_proxies,
-    random_proxies,
-    simplex_etf,
-)
-from hug_plugins.uniformity import (
+from hug_plugins.functional.uniformity import (
     energy_rows,
     gaussian_energy,
     gram_log_det,
@@ -41,17 +24,36 @@ from hug_plugins.uniformity import (
     riesz_energy,
     soft_separation,
 )
+from hug_plugins.losses import (
+    PAPER_WEIGHTS,
+    ClassMeanHUGLoss,
+    HUGConfig,
+    HUGLoss,
+    HUGTerms,
+    preset_config,
+)
+from hug_plugins.proxies import (
+    ProxyHead,
+    cross_polytope,
+    minimize_energy,
+    optimized_proxies,
+    random_proxies,
+    simplex_etf,
+)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "HUGCriterion": "hug_plugins.ssl",
     "HUGPlugin": "hug_plugins.continual",
+    "NCMAgreement": "hug_plugins.metrics",
+    "NeuralCollapseMetrics": "hug_plugins.metrics",
+    "reference_energy": "hug_plugins.metrics",
 }
 
 
 def __getattr__(name: str) -> object:
-    """Imports the framework adapters (Lightly, Avalanche) only when first used."""
+    """Imports the metrics (torchmetrics) and the framework adapters only when first used."""
     if name in _LAZY:
         import importlib
 

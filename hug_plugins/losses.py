@@ -4,7 +4,7 @@ HUG replaces cross-entropy by two decoupled terms on L2-normalized features:
 
 * an inter-class term that makes the class proxies ``w_hat_c`` (or class means) uniform on the
   hypersphere: minimum hyperspherical energy (MHE), maximum separation (MHS) or maximum Gram
-  log-determinant (MGD), see :mod:`hug_plugins.uniformity`;
+  log-determinant (MGD), see :mod:`hug_plugins.functional.uniformity`;
 * an intra-class term that pulls each normalized feature ``x_hat_i`` to its class.
 
 As a loss to minimize (``alpha`` weights the inter term, ``beta`` the intra term)::
@@ -40,9 +40,9 @@ see :func:`hug_plugins.set_validation`).
 
 Execution: for the MHE and MHS inter terms with a distance or squared-distance pull (the
 default recipe and the paper's MHE presets), :class:`HUGLoss` runs the fused node of
-:mod:`hug_plugins.fused` (one autograd node with a hand-written backward pass, compiled for
-large pair blocks) and reads its value checks from the norms that node computes; everything
-else runs the composed reference path below, which gives the same values and gradients.
+:mod:`hug_plugins.functional.fused` (one autograd node with a hand-written backward pass,
+compiled for large pair blocks) and reads its value checks from the norms that node computes;
+everything else runs the composed reference path below, which gives the same values and gradients.
 Proxies that get no gradient (static proxies) skip the inter term: it is a constant, computed
 once per proxy tensor version as the exact full energy, and a step costs ``O(B d)``.
 
@@ -79,21 +79,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hug_plugins._checks import (
-    check_batch,
-    check_deferred,
-    check_matrix,
-    compute_dtype,
-    raise_non_finite,
-    validation_enabled,
+from hug_plugins.functional.hug import (
+    class_mean_hug_loss,
+    hug_loss,
+    static_proxy_inter,
 )
-from hug_plugins.fused import (
-    FusedSpec,
-    fused_proxy_hug,
-    fused_static_supported,
-    fused_supported,
-)
-from hug_plugins.terms import (
+from hug_plugins.functional.terms import (
     PAPER_WEIGHTS,
     EnergyMode,
     HUGConfig,
@@ -112,10 +103,6 @@ from hug_plugins.terms import (
     preset_config,
     resolve_energy_mode,
     weighted_terms,
-)
-from hug_plugins.uniformity import (
-    autocast_disabled,
-    unit_rows,
 )
 
 __all__ = [
@@ -155,7 +142,7 @@ class _HUGBase(nn.Module):
         if unknown:
             raise ValueError(f"unknown HUG argument(s) {sorted(unknown)}; valid: {sorted(valid)}")
         self.config = replace(base, **kwargs)
-        self._kernel = self.config.validate()
+        self.config.validate()  # raises ValueError naming the bad field
         self.last_terms = None
         self._static_cache: tuple[weakref.ReferenceType[Tensor], tuple[Any, ...], Tensor] | None
         self._static_cache = None
@@ -168,11 +155,6 @@ class _HUGBase(nn.Module):
         if c.ce_weight > 0:
             text += f", ce_weight={c.ce_weight}, logit_scale={c.logit_scale}"
         return text
-
-    def _finish(self, inter: Tensor, intra: Tensor, ce: Tensor | None = None) -> HUGTerms:
-        terms = weighted_terms(self.config, inter, intra, ce)
-        self.last_terms = terms.detached()
-        return terms
 
 
 class HUGLoss(_HUGBase):
@@ -227,78 +209,11 @@ class HUGLoss(_HUGBase):
         Raises:
             ValueError: On bad shapes, dtypes, labels out of range or non-finite values.
         """
-        check_matrix(proxies, "proxies", values=False)
-        num_classes = proxies.shape[0]
-        if num_classes < 2:
-            raise ValueError(f"HUG needs at least 2 proxies, got {num_classes}")
-        config = self.config
-        static = not proxies.requires_grad and config.ce_weight == 0
-        batch = labels.shape[0] if isinstance(labels, Tensor) and labels.ndim == 1 else 0
-        # Static proxies have no pair block, hence no energy mode.
-        rows = not static and resolve_energy_mode(config, num_classes, batch) == "rows"
-        if static:
-            fused = fused_static_supported(config)
-        else:
-            fused = fused_supported(config, batch if rows else num_classes, num_classes)
-        # The fused node reduces every input anyway: it checks values after computing (with
-        # labels clamped into range), for O(B + C) instead of two passes over the inputs.
-        deferred = fused and validation_enabled()
-        check_batch(
-            features, labels, num_classes, proxies, proxy_values=not static, values=not deferred
-        )
-        dtype = compute_dtype(features) if features.dtype == proxies.dtype else torch.float32
-        with autocast_disabled(features.device.type):
-            given_labels = labels
-            labels = labels.long()
-            if deferred:
-                labels = labels.clamp(0, num_classes - 1)
-            counts = class_counts(labels, num_classes, dtype)
-            if fused:
-                spec = FusedSpec(
-                    kernel=inter_kernel(config, self._kernel),
-                    squared=config.intra == "squared_distance",
-                    eps=config.eps,
-                    rows=rows,
-                    train_targets=not config.detach_proxies,
-                    static=static,
-                )
-                intra, value, norm_sums = fused_proxy_hug(
-                    features.to(dtype),
-                    proxies if static else proxies.to(dtype),  # static: only B rows are cast
-                    labels,
-                    counts.index_select(0, labels).reciprocal() if rows else None,
-                    intra_weights(labels, counts, config),
-                    spec,
-                )
-                if deferred:
-                    bounds = torch.stack(torch.aminmax(given_labels))
-                    check_deferred(bounds, norm_sums, features, given_labels, num_classes, proxies)
-                if static:
-                    return self._finish(self._static_inter(proxies, dtype), intra)
-                inter = inter_from_pair_mean(value, float(num_classes), config)
-                return self._finish(inter, intra)
-            if static:
-                x_hat = unit_rows(features.to(dtype))
-                targets = unit_rows(proxies.index_select(0, labels).to(dtype))
-                intra = intra_term(x_hat, targets, labels=labels, counts=counts, config=config)
-                return self._finish(self._static_inter(proxies, dtype), intra)
-            x_hat = unit_rows(features.to(dtype))
-            w_hat = unit_rows(proxies.to(dtype))
-            targets = (w_hat.detach() if config.detach_proxies else w_hat).index_select(0, labels)
-            intra = intra_term(x_hat, targets, labels=labels, counts=counts, config=config)
-            inter = inter_term(
-                w_hat,
-                labels=labels,
-                counts=counts,
-                config=config,
-                kernel=self._kernel,
-                unit_input=True,
-            )
-            ce = None
-            if config.ce_weight > 0:
-                logits = config.logit_scale * (x_hat @ w_hat.T)
-                ce = nn.functional.cross_entropy(logits, labels)
-        return self._finish(inter, intra, ce)
+        # Static proxies: the constant inter term comes from the cache (looked up only once the
+        # batch is known to be valid).
+        terms = hug_loss(features, labels, proxies, self.config, static_inter=self._static_inter)
+        self.last_terms = terms.detached()
+        return terms
 
     def _static_inter(self, proxies: Tensor, dtype: torch.dtype) -> Tensor:
         """The inter term of proxies that get no gradient: a constant, computed once.
@@ -311,20 +226,7 @@ class HUGLoss(_HUGBase):
         cached = self._static_cache
         if cached is not None and cached[0]() is proxies and cached[1] == key:
             return cached[2]
-        raise_non_finite(proxies, "proxies")
-        with torch.no_grad():
-            w_hat = unit_rows(proxies.to(dtype))
-            empty = torch.zeros(0, dtype=torch.long, device=proxies.device)
-            counts = torch.zeros(proxies.shape[0], dtype=dtype, device=proxies.device)
-            full = replace(self.config, energy_mode="full")
-            inter = inter_term(
-                w_hat,
-                labels=empty,
-                counts=counts,
-                config=full,
-                kernel=self._kernel,
-                unit_input=True,
-            )
+        inter = static_proxy_inter(proxies, self.config, dtype)
         self._static_cache = (weakref.ref(proxies), key, inter)
         return inter
 
@@ -376,26 +278,11 @@ class ClassMeanHUGLoss(_HUGBase):
 
     def terms(self, features: Tensor, labels: Tensor) -> HUGTerms:
         """Computes the loss and its weighted terms (see :meth:`HUGLoss.terms`)."""
-        check_batch(features, labels, self.num_classes)
-        dtype = compute_dtype(features)
-        with autocast_disabled(features.device.type):
-            x_hat = unit_rows(features.to(dtype))
-            labels = labels.long()
-            means, counts = class_means(x_hat, labels, self.num_classes)
-            present = (counts > 0).to(dtype)
-            if self.center:
-                global_mean = (means * present[:, None]).sum(0) / present.sum().clamp_min(1.0)
-                means = means - global_mean * present[:, None]
-            mu_hat = unit_rows(means)
-            targets = (mu_hat.detach() if self.config.detach_proxies else mu_hat).index_select(
-                0, labels
-            )
-            intra = intra_term(x_hat, targets, labels=labels, counts=counts, config=self.config)
-            inter = inter_term(
-                mu_hat, labels=labels, counts=counts, config=self.config, kernel=self._kernel,
-                present=present, unit_input=True,
-            )  # fmt: skip
-        return self._finish(inter, intra)
+        terms = class_mean_hug_loss(
+            features, labels, self.num_classes, self.config, center=self.center
+        )
+        self.last_terms = terms.detached()
+        return terms
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
         """Returns the scalar loss; the terms are kept in ``last_terms`` (detached)."""

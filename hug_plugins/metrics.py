@@ -74,7 +74,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from hug_plugins._checks import check_labels, check_matrix
-from hug_plugins.uniformity import KernelName, hyperspherical_energy
+from hug_plugins.functional.uniformity import KernelName, hyperspherical_energy
 
 
 @functools.lru_cache(maxsize=64)

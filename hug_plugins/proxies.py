@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hug_plugins._checks import check_matrix
-from hug_plugins.uniformity import KernelName, hyperspherical_energy
+from hug_plugins.functional.uniformity import KernelName, hyperspherical_energy
 
 ProxyMode = Literal["learnable", "static_random", "static_optimized", "partial"]
 

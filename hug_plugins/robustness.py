@@ -2,10 +2,8 @@
 
 Threat model and protocol (the HUG paper's, no adversarial training):
 
-* inputs live in ``[0, 1]`` pixel space; the model normalizes internally
-  (:class:`~hug_plugins.models.InputNormalize` as the first layer of a
-  :class:`~hug_plugins.models.FeatureClassifier`), so the eps-ball and the ``[0, 1]`` box are
-  in pixel units;
+* inputs live in ``[0, 1]`` pixel space; the model normalizes internally (a normalization
+  layer first), so the eps-ball and the ``[0, 1]`` box are in pixel units;
 * :func:`pgd_attack`: torchattacks' ``PGD``, L-infinity, ``eps`` in ``{2, 4, 8}/255``, 20
   steps, step size ``2.5 * eps / steps``, uniform random start in the eps-ball;
 * :func:`evaluate_robustness`: clean accuracy and, for every eps, robust accuracy on the *same*
@@ -34,10 +32,7 @@ Example:
     >>> import torch
     >>> from torch import nn
     >>> torch.manual_seed(0) and None
-    >>> from hug_plugins.models import FeatureClassifier, InputNormalize
-    >>> model = FeatureClassifier(
-    ...     nn.Identity(), nn.Linear(4, 3), normalize=InputNormalize([0.5], [0.25]), backbone_dim=4
-    ... )
+    >>> model = nn.Linear(4, 3)  # returns logits, or (features, logits)
     >>> x, y = torch.rand(8, 4), torch.randint(0, 3, (8,))
     >>> adv = pgd_attack(model, x, y, eps=8 / 255, seed=0)
     >>> bool((adv - x).abs().max() <= 8 / 255 + 1e-6), bool(adv.min() >= 0 and adv.max() <= 1)
@@ -53,12 +48,13 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-import torchattacks
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from hug_plugins.data.sampling import stratified_indices
-from hug_plugins.train.evaluate import model_device
+from hug_plugins._extras import require_extra
+from hug_plugins.utils import model_device, stratified_indices
+
+torchattacks = require_extra("torchattacks", "robustness", "hug_plugins.robustness")
 
 __all__ = [
     "PAPER_EPS",
@@ -113,7 +109,10 @@ def _margin_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return (other.max(dim=1).values - true).mean()
 
 
-class MarginPGD(torchattacks.PGD):  # type: ignore[misc]
+_PGD: Any = torchattacks.PGD
+
+
+class MarginPGD(_PGD):  # type: ignore[misc]
     """torchattacks' ``PGD`` ascending the margin loss ``max_{j != y} z_j - z_y``.
 
     Same random start, steps, projection and clipping as ``torchattacks.PGD``; only the loss

@@ -10,7 +10,7 @@ class-mean HUG objective to the views of a batch:
   is ``mu_hat_i = normalize(mean_v normalize(z_iv))``;
 * the **inter** term is the hyperspherical uniformity of ``{mu_hat_i}`` (minimum energy with a
   Riesz, log or Gaussian kernel, smooth maximum separation, or maximum Gram log-determinant,
-  see :mod:`hug_plugins.uniformity`);
+  see :mod:`hug_plugins.functional.uniformity`);
 * the **intra** term pulls every normalized view to its (stop-gradient) class mean, i.e. the
   views of one instance to each other.
 
@@ -50,7 +50,8 @@ from torch import Tensor, nn
 from torch import distributed as torch_dist
 
 from hug_plugins._checks import check_labels, check_matrix, compute_dtype
-from hug_plugins.terms import (
+from hug_plugins._extras import require_extra
+from hug_plugins.functional.terms import (
     HUGConfig,
     HUGTerms,
     IntraMeasure,
@@ -60,7 +61,9 @@ from hug_plugins.terms import (
     intra_term,
     weighted_terms,
 )
-from hug_plugins.uniformity import DEFAULT_EPS, autocast_disabled, pair_kernel_mean
+from hug_plugins.functional.uniformity import DEFAULT_EPS, autocast_disabled, pair_kernel_mean
+
+require_extra("lightly", "lightly", "hug_plugins.ssl (HUGCriterion)")
 
 __all__ = ["DEFAULT_PARAMS", "HUGCriterion", "Uniformity"]
 

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from hug_plugins import benchmark
-from hug_plugins.config import parse_cli
-from hug_plugins.tables import standard_header_lines, write_tables
-from hug_plugins.train.runtime import resolve_device
+from harness import benchmark
+from harness.config import parse_cli
+from harness.tables import standard_header_lines, write_tables
+from harness.train.runtime import resolve_device
 
 RATIOS = {
     "hug/ce": "hug",

@@ -20,22 +20,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-from torch import nn
-
-from hug_plugins.config import check_seeds, parse_cli, to_dict
-from hug_plugins.data import BatchAugment, load_image_dataset, split_holdout, subset
-from hug_plugins.io import RunLog, atomic_write_text
-from hug_plugins.losses import HUGLoss
-from hug_plugins.models import build_classifier, classifier_weight
-from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
-from hug_plugins.tables import (
+from harness.config import check_seeds, parse_cli, to_dict
+from harness.data import BatchAugment, load_image_dataset, split_holdout, subset
+from harness.io import RunLog, atomic_write_text
+from harness.models import build_classifier, classifier_weight
+from harness.objectives import CrossEntropyObjective, HUGObjective, Objective
+from harness.tables import (
     standard_header_lines,
     summarize,
     summarize_runs,
     write_result_tables,
 )
-from hug_plugins.train import (
+from harness.train import (
     AugmentedLoss,
     Trainer,
     TrainerConfig,
@@ -44,6 +40,10 @@ from hug_plugins.train import (
     seed_everything,
     torch_threads,
 )
+from omegaconf import DictConfig
+from torch import nn
+
+from hug_plugins.losses import HUGLoss
 
 TASK = "calibrate"
 CE = {"recipe": "ce"}

@@ -8,23 +8,23 @@ the paper's sum form with its weights (``paper``, preset ``"mhe_sum"``) and the 
 plus cross-entropy on the scaled-cosine logits (``hybrid``, ``ce_weight`` 1). Each table on
 every dataset listed in ``data.names`` (the paper: CIFAR-10 and CIFAR-100).
 
-Every run trains on the shared loop (:class:`hug_plugins.train.Trainer`) with the same
+Every run trains on the shared loop (:class:`harness.train.Trainer`) with the same
 backbone, optimizer, schedule, epochs, augmentation and seeds; CE and HUG differ only in the
 head (``nn.Linear`` vs. :class:`~hug_plugins.proxies.ProxyHead`) and the objective
-(:class:`~hug_plugins.objectives.CrossEntropyObjective` vs.
-:class:`~hug_plugins.objectives.HUGObjective` with :class:`~hug_plugins.losses.HUGLoss`).
-Images are decoded once into memory (:mod:`hug_plugins.data`) and augmented per batch on
+(:class:`~harness.objectives.CrossEntropyObjective` vs.
+:class:`~harness.objectives.HUGObjective` with :class:`~hug_plugins.losses.HUGLoss`).
+Images are decoded once into memory (:mod:`harness.data`) and augmented per batch on
 the training device (random crop with padding, horizontal flip). After every
 ``trainer.eval_every`` epochs each run logs the test error and NC1 / GNC2 / NC3 / NC4 on (a
 stratified subset of) the un-augmented training set; the job draws them per epoch
-(:mod:`hug_plugins.plots`).
+(:mod:`harness.plots`).
 
 Usage::
 
-    python -m integrations.classification --preset quick        # embedded digits, CPU, minutes
-    python -m integrations.classification --preset cpu-cifar10 --data-root /work/shared/data
-    python -m integrations.classification --preset paper --data-root /data   # GPU
-    python -m integrations.classification --preset quick seeds=[0] trainer.epochs=2
+    python integrations/classification.py --preset quick        # embedded digits, CPU, minutes
+    python integrations/classification.py --preset cpu-cifar10 --data-root /work/shared/data
+    python integrations/classification.py --preset paper --data-root /data   # GPU
+    python integrations/classification.py --preset quick seeds=[0] trainer.epochs=2
 
 Writes, under ``output_dir``: ``<name>.md`` (both tables and the plots), ``<name>_<table>.md`` /
 ``.csv`` (mean ± std over seeds), ``<name>_runs.md`` / ``.csv`` (one row per run),
@@ -41,16 +41,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
-from hug_plugins.config import check_seeds, run_job, set_values, to_dict
-from hug_plugins.data import DatasetInfo
-from hug_plugins.paper import PAPER_ERROR
-from hug_plugins.plots import COLLAPSE_METRICS
-from hug_plugins.reports import summary_rows, write_comparison_report
-from hug_plugins.tables import COLLAPSE_COLUMNS, COLLAPSE_NOTE, standard_header_lines
-from hug_plugins.train import TrainerConfig, is_main_process, torch_threads
-from hug_plugins.train.comparison import (
+from harness.config import check_seeds, run_job, set_values, to_dict
+from harness.data import DatasetInfo
+from harness.paper import PAPER_ERROR
+from harness.plots import COLLAPSE_METRICS
+from harness.reports import summary_rows, write_comparison_report
+from harness.tables import COLLAPSE_COLUMNS, COLLAPSE_NOTE, standard_header_lines
+from harness.train import TrainerConfig, is_main_process, torch_threads
+from harness.train.comparison import (
     COMPARISON_METHODS,
     HYBRID_CE_WEIGHT,
     PAPER_FORM_PRESET,
@@ -58,6 +56,7 @@ from hug_plugins.train.comparison import (
     comparison_plan,
     fit_comparison_run,
 )
+from omegaconf import DictConfig
 
 TASK = "classification"
 
@@ -191,7 +190,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point: ``[--preset NAME] [--data-root PATH] [key=value ...]``."""
     return run_job(
-        TASK, run, ["-m", "integrations.classification"], argv, doc=__doc__, distributed=True
+        TASK, run, ["integrations/classification.py"], argv, doc=__doc__, distributed=True
     )
 
 

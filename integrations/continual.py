@@ -36,19 +36,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
-
-from hug_plugins.config import parse_cli, to_dict
-from hug_plugins.continual import class_incremental_tensors
-from hug_plugins.continual.runs import (
+from harness.config import parse_cli, to_dict
+from harness.continual.runs import (
     continual_settings_tag,
     hug_plugin_options,
     load_stream_tensors,
     run_class_incremental,
     stream_settings,
 )
-from hug_plugins.io import RunLog
-from hug_plugins.tables import standard_header_lines, summarize, summarize_runs, write_tables
+from harness.continual.streams import class_incremental_tensors
+from harness.io import RunLog
+from harness.tables import standard_header_lines, summarize, summarize_runs, write_tables
+from omegaconf import OmegaConf
 
 TASK = "continual"
 

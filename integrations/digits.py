@@ -28,25 +28,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-from torch import Tensor, nn
-
-from hug_plugins.backbones import MLP
-from hug_plugins.config import check_choices, check_seeds, run_job, to_dict
-from hug_plugins.data import DIGITS_NUM_CLASSES, DIGITS_NUM_FEATURES, load_digits_split
-from hug_plugins.io import run_grid
-from hug_plugins.losses import HUGLoss
-from hug_plugins.models import FeatureClassifier, classifier_weight, make_head
-from hug_plugins.objectives import CrossEntropyObjective, HUGObjective, Objective
-from hug_plugins.proxies import ProxyHead
-from hug_plugins.tables import (
+from harness.backbones import MLP
+from harness.config import check_choices, check_seeds, run_job, to_dict
+from harness.data import DIGITS_NUM_CLASSES, DIGITS_NUM_FEATURES, load_digits_split
+from harness.io import run_grid
+from harness.models import FeatureClassifier, classifier_weight, make_head
+from harness.objectives import CrossEntropyObjective, HUGObjective, Objective
+from harness.tables import (
     COLLAPSE_COLUMNS,
     COLLAPSE_NOTE,
     standard_header_lines,
     summarize_runs,
     write_result_tables,
 )
-from hug_plugins.train import (
+from harness.train import (
     Trainer,
     TrainerConfig,
     evaluate_classifier,
@@ -55,6 +50,11 @@ from hug_plugins.train import (
     seed_everything,
     torch_threads,
 )
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from hug_plugins.losses import HUGLoss
+from hug_plugins.proxies import ProxyHead
 
 TASK = "digits"
 

@@ -5,7 +5,7 @@ cross-entropy; ``hug``: ProxyHead + MHE-HUG) and seed, the job builds the long-t
 set of :func:`hug_plugins.longtail.make_longtail` (class ``c`` keeps
 ``int(n_max * ratio ** (c / (C - 1)))`` images, the first of a shuffle seeded with 0; the test
 set stays balanced), trains the same model with the same trainer settings through
-:mod:`hug_plugins.train`, and reports top-1 test accuracy and many/medium/few-shot accuracy
+:mod:`harness.train`, and reports top-1 test accuracy and many/medium/few-shot accuracy
 (more than 100, 20 to 100, fewer than 20 training images per class; both thresholds scaled by
 ``n_max / 500`` when ``n_max < 500``, see :func:`hug_plugins.longtail.shot_thresholds`), mean ±
 std over seeds. Every run is checkpointed (``checkpoint_dir``): a killed job resumes, a
@@ -13,9 +13,9 @@ finished run is reloaded instead of retrained.
 
 Usage::
 
-    python -m integrations.longtail --preset quick                    # digits, CPU, ~1 min
-    python -m integrations.longtail --preset mnist --data-root /work/shared/data
-    python -m integrations.longtail --preset cifar10 --data-root /work/shared/data  # GPU
+    python integrations/longtail.py --preset quick                    # digits, CPU, ~1 min
+    python integrations/longtail.py --preset mnist --data-root /work/shared/data
+    python integrations/longtail.py --preset cifar10 --data-root /work/shared/data  # GPU
 
 Writes ``<output_dir>/<output_name>.md`` / ``.csv`` (summary) and ``..._runs.md`` / ``.csv``.
 """
@@ -27,9 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
-from hug_plugins.config import (
+from harness.config import (
     check_choices,
     check_seeds,
     load_job_pixel_data,
@@ -37,8 +35,13 @@ from hug_plugins.config import (
     pixel_run_tag,
     run_job,
 )
-from hug_plugins.data import PixelDatasetInfo
-from hug_plugins.io import run_grid
+from harness.data import PixelDatasetInfo
+from harness.io import run_grid
+from harness.paper import PAPER_TOP1
+from harness.tables import standard_header_lines, summarize_runs, write_result_tables
+from harness.train import checkpoint_file, fit_pixel_classifier, torch_threads
+from omegaconf import DictConfig
+
 from hug_plugins.longtail import (
     SHOT_GROUPS,
     dataset_targets,
@@ -48,9 +51,6 @@ from hug_plugins.longtail import (
     shot_groups,
     shot_thresholds,
 )
-from hug_plugins.paper import PAPER_TOP1
-from hug_plugins.tables import standard_header_lines, summarize_runs, write_result_tables
-from hug_plugins.train import checkpoint_file, fit_pixel_classifier, torch_threads
 
 TASK = "longtail"
 METHODS = {"ce": "CE", "hug": "HUG"}
@@ -68,8 +68,8 @@ def run_one(
     tag: str,
 ) -> dict[str, Any]:
     """Trains (or reloads) one (method, ratio, seed) and returns its accuracies; ``options``:
-    :func:`~hug_plugins.config.pixel_fit_options` of the job, ``tag``: its
-    :func:`~hug_plugins.config.pixel_run_tag` (the checkpoint name's settings hash)."""
+    :func:`~harness.config.pixel_fit_options` of the job, ``tag``: its
+    :func:`~harness.config.pixel_run_tag` (the checkpoint name's settings hash)."""
     train_full, test, data_info = data
     num_classes = data_info.num_classes
     n_max = None if cfg.longtail_n_max is None else int(cfg.longtail_n_max)
@@ -180,7 +180,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point: ``[--preset NAME] [--data-root PATH] [key=value ...]``."""
-    return run_job(TASK, run, ["-m", "integrations.longtail"], argv, doc=__doc__)
+    return run_job(TASK, run, ["integrations/longtail.py"], argv, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Times :class:`hug_plugins.ncm.NearestMeanIndex` (exact) against a plain float32 matmul +
 argmax and scikit-learn's ``NearestCentroid`` on synthetic and real-feature problems, and
 checks every method against the float64 rule on near-tie queries
-(:mod:`hug_plugins.ncm.benchmark` has the protocol).
+(:mod:`harness.ncm.benchmark` has the protocol).
 
 Usage::
 
@@ -24,11 +24,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hug_plugins.config import parse_cli, to_dict
-from hug_plugins.ncm.benchmark import COLUMNS, NCMBenchSettings, run_benchmark
-from hug_plugins.ncm.measure import hardware_lines, probe_markdown
-from hug_plugins.tables import standard_header_lines, write_tables
-from hug_plugins.train import torch_threads
+from harness.config import parse_cli, to_dict
+from harness.ncm.benchmark import COLUMNS, NCMBenchSettings, run_benchmark
+from harness.ncm.measure import hardware_lines, probe_markdown
+from harness.tables import standard_header_lines, write_tables
+from harness.train import torch_threads
 
 DIGITS = {"qps": 0, "gflops": 1, "gemm_bound_pct": 1, "host_mib": 1, "dev_mib": 1}
 DIGITS |= {"vs_matmul": 2, "search_s": 4, "build_s": 4, "recall": 4}

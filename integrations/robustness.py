@@ -1,7 +1,7 @@
 """Adversarial robustness: clean error and PGD robust accuracy of CE vs. HUG models.
 
 Both models are trained normally (no adversarial training, like the paper) through
-:mod:`hug_plugins.train`, with a checkpoint per (method, seed): a finished checkpoint is
+:mod:`harness.train`, with a checkpoint per (method, seed): a finished checkpoint is
 reloaded instead of retrained (``eval_only=true`` refuses to train at all), so the attack can
 be rerun or changed without retraining; a killed run resumes. Inputs are ``[0, 1]`` pixels and
 the normalization is the model's first layer.
@@ -16,10 +16,10 @@ clean and attacked. Optional: AutoAttack (``autoattack.enabled=true``).
 
 Usage::
 
-    python -m integrations.robustness --preset quick
-    python -m integrations.robustness --preset mnist --data-root /work/shared/data
-    python -m integrations.robustness --preset cifar10 --data-root /work/shared/data  # GPU
-    python -m integrations.robustness --preset quick eval_only=true attack.losses=[ce,margin]
+    python integrations/robustness.py --preset quick
+    python integrations/robustness.py --preset mnist --data-root /work/shared/data
+    python integrations/robustness.py --preset cifar10 --data-root /work/shared/data  # GPU
+    python integrations/robustness.py --preset quick eval_only=true attack.losses=[ce,margin]
 
 Writes ``<output_dir>/<output_name>.md`` / ``.csv`` and ``..._runs.md`` / ``.csv``.
 """
@@ -31,9 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
-from hug_plugins.config import (
+from harness.config import (
     check_choices,
     check_seeds,
     load_job_pixel_data,
@@ -41,18 +39,20 @@ from hug_plugins.config import (
     pixel_run_tag,
     run_job,
 )
-from hug_plugins.data import PixelDatasetInfo
-from hug_plugins.io import run_grid
-from hug_plugins.paper import paper_robust_rows
-from hug_plugins.robustness import autoattack_accuracy, evaluate_robustness
-from hug_plugins.tables import standard_header_lines, summarize_runs, write_result_tables
-from hug_plugins.train import (
+from harness.data import PixelDatasetInfo
+from harness.io import run_grid
+from harness.paper import paper_robust_rows
+from harness.tables import standard_header_lines, summarize_runs, write_result_tables
+from harness.train import (
     checkpoint_file,
     find_checkpoint,
     fit_pixel_classifier,
     resolve_device,
     torch_threads,
 )
+from omegaconf import DictConfig
+
+from hug_plugins.robustness import autoattack_accuracy, evaluate_robustness
 
 TASK = "robustness"
 METHODS = {"ce": "CE", "hug": "HUG"}
@@ -68,7 +68,7 @@ def run_one(
     tag: str,
 ) -> list[dict[str, Any]]:
     """Trains or reloads one (method, seed) model and attacks it; one row per attack loss
-    (``tag``: the job's :func:`~hug_plugins.config.pixel_run_tag`, its checkpoints' settings
+    (``tag``: the job's :func:`~harness.config.pixel_run_tag`, its checkpoints' settings
     hash)."""
     train, test, data_info = data
     name, num_classes = data_info.name, data_info.num_classes
@@ -205,7 +205,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point: ``[--preset NAME] [--data-root PATH] [key=value ...]``."""
-    return run_job(TASK, run, ["-m", "integrations.robustness"], argv, doc=__doc__)
+    return run_job(TASK, run, ["integrations/robustness.py"], argv, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Every criterion trains the same backbone and lightly ``SimCLRProjectionHead`` with the same
 epochs, batch, optimizer, schedule and seeds, through the library's one training loop
-(:class:`hug_plugins.train.Trainer`). After training, on the L2-normalized backbone features:
+(:class:`harness.train.Trainer`). After training, on the L2-normalized backbone features:
 
 * **kNN top-1** on the test set with the training set as the feature bank (lightly's
   ``knn_predict``, k = 200, t = 0.1, as lightly's benchmarks);
@@ -18,11 +18,11 @@ Presets (``configs/selfsupervised/``):
 
 * ``quick``: scikit-learn's embedded 8x8 digits, a small CNN, CPU, a few minutes for 3 seeds.
   Lightly's image transforms expect natural RGB (PIL) images, so the digits get a batched
-  tensor augmentation instead (:class:`hug_plugins.simclr.DigitsViews`: random resized crop +
+  tensor augmentation instead (:class:`harness.simclr.DigitsViews`: random resized crop +
   rotation as one affine warp, plus Gaussian noise), applied in the DataLoader's ``collate_fn``.
 * ``cifar10``: ResNet-18 CIFAR variant (3x3 stem, no max-pool), lightly's
   ``SimCLRTransform(input_size=32, cj_strength=0.5, gaussian_blur=0.0)`` as in lightly's
-  CIFAR-10 benchmark; ``--data-root`` is any root :func:`hug_plugins.data.load_image_dataset`
+  CIFAR-10 benchmark; ``--data-root`` is any root :func:`harness.data.load_image_dataset`
   reads (a folder holding ``cifar10-jpeg/``, an ImageFolder root, a torchvision root).
   Lightly's published reference: SimCLR kNN top-1 0.847 (ResNet-18, 200 epochs, batch 128,
   GPU).
@@ -42,7 +42,7 @@ Distributed: ``torchrun --nproc_per_node=N integrations/selfsupervised.py --pres
 on CPUs, NCCL on GPUs) prints and writes the same tables. ``trainer.batch_size`` is the *global*
 batch: each of the N processes trains on ``batch_size / N`` images per step (it must divide) from
 its own shard of the training set (the trainer's ``DistributedSampler``), and the model is
-wrapped in ``DistributedDataParallel`` (:class:`hug_plugins.train.Trainer`), so the figures are
+wrapped in ``DistributedDataParallel`` (:class:`harness.train.Trainer`), so the figures are
 comparable with a single-process run. ``HUGCriterion`` and ``NTXentLoss`` gather the
 projections of all ranks (``gather_distributed=True``) and compute the loss of the global
 batch. Lightly's ``HypersphereLoss`` has no gather: each rank computes alignment and
@@ -68,10 +68,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-
-from hug_plugins.config import parse_cli, to_dict
-from hug_plugins.io import RunLog
-from hug_plugins.simclr import (
+from harness.config import parse_cli, to_dict
+from harness.io import RunLog
+from harness.simclr import (
     CRITERIA,
     CRITERION_NAMES,
     load_ssl_datasets,
@@ -79,8 +78,8 @@ from hug_plugins.simclr import (
     run_ssl,
     ssl_settings_tag,
 )
-from hug_plugins.tables import standard_header_lines, summarize_runs, write_tables
-from hug_plugins.train import distributed_info, init_distributed_from_env, is_main_process
+from harness.tables import standard_header_lines, summarize_runs, write_tables
+from harness.train import distributed_info, init_distributed_from_env, is_main_process
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:

@@ -1,33 +1,35 @@
-"""Import rules of the package: the core math stays framework-free, modules keep their privates.
+"""Import rules: the library never imports the lab, its core needs only torch, adapters are lazy.
 
-Core modules (the uniformity measures, the HUG losses and their fused node, proxies, collapse
-metrics, value checks and the authors' reference) may import only the standard library, torch,
-torchmetrics and other core modules; the framework adapters (lightly, Avalanche), evaluation,
-training and job plumbing build on them. No module imports an underscore name from another.
+Layers, bottom up: ``hug_plugins.functional`` (pure math) <- the losses, proxies, metrics and
+helpers <- the framework adapters (``ssl``, ``continual``, ``robustness``, ``ncm``) <- the lab
+(``integrations/harness``) <- the scripts (``integrations/*.py``). No module imports an
+underscore name from another.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "hug_plugins"
-CORE = (
-    "kernels",
-    "pair_sums",
-    "uniformity",
-    "terms",
-    "losses",
-    "fused",
-    "proxies",
-    "metrics",
-    "_checks",
-    "reference",
-)
-ALLOWED_IN_CORE = {"torch", "torchmetrics", "hug_plugins", "__future__"}
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "hug_plugins"
+HARNESS = ROOT / "integrations" / "harness"
+
+REQUIRED = {"torch", "torchmetrics", "numpy"}
+"""The library's only required dependencies (pyproject ``dependencies``)."""
+FRAMEWORKS = {"lightly", "avalanche", "faiss", "torchattacks", "lightning", "pytorch_lightning"}
+LAB_ONLY = {"harness", "omegaconf", "matplotlib", "torchvision", "sklearn", "tqdm", "psutil"}
+ADAPTERS = {
+    "ssl.py": {"lightly"},
+    "continual": {"avalanche"},
+    "robustness.py": {"torchattacks"},
+    "ncm": {"faiss", "threadpoolctl"},
+}
+"""Adapter module or package -> the optional packages it may import."""
 
 
 def _imports(path: Path) -> list[tuple[str, list[str]]]:
@@ -41,66 +43,68 @@ def _imports(path: Path) -> list[tuple[str, list[str]]]:
     return found
 
 
-@pytest.mark.parametrize("name", CORE)
-def test_core_imports_only_torch_and_the_standard_library(name: str) -> None:
-    for module, _ in _imports(PACKAGE / f"{name}.py"):
-        top = module.split(".")[0]
-        assert top in ALLOWED_IN_CORE or top in sys.stdlib_module_names, (name, module)
-        if top == "hug_plugins":
-            assert module.split(".")[1] in CORE, f"core module {name} imports {module}"
+def _library_files() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
 
 
-ADAPTERS = ("hug_plugins.ssl", "hug_plugins.simclr", "hug_plugins.continual")
-FRAMEWORKS = ("lightly", "avalanche", "faiss", "torchattacks")
+def _allowed_optional(path: Path) -> set[str]:
+    rel = path.relative_to(PACKAGE).parts
+    return ADAPTERS.get(rel[0], set())
 
 
-@pytest.mark.parametrize("path", sorted((PACKAGE / "train").glob("*.py")), ids=lambda p: p.name)
-def test_training_loop_imports_no_framework_adapter(path: Path) -> None:
-    for module, _ in _imports(path):
-        assert module.split(".")[0] not in FRAMEWORKS
-        assert not module.startswith(ADAPTERS), (path.name, module)
-
-
-@pytest.mark.parametrize("path", sorted((PACKAGE / "data").glob("*.py")), ids=lambda p: p.name)
-def test_data_layer_imports_only_itself_and_data_libraries(path: Path) -> None:
+@pytest.mark.parametrize("path", _library_files(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_library_imports_only_its_dependencies_and_its_adapter_framework(path: Path) -> None:
+    allowed = REQUIRED | {"hug_plugins", "__future__"} | _allowed_optional(path)
     for module, _ in _imports(path):
         top = module.split(".")[0]
-        if top == "hug_plugins":
-            assert module.startswith("hug_plugins.data"), (path.name, module)
-        else:
-            assert top not in FRAMEWORKS, (path.name, module)
+        assert top in allowed or top in sys.stdlib_module_names, (path.name, module)
+        assert top not in LAB_ONLY, f"the library imports the lab's {module}"
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((PACKAGE / "functional").glob("*.py")),
+    ids=lambda p: p.name,
+)
+def test_functional_layer_imports_only_torch_and_itself(path: Path) -> None:
+    for module, _ in _imports(path):
+        top = module.split(".")[0]
+        assert (
+            top in {"torch", "__future__"}
+            or top in sys.stdlib_module_names
+            or (module.startswith(("hug_plugins.functional", "hug_plugins._checks")))
+        ), (path.name, module)
 
 
 def test_no_module_imports_another_modules_private_names() -> None:
     offenders = [
-        f"{path.relative_to(PACKAGE)}: from {module} import {name}"
-        for path in sorted(PACKAGE.rglob("*.py"))
+        f"{path}: from {module} import {name}"
+        for root in (PACKAGE, HARNESS)
+        for path in sorted(root.rglob("*.py"))
         for module, names in _imports(path)
-        if module.startswith("hug_plugins")
+        if module.startswith(("hug_plugins", "harness"))
         for name in names
         if name.startswith("_")
     ]
     assert offenders == []
 
 
-PLUMBING = ("config", "tables", "plots", "reports", "benchmark")
-"""Job plumbing: presets, result tables, plots, reports, speed measurements (``io``, the atomic
-file writes, serves every layer)."""
+@pytest.mark.parametrize("path", sorted((HARNESS / "train").glob("*.py")), ids=lambda p: p.name)
+def test_training_loop_imports_no_framework_adapter(path: Path) -> None:
+    for module, _ in _imports(path):
+        assert module.split(".")[0] not in FRAMEWORKS, (path.name, module)
+        assert not module.startswith(("hug_plugins.ssl", "hug_plugins.continual")), module
 
 
-@pytest.mark.parametrize(
-    "path",
-    sorted(
-        p
-        for p in PACKAGE.rglob("*.py")
-        if p.stem not in PLUMBING and p.parent.name != "__pycache__" and p.name != "__init__.py"
-    ),
-    ids=lambda p: str(p.relative_to(PACKAGE)),
-)
-def test_library_layers_import_no_job_plumbing(path: Path) -> None:
-    for module, names in _imports(path):
-        parts = module.split(".")
-        if parts[0] != "hug_plugins":
-            continue
-        imported = parts[1:2] or names  # `from hug_plugins import x` imports the module x
-        assert not set(imported) & set(PLUMBING), (path.name, module, names)
+def test_import_hug_plugins_loads_no_framework_and_no_lab_package() -> None:
+    probe = (
+        "import sys, hug_plugins, hug_plugins.functional, hug_plugins.losses, "
+        "hug_plugins.proxies\n"
+        "heavy = {'lightly', 'avalanche', 'faiss', 'torchattacks', 'matplotlib', 'torchvision',"
+        " 'omegaconf', 'lightning', 'harness', 'torchmetrics'}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert result.stdout.strip() == "[]"

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from harness.config import available_presets, load_config
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
-from hug_plugins.config import available_presets, load_config
 from hug_plugins.longtail import (
     dataset_targets,
     group_accuracies,

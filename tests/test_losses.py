@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hug_plugins.functional.uniformity import gram_log_det, riesz_energy, soft_separation
 from hug_plugins.losses import ClassMeanHUGLoss, HUGConfig, HUGLoss, preset_config
-from hug_plugins.uniformity import gram_log_det, riesz_energy, soft_separation
 
 
 def authors_reference(

@@ -12,10 +12,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from hug_plugins.functional.uniformity import riesz_energy
 from hug_plugins.losses import HUGLoss
 from hug_plugins.metrics import NCMAgreement, NeuralCollapseMetrics, reference_energy
 from hug_plugins.proxies import cross_polytope, simplex_etf
-from hug_plugins.uniformity import riesz_energy
 
 
 def naive_nc1(features: torch.Tensor, labels: torch.Tensor) -> float:

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hug_plugins.functional.uniformity import hyperspherical_energy, riesz_energy
 from hug_plugins.proxies import (
     ProxyHead,
     cross_polytope,
@@ -14,7 +15,6 @@ from hug_plugins.proxies import (
     random_proxies,
     simplex_etf,
 )
-from hug_plugins.uniformity import hyperspherical_energy, riesz_energy
 
 
 def off_diagonal_cosines(points: torch.Tensor) -> torch.Tensor:

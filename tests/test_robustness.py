@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from harness.config import available_presets, load_config
+from harness.data import PixelDatasetInfo
+from harness.train import build_pixel_classifier
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
-from hug_plugins.config import available_presets, load_config
-from hug_plugins.data import PixelDatasetInfo
 from hug_plugins.robustness import (
     LogitsOnly,
     attack_subset,
@@ -19,7 +20,6 @@ from hug_plugins.robustness import (
     make_pgd,
     pgd_attack,
 )
-from hug_plugins.train import build_pixel_classifier
 from integrations import robustness as job
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -55,26 +55,22 @@ Example:
     0
 """
 
-from hug_plugins.continual.plugin import HUGPlugin
-from hug_plugins.continual.replay import (
+from hug_plugins._extras import require_extra
+
+require_extra("avalanche", "avalanche", "hug_plugins.continual (HUGPlugin)")
+
+from hug_plugins.continual.plugin import HUGPlugin  # noqa: E402
+from hug_plugins.continual.replay import (  # noqa: E402
     ReplayMemoryPlugin,
     StoragePolicyName,
     ensure_task_labels,
     make_storage_policy,
-)
-from hug_plugins.continual.streams import (
-    class_incremental_tensors,
-    load_strategy_checkpoint,
-    save_strategy_checkpoint,
 )
 
 __all__ = [
     "HUGPlugin",
     "ReplayMemoryPlugin",
     "StoragePolicyName",
-    "class_incremental_tensors",
     "ensure_task_labels",
-    "load_strategy_checkpoint",
     "make_storage_policy",
-    "save_strategy_checkpoint",
 ]

@@ -196,7 +196,10 @@ class NearestMeanIndex:
         if approximate is not None and backend == "torch":
             raise ValueError("approximate search needs the faiss backend")
         if (backend == "faiss" or approximate is not None) and not faiss_available():
-            raise ValueError("backend 'faiss' requested but faiss is not installed")
+            raise ValueError(
+                "backend 'faiss' requested but faiss is not installed: "
+                "pip install 'hug-plugins[faiss]' (or '[faiss-gpu]' for GPU indexes)"
+            )
         self.calibration: dict[str, float] = {}
         chosen: str = backend
         if backend == "auto":

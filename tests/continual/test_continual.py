@@ -18,15 +18,14 @@ pytest.importorskip("avalanche")
 from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
 from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
 from avalanche.training.supervised import Naive
-
-from hug_plugins import HUGPlugin as LazyHUGPlugin
-from hug_plugins.continual import (
-    HUGPlugin,
-    ReplayMemoryPlugin,
+from harness.continual.streams import (
     class_incremental_tensors,
     load_strategy_checkpoint,
     save_strategy_checkpoint,
 )
+
+from hug_plugins import HUGPlugin as LazyHUGPlugin
+from hug_plugins.continual import HUGPlugin, ReplayMemoryPlugin
 from hug_plugins.losses import HUGLoss, preset_config
 
 NUM_CLASSES = 6
@@ -316,16 +315,16 @@ def test_missing_checkpoint_is_a_fresh_start(tmp_path: Path) -> None:
 def test_default_static_proxies_skip_the_inter_term_after_the_first_step(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from hug_plugins import losses
+    from hug_plugins.functional import hug as functional_hug
 
     calls: list[int] = []
-    original = losses.inter_term
+    original = functional_hug.inter_term
 
     def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(losses, "inter_term", counting)
+    monkeypatch.setattr(functional_hug, "inter_term", counting)
     plugin = HUGPlugin(num_classes=10, feature_dim=16, mem_size=50)
     assert plugin.head.mode == "static_optimized" and not plugin.head.proxies.requires_grad
     features = torch.randn(32, 16, requires_grad=True)

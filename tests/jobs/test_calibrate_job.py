@@ -65,8 +65,8 @@ def test_sweep_writes_paired_tables_and_resumes(job: ModuleType, tmp_path: Path)
 
 
 def test_validation_split_comes_from_the_training_set(job: ModuleType) -> None:
-    from hug_plugins.config import load_config
-    from hug_plugins.data import load_image_dataset
+    from harness.config import load_config
+    from harness.data import load_image_dataset
 
     cfg = load_config("calibrate", "quick")
     train, val, _, _ = job._data(cfg.settings[0], None)

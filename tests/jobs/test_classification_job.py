@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 import torch
-
-from hug_plugins.config import available_presets, load_config, parse_cli, to_dict
-from hug_plugins.losses import HUGLoss
-from hug_plugins.train.comparison import (
+from harness.config import available_presets, load_config, parse_cli, to_dict
+from harness.train.comparison import (
     PROXY_METHODS,
     comparison_data,
     comparison_model,
 )
+
+from hug_plugins.losses import HUGLoss
 from integrations import classification as job
 
 TINY = [
@@ -81,7 +81,7 @@ def test_both_tables_are_written_with_mean_std_and_provenance(result: dict[str, 
         assert all(math.isfinite(row[c][0]) for c in ("nc1", "gnc2", "nc3", "nc4"))
         assert 0.0 <= row["nc4_unit"][0] <= 1.0 and math.isfinite(row["nc1_unit"][0])
     md = (out / "classification_quick.md").read_text(encoding="utf-8")
-    assert "Command: `python -m integrations.classification --preset quick" in md
+    assert "Command: `python integrations/classification.py --preset quick" in md
     assert "Hardware: CPU" in md and "Wall time" in md and " ± " in md
     assert "![classification_quick_nc_digits_cnn](classification_quick_nc_digits_cnn.png)" in md
     with open(out / "classification_quick_proxies.csv", encoding="utf-8") as handle:
@@ -172,7 +172,7 @@ def test_recipe_methods_build_the_paper_form_and_the_hybrid() -> None:
 
 
 def test_checkpoint_name_follows_the_resolved_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hug_plugins.train import comparison
+    from harness.train import comparison
 
     cfg = to_dict(load_config("classification", "quick", ["checkpoint_dir=ck"]))
 

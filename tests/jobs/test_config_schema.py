@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from hug_plugins.config import available_presets, load_config
+from harness.config import available_presets, load_config
 
 TASKS = sorted(p.name for p in (Path(__file__).resolve().parents[2] / "configs").iterdir())
 TRAINING = {"classification", "continual", "digits", "calibrate", "longtail", "robustness"}

@@ -9,8 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-from hug_plugins.config import available_presets, load_config
+from harness.config import available_presets, load_config
 
 METHODS = ["CE", "HUG (default)", "MHE-HUG (paper)", "MHS-HUG (paper)", "MGD-HUG (paper)"]
 

@@ -1,0 +1,1 @@
+"""The continual-learning job\x27s streams, checkpoints and runs."""

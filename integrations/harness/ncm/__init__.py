@@ -1,0 +1,1 @@
+"""The NCM job\x27s benchmark and memory measurements."""
