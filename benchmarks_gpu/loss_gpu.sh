@@ -4,7 +4,7 @@
 set -u
 OUT=${OUT:-results/gpu}
 mkdir -p "$OUT"
-export PYTHONPATH=".:.gpu_pydeps:${PYTHONPATH:-}"
+export PYTHONPATH=".:integrations:.gpu_pydeps:${PYTHONPATH:-}"
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
 python3 - > "$OUT/amp_check.txt" 2>&1 <<'PY'
 import torch
