@@ -1,50 +1,10 @@
 """Streaming neural-collapse (NC1-NC4) and generalized neural-collapse (GNC2) metrics.
 
-Both metrics are :class:`torchmetrics.Metric` subclasses: ``update`` per batch, ``compute`` at
-the end, ``reset`` between epochs; under DDP every rank gets the statistics of the union of the
-shards. :class:`NCMAgreement` has plain sum states (all-reduced by torchmetrics).
-:class:`NeuralCollapseMetrics` keeps float64 states -- per-class counts ``n_c`` ``(C,)``,
-per-class means ``mu_c`` ``(C, d)`` and the pooled within-class scatter
-``S_W = sum_i (x_i - mu_{y_i})(x_i - mu_{y_i})^T`` ``(d, d)`` -- memory ``O(C d + d^2)``, never
-``C x C`` or ``C x d x d``. Classes that received no sample are left out of every statistic.
-
-``S_W`` is never formed as "second moment minus class-mean part" (which cancels catastrophically
-when the features share a large offset). Each batch is centred on its own class means
-(two-pass, float64), and two partial states ``A``, ``B`` (the running state and a batch, or two
-ranks) are combined with the parallel-variance formula of Chan, Golub and LeVeque applied per
-class and summed over classes::
-
-    n_c     = n_Ac + n_Bc
-    mu_c    = mu_Ac + (n_Bc / n_c) (mu_Bc - mu_Ac)
-    S_W     = S_WA + S_WB + D^T diag(w) D,   D_c = mu_Bc - mu_Ac,   w_c = n_Ac n_Bc / n_c
-
-(the sum of one rank-1 matrix per class present in both parts, ``O(C d^2)`` time, no
-``C x d x d`` memory). No step subtracts two large second moments -- a common offset cancels
-only in ``x - mu`` and ``mu_B - mu_A`` -- so ``S_W`` is as accurate as a two-pass computation
-whatever the offset. The merge is not a plain sum: under
-DDP the states are all-gathered and folded rank by rank with this formula (an override of
-torchmetrics' ``_sync_dist``), and ``forward``/``merge_state`` use it too (``_reduce_states``).
-
-Notation: ``N`` samples, ``C`` classes present, ``mu_c`` class means, ``mu_G`` global mean,
-``M~`` the ``(C, d)`` matrix of rows ``mu_c - mu_G``, ``mu_hat_c`` its normalized rows, ``W`` the
-classifier rows (or proxies).
-
-* ``nc1 = tr(Sigma_W Sigma_B^+) / C`` with
-  ``Sigma_W = 1/N sum_i (x_i - mu_{y_i})(x_i - mu_{y_i})^T`` and
-  ``Sigma_B = 1/C sum_c (mu_c - mu_G)(mu_c - mu_G)^T``; the pseudo-inverse keeps eigenvalues
-  above ``pinv_rtol`` times the largest (Papyan et al. 2020, with the 1/C factor).
-* ``nc2_equinorm_means`` = std/mean of ``||mu_c - mu_G||``; ``nc2_equinorm_w`` = std/mean of
-  ``||w_c||``.
-* ``nc2_equiangular_std`` = std over pairs ``c != c'`` of ``cos(mu_c - mu_G, mu_c' - mu_G)``
-  (from the ``d x d`` matrix ``M_hat^T M_hat``); ``nc2_equiangular_etf`` = mean over pairs of
-  ``|cos + 1/(C-1)|`` (0 for a simplex ETF; chunked).
-* ``gnc2_energy`` = Riesz/log/Gaussian energy (mean over pairs) of ``{mu_hat_c}``;
-  ``gnc2_ratio`` = ``gnc2_energy`` / energy of an energy-minimized configuration with the same
-  ``C, d`` (1.0 at GNC2; only when ``C <= reference_max_classes``).
-* ``nc3_dist = ||W/||W||_F - M~/||M~||_F||_F`` and ``nc3_cos`` = mean over classes of
-  ``cos(w_c, mu_c - mu_G)`` (needs ``classifier_weight``).
-* NC4 is :class:`NCMAgreement`: the rate at which the classifier's decision equals the
-  nearest-class-mean decision ``argmin_c ||x - mu_c||`` (needs the means of a first pass).
+:class:`NeuralCollapseMetrics` (NC1, NC2 equinorm / equiangularity, GNC2, NC3) and
+:class:`NCMAgreement` (NC4: agreement of the classifier with the nearest class mean) are
+:class:`torchmetrics.Metric` s: ``update`` per batch, ``compute`` at the end, ``reset``
+between epochs, synced under DDP. The math is in :mod:`hug_plugins.functional.collapse`;
+formulas and the exact merge of the states are on the docs' math page.
 
 Reference:
     Papyan, Han, Donoho. "Prevalence of neural collapse during the terminal phase of deep
@@ -68,12 +28,15 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
-from torchmetrics.utilities.distributed import gather_all_tensors
 
 from hug_plugins._checks import check_labels, check_matrix
+from hug_plugins.functional.collapse import (
+    class_statistics,
+    collapse_metrics,
+    merge_class_statistics,
+)
 from hug_plugins.functional.uniformity import KernelName, hyperspherical_energy
 
 
@@ -103,7 +66,16 @@ def reference_energy(
 
 
 class NeuralCollapseMetrics(Metric):
-    """Streaming NC1, NC2, GNC2 and NC3 (see the module docstring for every formula).
+    """Streaming NC1, NC2, GNC2 and NC3, by torchmetrics' rules (``update`` / ``compute`` /
+    ``reset``, DDP sync, ``forward``, ``merge_state``, ``plot``).
+
+    The states are float64 class statistics (counts, means, within-class scatter, and the
+    latest classifier weight): memory ``O(C d + d^2)``. They are merged exactly with Chan's
+    formula (:func:`~hug_plugins.functional.collapse.merge_class_statistics`), not summed, so
+    they are registered without a reduction and folded where torchmetrics stacks them (after a
+    DDP sync or ``merge_state``), as ``PearsonCorrCoef`` does. ``compute`` returns a flat
+    ``dict[str, Tensor]`` for ``log_dict``; with fewer than 2 classes seen it warns and gives
+    NaN. The functional form is :func:`hug_plugins.functional.neural_collapse`.
 
     Args:
         num_classes: Number of classes ``C``.
@@ -126,11 +98,13 @@ class NeuralCollapseMetrics(Metric):
 
     is_differentiable = False
     higher_is_better = False
-    full_state_update = False
+    full_state_update = True  # the states merge by Chan's formula, not torchmetrics' reductions
 
     class_counts: Tensor
     class_centroids: Tensor
     within_scatter: Tensor
+    classifier_weight: Tensor
+    has_classifier_weight: Tensor
 
     def __init__(
         self,
@@ -159,15 +133,16 @@ class NeuralCollapseMetrics(Metric):
         self.pinv_rtol = pinv_rtol
         self.reference_max_classes = reference_max_classes
         self.chunk_size = chunk_size
-        self.classifier_weight: Tensor | None = None
         f64 = torch.float64
-        # No torchmetrics reduction: the states are merged by _merge_states (Chan's formula) in
-        # _sync_dist and _reduce_states, not summed.
         self.add_state("class_counts", torch.zeros(num_classes, dtype=f64), dist_reduce_fx=None)
         self.add_state(
             "class_centroids", torch.zeros(num_classes, dim, dtype=f64), dist_reduce_fx=None
         )
         self.add_state("within_scatter", torch.zeros(dim, dim, dtype=f64), dist_reduce_fx=None)
+        self.add_state(
+            "classifier_weight", torch.zeros(num_classes, dim, dtype=f64), dist_reduce_fx=None
+        )
+        self.add_state("has_classifier_weight", torch.zeros((), dtype=f64), dist_reduce_fx=None)
 
     def update(
         self, features: Tensor, labels: Tensor, classifier_weight: Tensor | None = None
@@ -181,23 +156,7 @@ class NeuralCollapseMetrics(Metric):
                 given is used by :meth:`compute` for NC2 (``w``) and NC3.
         """
         check_matrix(features, "features", dim=self.dim)
-        check_labels(labels, features.shape[0], self.num_classes)
-        x = features.detach().to(torch.float64)
-        classes, inverse = torch.unique(labels.long(), return_inverse=True)
-        counts = torch.bincount(inverse, minlength=classes.shape[0]).to(torch.float64)
-        # Two-pass batch statistics: class means, then a correction from the centred rows.
-        means = torch.zeros(classes.shape[0], self.dim, dtype=x.dtype, device=x.device)
-        means.index_add_(0, inverse, x).div_(counts[:, None])
-        centred = x - means[inverse]
-        correction = torch.zeros_like(means).index_add_(0, inverse, centred) / counts[:, None]
-        means += correction
-        centred -= correction[inverse]
-        merged_counts, merged_means, self.within_scatter = _merge_states(
-            (self.class_counts[classes], self.class_centroids[classes], self.within_scatter),
-            (counts, means, centred.T @ centred),
-        )
-        self.class_counts[classes] = merged_counts
-        self.class_centroids[classes] = merged_means
+        batch = class_statistics(features, labels, self.num_classes)
         if classifier_weight is not None:
             check_matrix(classifier_weight, "classifier_weight", dim=self.dim)
             if classifier_weight.shape[0] != self.num_classes:
@@ -205,168 +164,90 @@ class NeuralCollapseMetrics(Metric):
                     f"classifier_weight must have {self.num_classes} rows, "
                     f"got {classifier_weight.shape[0]}"
                 )
+        self._fold()
+        self.class_counts, self.class_centroids, self.within_scatter = merge_class_statistics(
+            (self.class_counts, self.class_centroids, self.within_scatter), batch
+        )
+        if classifier_weight is not None:
             self.classifier_weight = classifier_weight.detach().to(torch.float64).clone()
+            self.has_classifier_weight = torch.ones_like(self.has_classifier_weight)
+
+    def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
+        """Merges another metric's (or a state dict's) statistics into this one, exactly.
+
+        Raises:
+            ValueError: If ``incoming_state`` lacks a state of this metric.
+        """
+        if isinstance(incoming_state, Metric):
+            incoming_state = incoming_state.metric_state
+        missing = [name for name in self._defaults if name not in incoming_state]
+        if missing:
+            raise ValueError(f"Expected state variables {missing} in the incoming state")
+        other = NeuralCollapseMetrics(self.num_classes, self.dim)
+        for name in self._defaults:
+            setattr(other, name, incoming_state[name].to(self.class_counts.device))
+        other._fold()
+        self._fold()
+        self.class_counts, self.class_centroids, self.within_scatter = merge_class_statistics(
+            (self.class_counts, self.class_centroids, self.within_scatter),
+            (other.class_counts, other.class_centroids, other.within_scatter),
+        )
+        if bool(other.has_classifier_weight > 0) and not bool(self.has_classifier_weight > 0):
+            self.classifier_weight = other.classifier_weight
+            self.has_classifier_weight = other.has_classifier_weight
+
+    def _fold(self) -> None:
+        """Folds states that torchmetrics stacked (one row per rank or part) into one."""
+        counts = self.class_counts
+        if counts.ndim == 1:
+            return
+        centroids, scatter = self.class_centroids, self.within_scatter
+        merged = (counts[0], centroids[0], scatter[0])
+        for part in range(1, counts.shape[0]):
+            merged = merge_class_statistics(merged, (counts[part], centroids[part], scatter[part]))
+        self.class_counts, self.class_centroids, self.within_scatter = merged
+        has = self.has_classifier_weight.reshape(-1)
+        weights = self.classifier_weight.reshape(-1, self.num_classes, self.dim)
+        latest = int(torch.nonzero(has).max()) if bool(has.any()) else 0
+        self.classifier_weight = weights[latest]
+        self.has_classifier_weight = has.max()
 
     def class_means(self) -> tuple[Tensor, Tensor]:
         """Returns ``(means, present)``: ``(C, d)`` class means (0 for absent classes) and the
-        ``(C,)`` boolean mask of classes with at least one sample (after DDP sync if inside
-        ``compute``)."""
+        ``(C,)`` boolean mask of classes with at least one sample (after a DDP sync inside
+        ``compute`` or ``sync_context``)."""
+        self._fold()
         present = self.class_counts > 0
         means = torch.where(present[:, None], self.class_centroids, 0.0)
         return means.clone(), present
 
-    def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
-        """Merges ``incoming_state`` into this one with Chan's formula (``forward`` and
-        ``merge_state`` call this; torchmetrics' default would stack the unreduced states)."""
-        missing = [name for name in self._defaults if name not in incoming_state]
-        if missing:
-            raise ValueError(f"Expected state variables {missing} in the incoming state")
-        (self.class_counts, self.class_centroids, self.within_scatter) = _merge_states(
-            (
-                incoming_state["class_counts"],
-                incoming_state["class_centroids"],
-                incoming_state["within_scatter"],
-            ),
+    def compute(self) -> dict[str, Tensor]:
+        """Returns the metrics as float64 scalars, a flat dict (see the module docstring)."""
+        self._fold()
+        present = int((self.class_counts > 0).sum())
+        reference = None
+        if 2 <= present <= self.reference_max_classes:
+            reference = reference_energy(present, self.dim, self.kernel, float(self.s))
+        return collapse_metrics(
             (self.class_counts, self.class_centroids, self.within_scatter),
+            self.classifier_weight if bool(self.has_classifier_weight > 0) else None,
+            kernel=self.kernel,
+            s=self.s,
+            reference_energy=reference,
+            pinv_rtol=self.pinv_rtol,
+            chunk_size=self.chunk_size,
         )
 
-    def _sync_dist(
-        self,
-        dist_sync_fn: Callable[..., Any] = gather_all_tensors,
-        process_group: Any | None = None,
-    ) -> None:
-        """All-gathers the states (torchmetrics stacks them, as ``dist_reduce_fx=None``) and
-        folds the ranks in order with Chan's formula, so every rank holds the same merged
-        state: the one of the concatenated shards."""
-        super()._sync_dist(dist_sync_fn, process_group=process_group)
-        counts: Tensor = self.class_counts
-        centroids: Tensor = self.class_centroids
-        scatter: Tensor = self.within_scatter
-        if counts.ndim == 1:  # nothing was stacked (e.g. a custom dist_sync_fn)
-            return
-        state = (counts[0], centroids[0], scatter[0])
-        for rank in range(1, counts.shape[0]):
-            state = _merge_states(state, (counts[rank], centroids[rank], scatter[rank]))
-        self.class_counts, self.class_centroids, self.within_scatter = state
+    def plot(self, val: Any = None, ax: Any = None) -> Any:
+        """Plots the metrics (one value, or a sequence of ``compute`` results) with
+        torchmetrics' plotting (needs matplotlib).
 
-    def compute(self) -> dict[str, Tensor]:
-        """Returns the metrics as float64 scalars (see the module docstring)."""
-        present = self.class_counts > 0
-        if int(present.sum()) < 2:
-            raise ValueError("neural-collapse metrics need samples of at least 2 classes")
-        counts = self.class_counts[present]
-        means = self.class_centroids[present]
-        num = counts.sum()
-        num_classes = means.shape[0]
-        # mu_G = mu_1 + sum_c n_c (mu_c - mu_1) / N: no large offset enters the sum.
-        global_mean = means[0] + (counts[:, None] * (means - means[0])).sum(0) / num
-        centred = means - global_mean  # M~, (C, d)
-
-        # NC1: tr(Sigma_W Sigma_B^+) / C.
-        sigma_w = self.within_scatter / num
-        sigma_b = centred.T @ centred / num_classes
-        eigval, eigvec = torch.linalg.eigh(sigma_b)
-        keep = eigval > self.pinv_rtol * eigval.max().clamp_min(1e-300)
-        inv = torch.where(keep, 1.0 / eigval.clamp_min(1e-300), torch.zeros_like(eigval))
-        sigma_b_pinv = (eigvec * inv[None, :]) @ eigvec.T
-        nc1 = torch.trace(sigma_w @ sigma_b_pinv) / num_classes
-
-        # NC2 on the centred means.
-        norms = centred.norm(dim=1)
-        out: dict[str, Tensor] = {"nc1": nc1, "nc2_equinorm_means": _cv(norms)}
-        unit = F.normalize(centred, dim=1)
-        out["nc2_equiangular_std"] = _pairwise_cos_std(unit)
-        out["nc2_equiangular_etf"] = _mean_abs_etf_gap(unit, self.chunk_size)
-
-        # GNC2: energy of the normalized centred means, and its ratio to the optimum.
-        energy = hyperspherical_energy(unit, kernel=self.kernel, s=self.s, normalize=False)
-        out["gnc2_energy"] = energy.detach()
-        if num_classes <= self.reference_max_classes:
-            ref = reference_energy(num_classes, self.dim, self.kernel, float(self.s))
-            out["gnc2_ratio"] = _ratio(energy.detach(), ref)
-
-        # NC2 (w) and NC3, when classifier rows are known.
-        if self.classifier_weight is not None:
-            weight = self.classifier_weight.to(centred.device)[present]
-            out["nc2_equinorm_w"] = _cv(weight.norm(dim=1))
-            out["nc3_dist"] = (weight / weight.norm() - centred / centred.norm()).norm()
-            out["nc3_cos"] = F.cosine_similarity(weight, centred, dim=1).mean()
-        return out
-
-
-_ClassStats = tuple[Tensor, Tensor, Tensor]
-
-
-def _merge_states(first: _ClassStats, second: _ClassStats) -> _ClassStats:
-    """Chan's parallel merge of two ``(counts, means, within_scatter)`` partial states.
-
-    Args:
-        first: ``(n_A, mu_A, S_A)``: ``(K,)`` counts, ``(K, d)`` class means (any value where
-            the count is 0) and the ``(d, d)`` within-class scatter summed over the classes.
-        second: ``(n_B, mu_B, S_B)``, same shapes (same ``K`` classes, in the same order).
-
-    Returns:
-        ``(n, mu, S)`` of the union: ``n = n_A + n_B``,
-        ``mu = mu_A + (n_B / n) (mu_B - mu_A)`` (exactly ``mu_A`` or ``mu_B`` when the other
-        count is 0, and 0 when both are) and ``S = S_A + S_B + D^T diag(w) D`` with
-        ``D = mu_B - mu_A`` and ``w = n_A n_B / n`` over the classes present in both.
-    """
-    counts_a, means_a, scatter_a = first
-    counts_b, means_b, scatter_b = second
-    counts = counts_a + counts_b
-    # Zero-count rows may hold anything (e.g. a gathered default): pin them to 0 first.
-    means_a = torch.where((counts_a > 0)[:, None], means_a, 0.0)
-    means_b = torch.where((counts_b > 0)[:, None], means_b, 0.0)
-    delta = means_b - means_a
-    share = torch.where(counts > 0, counts_b / counts.clamp_min(1.0), 0.0)
-    means = means_a + share[:, None] * delta
-    both = torch.nonzero((counts_a > 0) & (counts_b > 0)).squeeze(1)
-    scatter = scatter_a + scatter_b
-    if both.numel() > 0:
-        shared = delta[both]
-        weight = counts_a[both] * counts_b[both] / counts[both]
-        scatter = scatter + (shared * weight[:, None]).T @ shared
-    return counts, means, scatter
-
-
-def _ratio(energy: Tensor, reference: float) -> Tensor:
-    """``energy / reference`` for positive reference energies, else ``energy - reference``
-    shifted so the optimum reads 1.0 (log and negative-s energies can be <= 0)."""
-    if reference > 0:
-        return energy / reference
-    return 1.0 + (energy - reference) / max(abs(reference), 1e-12)
-
-
-def _cv(values: Tensor) -> Tensor:
-    """Coefficient of variation std/mean (population std)."""
-    return values.std(unbiased=False) / values.mean().clamp_min(1e-300)
-
-
-def _pairwise_cos_std(unit: Tensor) -> Tensor:
-    """Std of ``u_i . u_j`` over ordered pairs ``i != j`` from the ``d x d`` Gram ``U^T U``."""
-    n = unit.shape[0]
-    pairs = n * (n - 1)
-    total = unit.sum(0)
-    sum_cos = total @ total - n
-    gram_d = unit.T @ unit
-    sum_cos2 = (gram_d * gram_d).sum() - n
-    mean = sum_cos / pairs
-    var = (sum_cos2 / pairs - mean * mean).clamp_min(0.0)
-    return var.sqrt()
-
-
-def _mean_abs_etf_gap(unit: Tensor, chunk: int) -> Tensor:
-    """Mean over pairs ``i != j`` of ``|u_i . u_j + 1/(C-1)|``, in row chunks."""
-    n = unit.shape[0]
-    shift = 1.0 / (n - 1)
-    total = torch.zeros((), dtype=unit.dtype, device=unit.device)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        block = unit[start:stop] @ unit.T + shift
-        idx = torch.arange(start, stop, device=unit.device)
-        block[idx - start, idx] = 0.0
-        total = total + block.abs().sum()
-    return total / (n * (n - 1))
+        Example:
+            >>> metric = NeuralCollapseMetrics(3, 4)
+            >>> metric.update(torch.randn(30, 4), torch.arange(30) % 3)
+            >>> fig, ax = metric.plot()  # doctest: +SKIP
+        """
+        return self._plot(val, ax)
 
 
 class NCMAgreement(Metric):

@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from hug_plugins.functional import neural_collapse
 from hug_plugins.functional.uniformity import riesz_energy
 from hug_plugins.losses import HUGLoss
 from hug_plugins.metrics import NCMAgreement, NeuralCollapseMetrics, reference_energy
@@ -102,6 +103,8 @@ def test_state_memory_is_linear_in_classes() -> None:
         "class_counts": (5000,),
         "class_centroids": (5000, 16),
         "within_scatter": (16, 16),
+        "classifier_weight": (5000, 16),
+        "has_classifier_weight": (),
     }
 
 
@@ -253,8 +256,9 @@ def test_bad_metric_inputs() -> None:
     with pytest.raises(ValueError, match="non-finite"):
         metric.update(torch.full((4, 2), float("nan")), torch.zeros(4, dtype=torch.long))
     metric.update(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
-    with pytest.raises(ValueError, match="at least 2 classes"):
-        metric.compute()
+    with pytest.warns(UserWarning, match="at least 2 classes"):
+        out = metric.compute()  # torchmetrics' convention: warn and return NaN
+    assert out and all(bool(torch.isnan(value)) for value in out.values())
 
 
 def test_ncm_agreement_is_exact_under_a_large_offset() -> None:
@@ -324,8 +328,10 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         gen = torch.Generator().manual_seed(123)
         features = torch.randn(40, 5, generator=gen)
         labels = torch.arange(40) % 4
+        weight = torch.randn(4, 5, generator=gen)
         metric = NeuralCollapseMetrics(4, 5)
-        metric.update(features[rank::world], labels[rank::world])
+        # The classifier weight reaches one rank only; after the sync every rank uses it.
+        metric.update(features[rank::world], labels[rank::world], weight if rank == 0 else None)
         out = metric.compute()
         torch.save({k: v.cpu() for k, v in out.items()}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -390,8 +396,55 @@ def test_metrics_sync_over_two_gloo_processes() -> None:
     gen = torch.Generator().manual_seed(123)
     features = torch.randn(40, 5, generator=gen)
     single = NeuralCollapseMetrics(4, 5)
-    single.update(features, torch.arange(40) % 4)
+    single.update(features, torch.arange(40) % 4, torch.randn(4, 5, generator=gen))
     expected = single.compute()
+    assert "nc3_dist" in expected
     for out in ranks:
+        assert set(out) == set(expected)
         for key, value in expected.items():
             torch.testing.assert_close(out[key], value)
+
+
+def test_torchmetrics_usage_pattern_update_compute_reset_log_dict() -> None:
+    metric = NeuralCollapseMetrics(3, 4)
+    features, labels = torch.randn(30, 4), torch.arange(30) % 3
+    metric.update(features, labels, classifier_weight=torch.randn(3, 4))
+    out = metric.compute()
+    # A flat dict of 0-dim tensors: what LightningModule.log_dict takes.
+    assert all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in out.values())
+    assert {"nc1", "gnc2_ratio", "nc3_dist"} <= set(out)
+    metric.reset()  # clears every state, the classifier weight included
+    assert all(float(getattr(metric, name).abs().sum()) == 0.0 for name in metric._defaults)
+    metric.update(features, labels)
+    assert "nc3_dist" not in metric.compute()
+    functional = neural_collapse(features, labels, 3, reference_energy=reference_energy(3, 4))
+    for key, value in metric.compute().items():
+        torch.testing.assert_close(value, functional[key], rtol=1e-12, atol=1e-14)
+
+
+def test_merge_state_takes_a_state_dict_and_keeps_the_classifier_weight() -> None:
+    features, labels = torch.randn(40, 4), torch.arange(40) % 4
+    weight = torch.randn(4, 4)
+    first, second, whole = (NeuralCollapseMetrics(4, 4) for _ in range(3))
+    first.update(features[:15], labels[:15])
+    second.update(features[15:], labels[15:], weight)
+    whole.update(features, labels, weight)
+    first.merge_state(second.metric_state)
+    expected = whole.compute()
+    merged = first.compute()
+    assert set(merged) == set(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(merged[key], value, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="Expected state"):
+        first.merge_state({"class_counts": torch.zeros(4)})
+
+
+def test_plot_draws_the_metrics() -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    metric = NeuralCollapseMetrics(3, 4)
+    metric.update(torch.randn(30, 4), torch.arange(30) % 3)
+    fig, ax = metric.plot()
+    assert fig is not None and ax is not None

@@ -15,6 +15,12 @@ Example:
     True
 """
 
+from hug_plugins.functional.collapse import (
+    class_statistics,
+    collapse_metrics,
+    merge_class_statistics,
+    neural_collapse,
+)
 from hug_plugins.functional.hug import (
     class_mean_hug_loss,
     hug_loss,
@@ -52,6 +58,8 @@ __all__ = [
     "HUGTerms",
     "class_mean_hug_loss",
     "class_means",
+    "class_statistics",
+    "collapse_metrics",
     "energy_rows",
     "gaussian_energy",
     "gaussian_gram_log_det",
@@ -62,7 +70,9 @@ __all__ = [
     "intra_term",
     "log_energy",
     "loss_dtype",
+    "merge_class_statistics",
     "min_separation",
+    "neural_collapse",
     "pairwise_distances",
     "preset_config",
     "proxies_are_static",
