@@ -46,6 +46,8 @@ __version__ = "0.2.0"
 _LAZY = {
     "HUGCriterion": "hug_plugins.ssl",
     "HUGPlugin": "hug_plugins.continual",
+    "NeuralCollapseCallback": "hug_plugins.lightning",
+    "NeuralCollapsePluginMetric": "hug_plugins.continual",
     "NCMAgreement": "hug_plugins.metrics",
     "NeuralCollapseMetrics": "hug_plugins.metrics",
     "reference_energy": "hug_plugins.metrics",
@@ -70,7 +72,9 @@ __all__ = [
     "HUGPlugin",
     "HUGTerms",
     "NCMAgreement",
+    "NeuralCollapseCallback",
     "NeuralCollapseMetrics",
+    "NeuralCollapsePluginMetric",
     "ProxyHead",
     "cross_polytope",
     "energy_rows",

@@ -73,8 +73,7 @@ Example:
 from __future__ import annotations
 
 import weakref
-from dataclasses import fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -88,6 +87,7 @@ from hug_plugins.functional.terms import (
     PAPER_WEIGHTS,
     EnergyMode,
     HUGConfig,
+    HUGOptions,
     HUGTerms,
     InterMeasure,
     IntraMeasure,
@@ -101,9 +101,14 @@ from hug_plugins.functional.terms import (
     intra_term,
     intra_weights,
     preset_config,
+    resolve_config,
     resolve_energy_mode,
     weighted_terms,
+    with_hug_keywords,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "PAPER_WEIGHTS",
@@ -111,6 +116,7 @@ __all__ = [
     "EnergyMode",
     "HUGConfig",
     "HUGLoss",
+    "HUGOptions",
     "HUGTerms",
     "InterMeasure",
     "IntraMeasure",
@@ -134,15 +140,12 @@ class _HUGBase(nn.Module):
 
     last_terms: HUGTerms | None
 
-    def __init__(self, config: HUGConfig | None = None, **kwargs: Any) -> None:
+    @with_hug_keywords()
+    def __init__(
+        self, config: HUGConfig | str | None = None, **overrides: Unpack[HUGOptions]
+    ) -> None:
         super().__init__()
-        base = config if config is not None else HUGConfig()
-        valid = {f.name for f in fields(HUGConfig)}
-        unknown = set(kwargs) - valid
-        if unknown:
-            raise ValueError(f"unknown HUG argument(s) {sorted(unknown)}; valid: {sorted(valid)}")
-        self.config = replace(base, **kwargs)
-        self.config.validate()  # raises ValueError naming the bad field
+        self.config = resolve_config(config, overrides)
         self.last_terms = None
         self._static_cache: tuple[weakref.ReferenceType[Tensor], tuple[Any, ...], Tensor] | None
         self._static_cache = None
@@ -170,8 +173,10 @@ class HUGLoss(_HUGBase):
         Gap." ICLR 2023.
 
     Args:
-        config: A :class:`HUGConfig` (default: ``HUGConfig()``, the calibrated recipe).
-        **kwargs: Fields of :class:`HUGConfig` overriding ``config``.
+        config: A :class:`HUGConfig` or a preset name (:func:`preset_config`); default
+            ``HUGConfig()``, the calibrated recipe.
+        **overrides: Keyword-only fields of :class:`HUGConfig` (``alpha``, ``beta``, ``inter``,
+            ...) overriding ``config``; the same names in every HUG adapter.
 
     Raises:
         ValueError: On invalid hyperparameters.
@@ -191,9 +196,9 @@ class HUGLoss(_HUGBase):
     """
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> HUGLoss:
+    def preset(cls, name: str, **overrides: Unpack[HUGOptions]) -> HUGLoss:
         """Builds a loss from a named preset (``"mhe"``, ``"mhs"``, ``"mgd"``, ``"authors"``)."""
-        return cls(preset_config(name, **overrides))
+        return cls(name, **overrides)
 
     def terms(self, features: Tensor, labels: Tensor, proxies: Tensor) -> HUGTerms:
         """Computes the loss and its weighted inter and intra terms.
@@ -247,8 +252,10 @@ class ClassMeanHUGLoss(_HUGBase):
     Args:
         num_classes: Number of classes ``C`` (labels lie in ``[0, C)``).
         center: Whether to subtract the mean of the present class means before normalizing.
-        config: A :class:`HUGConfig` (default: ``HUGConfig()``, the calibrated recipe).
-        **kwargs: Fields of :class:`HUGConfig` overriding ``config``.
+        config: A :class:`HUGConfig` or a preset name (:func:`preset_config`); default
+            ``HUGConfig()``, the calibrated recipe.
+        **overrides: Keyword-only fields of :class:`HUGConfig` (``alpha``, ``beta``, ``inter``,
+            ...) overriding ``config``; the same names in every HUG adapter.
 
     Example:
         >>> import torch
@@ -258,16 +265,17 @@ class ClassMeanHUGLoss(_HUGBase):
         >>> loss.backward()
     """
 
+    @with_hug_keywords()
     def __init__(
         self,
         num_classes: int,
         center: bool = False,
-        config: HUGConfig | None = None,
-        **kwargs: Any,
+        config: HUGConfig | str | None = None,
+        **overrides: Unpack[HUGOptions],
     ) -> None:
         if not (isinstance(num_classes, int) and num_classes >= 1):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        super().__init__(config, **kwargs)
+        super().__init__(config, **overrides)
         if self.config.ce_weight > 0:
             raise ValueError(
                 "ce_weight > 0 needs class proxies (the hybrid's logits); ClassMeanHUGLoss has "

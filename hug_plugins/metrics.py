@@ -179,13 +179,14 @@ class NeuralCollapseMetrics(Metric):
             ValueError: If ``incoming_state`` lacks a state of this metric.
         """
         if isinstance(incoming_state, Metric):
-            incoming_state = incoming_state.metric_state
+            incoming_state = dict(incoming_state.metric_state)
         missing = [name for name in self._defaults if name not in incoming_state]
         if missing:
             raise ValueError(f"Expected state variables {missing} in the incoming state")
         other = NeuralCollapseMetrics(self.num_classes, self.dim)
         for name in self._defaults:
-            setattr(other, name, incoming_state[name].to(self.class_counts.device))
+            state: Tensor = incoming_state[name]
+            setattr(other, name, state.to(self.class_counts.device))
         other._fold()
         self._fold()
         self.class_counts, self.class_centroids, self.within_scatter = merge_class_statistics(

@@ -1,28 +1,10 @@
 """HUG for self-supervised learning: a drop-in replacement for lightly's ``NTXentLoss``.
 
-In contrastive self-supervised learning every image is its own class, so the number of classes
-``C`` (the batch size) is far larger than the feature dimension ``d``: exactly the regime of
-generalized neural collapse, where a simplex ETF does not exist and the best one can ask of the
-class means is that they be *hyperspherically uniform*. :class:`HUGCriterion` applies the
-class-mean HUG objective to the views of a batch:
-
-* each instance ``i`` with views ``z_i1, ..., z_ik`` (``k >= 2``) is a class; its class mean
-  is ``mu_hat_i = normalize(mean_v normalize(z_iv))``;
-* the **inter** term is the hyperspherical uniformity of ``{mu_hat_i}`` (minimum energy with a
-  Riesz, log or Gaussian kernel, smooth maximum separation, or maximum Gram log-determinant,
-  see :mod:`hug_plugins.functional.uniformity`);
-* the **intra** term pulls every normalized view to its (stop-gradient) class mean, i.e. the
-  views of one instance to each other.
-
-``loss = alpha * inter + beta * intra``, the terms computed exactly as
-:class:`hug_plugins.losses.ClassMeanHUGLoss` computes them (shared code), in float32 with
-autocast disabled, chunked in memory, without Python loops over instances and without host
-synchronisation beyond the optional value checks (finiteness, label sign; switched off with
-:func:`hug_plugins.set_validation`) and the write pointer of lightly's memory bank.
-
-With ``labels`` the samples sharing a label form one class, supervised-contrastive style: the
-class mean runs over all views of all its instances, and the inter term over the classes
-present in the (global) batch.
+Every instance of a batch is a class (the regime of generalized neural collapse, ``C > d + 1``):
+:class:`HUGCriterion` makes the normalized instance means of the views uniform on the
+hypersphere and pulls every view to its instance mean. With ``labels``, instances sharing a
+label form one class (supervised-contrastive style). The guide (docs: Lightly) covers the
+memory bank and DDP.
 
 Reference:
     Liu, Yu, Weller, Schölkopf. "Generalizing and Decoupling Neural Collapse via Hyperspherical
@@ -42,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, get_args
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -53,116 +35,60 @@ from hug_plugins._checks import check_labels, check_matrix, compute_dtype
 from hug_plugins._extras import require_extra
 from hug_plugins.functional.terms import (
     HUGConfig,
+    HUGOptions,
     HUGTerms,
-    IntraMeasure,
     class_means,
     inter_kernel,
     inter_term,
     intra_term,
+    resolve_config,
     weighted_terms,
+    with_hug_keywords,
 )
-from hug_plugins.functional.uniformity import DEFAULT_EPS, autocast_disabled, pair_kernel_mean
+from hug_plugins.functional.uniformity import autocast_disabled, pair_kernel_mean
 
 require_extra("lightly", "lightly", "hug_plugins.ssl (HUGCriterion)")
 
-__all__ = ["DEFAULT_PARAMS", "HUGCriterion", "Uniformity"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
-Uniformity = Literal["riesz", "log", "gaussian", "mhs", "mgd"]
-"""Uniformity measure of the inter term (see :class:`HUGCriterion`)."""
-
-DEFAULT_PARAMS: dict[str, float] = {
-    "riesz": 2.0,
-    "log": 0.0,
-    "gaussian": 2.0,
-    "mhs": 0.05,
-    "mgd": 1.0,
-}
-"""Default ``param`` of each uniformity measure: Riesz ``s``, Gaussian ``t``, MHS softmin
-temperature, MGD Gram bandwidth (unused by ``"log"``)."""
+__all__ = ["HUGCriterion"]
 
 
 class HUGCriterion(nn.Module):
     """Hyperspherical Uniformity Gap loss for multi-view self-supervised learning.
 
-    A drop-in replacement for ``lightly.loss.NTXentLoss``: same call ``loss_fn(out0, out1)``,
-    same ``memory_bank_size`` and ``gather_distributed`` arguments. Each instance of the batch
-    is a class; with ``k`` views ``z_iv`` per instance (``x_iv = normalize(z_iv)``)::
-
-        mu_hat_i = normalize(mean_v x_iv)
-        inter    = U({mu_hat_i})                                 (uniformity, lower = uniform)
-        intra    = mean_i mean_v ||x_iv - stopgrad(mu_hat_i)||   (pull to the class mean)
-        loss     = alpha * inter + beta * intra
-
-    ``U`` is chosen by ``uniformity`` with its parameter ``param``:
-
-    * ``"riesz"`` (default): mean over pairs ``i != j`` of ``||mu_hat_i - mu_hat_j||^-s``
-      (``param = s``, default 2 as the paper's MHE-HUG; ``s < 0`` gives ``-||.||^-s``,
-      ``s = 0`` the log kernel);
-    * ``"log"``: mean of ``log(1 / ||mu_hat_i - mu_hat_j||)``;
-    * ``"gaussian"``: ``log mean exp(-t ||mu_hat_i - mu_hat_j||^2)`` (``param = t``, default 2;
-      Wang & Isola's uniformity, here of the instance means);
-    * ``"mhs"``: minus the smooth minimum pairwise distance (``param`` = softmin temperature in
-      distance units, default 0.05);
-    * ``"mgd"``: minus ``log det`` of the Gaussian Gram matrix ``exp(-gamma ||.||^2)``
-      (``param = gamma``, default 1; needs the full ``B x B`` matrix).
-
-    **Labels.** With ``labels`` (one per instance), instances sharing a label form one class:
-    ``mu_hat_c`` averages all views of all its instances, the inter term runs over the classes
-    present in the batch and the intra term is the mean over classes of the mean pull of their
-    views. Classes are identified on the device (an ``N x N`` label comparison), with no host
-    synchronisation.
-
-    **Memory bank.** With ``memory_bank_size=(num, dim)`` a lightly ``MemoryBankModule`` keeps
-    the normalized instance means ``mu_hat_i`` of past batches (detached; the bank is updated
-    only when the inputs require gradients, as in lightly). They enter the inter term as extra
-    constant points ``b_m``: the energy becomes the mean of the kernel over the ordered pairs
-    ``(i, j)`` with ``i`` a batch mean and ``j`` a batch mean (``j != i``) or a bank entry; the
-    bank-bank pairs are constant and left out. Without a bank this is exactly the energy of
-    the batch means. For ``"mhs"`` the softmin runs over the same pairs; ``"mgd"`` has no bank
-    form. A bank cannot be combined with ``labels`` (its entries carry no label).
-
-    **Distributed.** With ``gather_distributed=True`` the views (and labels) of all ranks are
-    gathered with ``lightly.utils.dist.gather``, which carries gradients back, and every rank
-    computes the loss of the *global* batch, through the gathered copy of its own slice too.
-    Each rank's local features then receive ``world_size`` times the global-loss gradient
-    (the gather's backward sums the gradients of all ranks), and DDP's averaging over ranks
-    divides it back: the parameter gradients equal those of a single process on the
-    concatenated batch, the same property as ``NTXentLoss``. Every rank must have the same
-    batch size. The pair computation then costs ``O((world_size * B)^2 d)`` per rank.
+    Called like ``NTXentLoss``: ``loss_fn(out0, out1)``, or ``loss_fn(views)`` with a
+    ``(B, k, d)`` tensor or a list of ``k >= 2`` views. With ``k`` views ``x_iv`` (normalized)
+    per instance: ``mu_hat_i = normalize(mean_v x_iv)``, ``inter = U({mu_hat_i})`` (the
+    configured uniformity measure), ``intra = mean_i mean_v ||x_iv - stopgrad(mu_hat_i)||``,
+    ``loss = alpha * inter + beta * intra``.
 
     Reference:
         Liu, Yu, Weller, Schölkopf. "Generalizing and Decoupling Neural Collapse via
         Hyperspherical Uniformity Gap." ICLR 2023. https://arxiv.org/abs/2303.06484
 
-    The defaults (``alpha=4, beta=1``, Riesz ``s=2``) are tuned for SimCLR-style training
-    (``integrations/selfsupervised.py``, quick preset: best kNN accuracy among the weights,
-    kernels and exponents tried); they are not the paper's classification weights
-    (0.15 / 0.015).
-
     Args:
-        alpha: Weight of the inter (uniformity) term, >= 0.
-        beta: Weight of the intra (pull) term, >= 0.
-        uniformity: ``"riesz"``, ``"log"``, ``"gaussian"``, ``"mhs"`` or ``"mgd"``.
-        param: Parameter of the measure (see above); ``None`` uses :data:`DEFAULT_PARAMS`.
-        intra: ``"distance"``, ``"squared_distance"`` or ``"max_distance"`` (per class).
-        detach_target: Whether the class means are detached in the intra term.
-        memory_bank_size: ``0`` (no bank) or ``(num, dim)`` as lightly 1.6 requires.
-        gather_distributed: Gather the features of all ranks before computing the loss.
-        eps: Distance floor of every distance and kernel.
-        chunk_size: Rows per block of the pair sums (default: automatic).
+        config: A :class:`~hug_plugins.losses.HUGConfig` or a preset name; default the
+            ``"ssl"`` preset (Riesz ``s = 2`` energy, alpha 4, beta 1, the full energy).
+        memory_bank_size: ``0`` (no bank) or ``(num, dim)``: a lightly ``MemoryBankModule``
+            of past instance means, extra constant points of the inter term.
+        gather_distributed: Gather all ranks' views with ``lightly.utils.dist.gather`` (the
+            loss of the global batch, gradients equal to one process's).
+        **overrides: Keyword-only :class:`~hug_plugins.losses.HUGConfig` fields (``alpha``,
+            ``beta``, ``inter``, ``kernel``, ``s``, ``intra``, ...), as in every adapter.
 
     Attributes:
-        last_terms: :class:`hug_plugins.losses.HUGTerms` of the last call (detached):
-            ``loss``, ``inter`` (already times ``alpha``) and ``intra`` (times ``beta``).
+        last_terms: :class:`~hug_plugins.losses.HUGTerms` of the last call (detached).
 
     Raises:
-        ValueError: On invalid hyperparameters, a bad memory bank size, ``"mgd"`` with a bank,
-            or ``gather_distributed=True`` without ``torch.distributed``.
+        ValueError: On invalid hyperparameters, a bad memory bank size, ``inter="mgd"`` with a
+            bank, ``ce_weight > 0``, or ``gather_distributed=True`` without
+            ``torch.distributed``.
 
     Examples:
         >>> import torch
-        >>> from hug_plugins import HUGCriterion
-        >>> loss_fn = HUGCriterion(alpha=1.0, beta=1.0, uniformity="riesz", param=1.0)
+        >>> loss_fn = HUGCriterion(alpha=1.0, beta=1.0, s=1.0)
         >>> out0, out1 = torch.randn(16, 8), torch.randn(16, 8)
         >>> loss = loss_fn(out0, out1)  # two views, each instance a class
         >>> views = torch.randn(16, 4, 8)  # or k = 4 views as a (B, k, d) tensor
@@ -175,34 +101,23 @@ class HUGCriterion(nn.Module):
 
     last_terms: HUGTerms | None
 
+    @with_hug_keywords("ssl")
     def __init__(
         self,
-        alpha: float = 4.0,
-        beta: float = 1.0,
-        uniformity: Uniformity = "riesz",
-        param: float | None = None,
-        intra: IntraMeasure = "distance",
-        detach_target: bool = True,
+        config: HUGConfig | str | None = None,
+        *,
         memory_bank_size: int | Sequence[int] = 0,
         gather_distributed: bool = False,
-        eps: float = DEFAULT_EPS,
-        chunk_size: int | None = None,
+        **overrides: Unpack[HUGOptions],
     ) -> None:
         super().__init__()
-        if uniformity not in get_args(Uniformity):
+        config = resolve_config(config, overrides, default="ssl")
+        if config.ce_weight > 0:
+            raise ValueError("ce_weight > 0 needs class proxies; HUGCriterion has none")
+        if config.energy_mode == "rows":
             raise ValueError(
-                f"uniformity must be one of {list(get_args(Uniformity))}, got {uniformity!r}"
+                "HUGCriterion computes the full energy of the batch: energy_mode='rows'"
             )
-        value = DEFAULT_PARAMS[uniformity] if param is None else param
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"param must be a number, got {value!r}")
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValueError(f"param must be finite, got {value}")
-        if uniformity in ("gaussian", "mhs", "mgd") and value <= 0:
-            raise ValueError(f"param of uniformity={uniformity!r} must be > 0, got {value}")
-        if not isinstance(detach_target, bool):
-            raise ValueError(f"detach_target must be a bool, got {detach_target!r}")
         if not isinstance(gather_distributed, bool):
             raise ValueError(f"gather_distributed must be a bool, got {gather_distributed!r}")
         if gather_distributed and not torch_dist.is_available():
@@ -210,32 +125,8 @@ class HUGCriterion(nn.Module):
                 "gather_distributed is True but torch.distributed is not available. "
                 "Set gather_distributed=False or install a torch build with distributed support."
             )
-        inter_measure: Literal["mhe", "mhs", "mgd"] = (
-            "mhs" if uniformity == "mhs" else "mgd" if uniformity == "mgd" else "mhe"
-        )
-        kernel: Literal["riesz", "log", "gaussian"] = (
-            "gaussian" if uniformity == "gaussian" else "log" if uniformity == "log" else "riesz"
-        )
-        config = HUGConfig(
-            alpha=alpha,
-            beta=beta,
-            inter=inter_measure,
-            kernel=kernel,
-            s=value if uniformity == "riesz" else 2.0,
-            t=value if uniformity == "gaussian" else 2.0,
-            separation_t=value if uniformity == "mhs" else 0.05,
-            mgd_gamma=value if uniformity == "mgd" else 1.0,
-            intra=intra,
-            intra_reduction="class_mean",
-            detach_proxies=detach_target,
-            energy_mode="full",
-            eps=eps,
-            chunk_size=chunk_size,
-        )
-        self._kernel = config.validate()  # raises ValueError naming the bad field
+        self._kernel = config.validate()
         self.config = config
-        self.uniformity: Uniformity = uniformity
-        self.param = value
         self.gather_distributed = gather_distributed
         # Lightly's bank validates the size: 0, or a (num_features, dim) tuple.
         from lightly.models.modules.memory_bank import MemoryBankModule
@@ -246,14 +137,14 @@ class HUGCriterion(nn.Module):
             feature_dim_first=False,
         )
         self.bank_size: tuple[int, ...] = tuple(self.memory_bank.size)
-        if self.bank_size[0] > 0 and uniformity == "mgd":
-            raise ValueError("uniformity='mgd' cannot be combined with a memory bank")
+        if self.bank_size[0] > 0 and config.inter == "mgd":
+            raise ValueError("inter='mgd' cannot be combined with a memory bank")
         self.last_terms = None
 
     def extra_repr(self) -> str:
         c = self.config
-        text = f"alpha={c.alpha}, beta={c.beta}, uniformity={self.uniformity!r}, "
-        text += f"param={self.param}, intra={c.intra!r}"
+        text = f"alpha={c.alpha}, beta={c.beta}, inter={c.inter!r}, kernel={c.kernel!r}, "
+        text += f"intra={c.intra!r}"
         if self.bank_size[0] > 0:
             text += f", memory_bank_size={self.bank_size}"
         return text + f", gather_distributed={self.gather_distributed}"

@@ -165,8 +165,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         )
         h = cfg.hug
         header.append(
-            f"HUGCriterion(alpha={h.alpha}, beta={h.beta}, uniformity={h.uniformity}, "
-            f"param={h.param}); NTXentLoss(temperature={cfg.ntxent.temperature}); "
+            f"HUGCriterion(alpha={h.alpha}, beta={h.beta}, kernel={h.kernel}, s={h.s}); "
+            f"NTXentLoss(temperature={cfg.ntxent.temperature}); "
             f"HypersphereLoss(t={cfg.hypersphere.t}, lam={cfg.hypersphere.lam}, "
             f"alpha={cfg.hypersphere.alpha})."
             + (

@@ -11,6 +11,7 @@ CASES = [
     ("hug_plugins.ssl", "lightly", "lightly"),
     ("hug_plugins.continual", "avalanche", "avalanche"),
     ("hug_plugins.robustness", "torchattacks", "robustness"),
+    ("hug_plugins.lightning", "lightning", "lightning"),
 ]
 
 

@@ -38,7 +38,7 @@ def _grads(loss: Tensor, *inputs: Tensor) -> tuple[Tensor, ...]:
 @pytest.mark.parametrize(("s", "num_views"), [(1.0, 2), (2.0, 3)])
 def test_matches_naive_formula_and_gradients(s: float, num_views: int) -> None:
     views = torch.randn(7, num_views, 5, dtype=torch.float64, requires_grad=True)
-    criterion = HUGCriterion(alpha=0.7, beta=1.3, uniformity="riesz", param=s)
+    criterion = HUGCriterion(alpha=0.7, beta=1.3, kernel="riesz", s=s)
     loss = criterion(views)
     reference = naive_hug(views, s, 0.7, 1.3)
     torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-12)
@@ -49,11 +49,20 @@ def test_matches_naive_formula_and_gradients(s: float, num_views: int) -> None:
     )
 
 
-@pytest.mark.parametrize("uniformity", ["riesz", "log", "gaussian", "mhs", "mgd"])
+MEASURES: dict[str, dict[str, str]] = {
+    "riesz": {},
+    "log": {"kernel": "log"},
+    "gaussian": {"kernel": "gaussian"},
+    "mhs": {"inter": "mhs"},
+    "mgd": {"inter": "mgd"},
+}
+
+
+@pytest.mark.parametrize("uniformity", list(MEASURES))
 def test_equals_class_mean_hug_with_instance_labels(uniformity: str) -> None:
     out0 = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
     out1 = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
-    criterion = HUGCriterion(alpha=0.5, beta=2.0, uniformity=uniformity)  # type: ignore[arg-type]
+    criterion = HUGCriterion(alpha=0.5, beta=2.0, **MEASURES[uniformity])  # type: ignore[arg-type]
     cfg = criterion.config
     reference_fn = ClassMeanHUGLoss(num_classes=9, config=cfg)
     stacked = torch.stack([out0, out1], dim=1).reshape(18, 6)
@@ -77,7 +86,7 @@ def test_view_formats_agree() -> None:
 def test_labels_group_instances_into_classes() -> None:
     views = torch.randn(8, 3, 5, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([42, 7, 42, 3, 7, 7, 100, 3])  # arbitrary, non-contiguous values
-    criterion = HUGCriterion(alpha=1.0, beta=0.5, param=2.0)
+    criterion = HUGCriterion(alpha=1.0, beta=0.5, s=2.0)
     loss = criterion(views, labels=labels)
     remapped = torch.tensor([0, 1, 0, 2, 1, 1, 3, 2]).repeat_interleave(3)
     reference_fn = ClassMeanHUGLoss(num_classes=4, config=criterion.config)
@@ -91,7 +100,7 @@ def test_labels_group_instances_into_classes() -> None:
 def test_memory_bank_negatives_enter_inter_term_as_constants() -> None:
     torch.manual_seed(0)
     dim, bank_size = 4, 10
-    criterion = HUGCriterion(alpha=1.0, beta=0.0, param=1.0, memory_bank_size=(bank_size, dim))
+    criterion = HUGCriterion(alpha=1.0, beta=0.0, s=1.0, memory_bank_size=(bank_size, dim))
     bank_before = criterion.memory_bank.bank.clone()
     out0 = torch.randn(5, dim, requires_grad=True)
     out1 = torch.randn(5, dim, requires_grad=True)
@@ -115,7 +124,7 @@ def test_memory_bank_negatives_enter_inter_term_as_constants() -> None:
 
 
 def test_memory_bank_mhs_runs_and_pushes_apart() -> None:
-    criterion = HUGCriterion(uniformity="mhs", memory_bank_size=(16, 3))
+    criterion = HUGCriterion(inter="mhs", memory_bank_size=(16, 3))
     past = torch.nn.functional.normalize(torch.randn(4, 3), dim=1).requires_grad_(True)
     criterion(past, past)  # fills the bank with these instances (inputs require grad)
     current = torch.nn.functional.normalize(torch.randn(4, 3), dim=1)
@@ -124,7 +133,7 @@ def test_memory_bank_mhs_runs_and_pushes_apart() -> None:
     with_bank = criterion(out0, out0)
     with_bank.backward()
     # the bank entry at distance ~0.02 is the nearest pair: it dominates the separation term
-    assert float(with_bank) > float(HUGCriterion(uniformity="mhs")(current, current)) + 0.1
+    assert float(with_bank) > float(HUGCriterion(inter="mhs")(current, current)) + 0.1
     assert out0.grad is not None and torch.isfinite(out0.grad).all()
     stepped = torch.nn.functional.normalize(out0.detach() - 1e-3 * out0.grad, dim=1)
     before = float((current[0] - past[0].detach()).norm())
@@ -136,7 +145,7 @@ def test_memory_bank_errors() -> None:
     with pytest.raises(ValueError, match="dim"):
         HUGCriterion(memory_bank_size=128)  # lightly 1.6 requires (num, dim)
     with pytest.raises(ValueError, match="mgd"):
-        HUGCriterion(uniformity="mgd", memory_bank_size=(8, 4))
+        HUGCriterion(inter="mgd", memory_bank_size=(8, 4))
     criterion = HUGCriterion(memory_bank_size=(8, 4))
     with pytest.raises(ValueError, match="feature dimension"):
         criterion(torch.randn(4, 5), torch.randn(4, 5))
@@ -147,7 +156,7 @@ def test_memory_bank_errors() -> None:
 def test_fp32_under_autocast() -> None:
     out0 = torch.randn(16, 8).to(torch.bfloat16)
     out1 = torch.randn(16, 8).to(torch.bfloat16)
-    criterion = HUGCriterion(param=2.0)
+    criterion = HUGCriterion(s=2.0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = criterion(out0, out1)
     assert loss.dtype == torch.float32
@@ -156,7 +165,7 @@ def test_fp32_under_autocast() -> None:
 
 def test_collapsed_views_give_finite_loss_and_gradients() -> None:
     out0 = torch.ones(6, 4, requires_grad=True)
-    loss = HUGCriterion(param=2.0)(out0, out0.detach().clone())
+    loss = HUGCriterion(s=2.0)(out0, out0.detach().clone())
     loss.backward()
     assert torch.isfinite(loss) and loss > 1e3  # full collapse is penalized, not ignored
     assert out0.grad is not None and torch.isfinite(out0.grad).all()
@@ -219,11 +228,14 @@ def test_bad_labels_raise_value_error() -> None:
     [
         ({"alpha": -1.0}, "alpha"),
         ({"beta": float("nan")}, "beta"),
-        ({"uniformity": "mmd"}, "uniformity"),
-        ({"uniformity": "gaussian", "param": 0.0}, "param"),
-        ({"uniformity": "mhs", "param": -0.1}, "param"),
-        ({"param": float("inf")}, "param"),
-        ({"param": 40.0}, "overflow"),
+        ({"inter": "mmd"}, "inter"),
+        ({"kernel": "gaussian", "t": 0.0}, "temperature"),
+        ({"inter": "mhs", "separation_t": -0.1}, "separation_t"),
+        ({"s": float("inf")}, "s must be"),
+        ({"s": 40.0}, "overflow"),
+        ({"ce_weight": 1.0}, "proxies"),
+        ({"energy_mode": "rows"}, "full energy"),
+        ({"uniformity": "riesz"}, "unknown HUG argument"),
         ({"intra": "cosine"}, "intra"),
         ({"eps": 0.0}, "eps"),
         ({"chunk_size": 0}, "chunk_size"),
@@ -268,4 +280,4 @@ def test_extra_repr_and_chunking_invariance() -> None:
     small = HUGCriterion(chunk_size=3)(views)
     torch.testing.assert_close(small, HUGCriterion()(views))
     text = repr(HUGCriterion(memory_bank_size=(4, 6)))
-    assert "uniformity='riesz'" in text and "memory_bank_size=(4, 6)" in text
+    assert "kernel='riesz'" in text and "memory_bank_size=(4, 6)" in text

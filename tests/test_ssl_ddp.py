@@ -32,12 +32,12 @@ DIM_IN, DIM_OUT = 5, 4
 
 CASES: dict[str, dict[str, Any]] = {
     "two_views": {"views": 2, "labels": False, "bank": 0, "kwargs": {}},
-    "labels": {"views": 2, "labels": True, "bank": 0, "kwargs": {"param": 2.0}},
+    "labels": {"views": 2, "labels": True, "bank": 0, "kwargs": {"s": 2.0}},
     "three_views_gaussian": {
         "views": 3,
         "labels": False,
         "bank": 0,
-        "kwargs": {"uniformity": "gaussian"},
+        "kwargs": {"kernel": "gaussian"},
     },
     "memory_bank": {"views": 2, "labels": False, "bank": 16, "kwargs": {}},
 }

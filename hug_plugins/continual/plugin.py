@@ -1,28 +1,38 @@
-"""The HUG loss as an Avalanche strategy plugin (see :mod:`hug_plugins.continual`)."""
+"""The HUG loss as an Avalanche criterion (see :mod:`hug_plugins.continual`)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from avalanche.training.storage_policy import (
-    ExemplarsBuffer,
-)
+from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 
-from hug_plugins.continual.replay import ReplayMemoryPlugin, StoragePolicyName
-from hug_plugins.losses import HUGConfig, HUGLoss, preset_config
+from hug_plugins.functional.terms import HUGOptions, resolve_config, with_hug_keywords
+from hug_plugins.losses import HUGConfig, HUGLoss
 from hug_plugins.proxies import ProxyHead, ProxyMode, optimized_proxies
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["HUGPlugin"]
 
 
-class HUGPlugin(ReplayMemoryPlugin):
-    """Trains a ``SupervisedTemplate`` strategy with the HUG loss and a replay memory.
+class HUGPlugin(SupervisedPlugin):  # type: ignore[misc]
+    """Trains an Avalanche ``SupervisedTemplate`` strategy with the HUG loss.
 
-    See the module docstring for the model contract (``head`` is the model's last layer) and
-    the traps handled. The plugin is also a valid Avalanche criterion: ``Naive(model, opt,
-    criterion=plugin)`` works as well as passing it in ``plugins``.
+    Pass it as the strategy's criterion, ``Naive(model, opt, criterion=plugin,
+    plugins=[ReplayPlugin(...)])``: Avalanche adds a criterion that is a plugin to the
+    strategy's plugins itself, as for its own ``ICaRLLossPlugin``. The plugin holds the proxy
+    head (one proxy per class of the whole stream, so later classes never collide with earlier
+    ones) and the :class:`~hug_plugins.losses.HUGLoss`; replay is Avalanche's own
+    ``ReplayPlugin`` (or :class:`~hug_plugins.continual.ReplayMemoryPlugin`), composed in
+    ``plugins=[...]``.
+
+    ``plugin.head`` must be the model's classification layer (``nn.Sequential(backbone,
+    plugin.head)`` or :meth:`attach`): its input is the feature batch HUG sees (captured by a
+    forward pre-hook on the head while the strategy trains or evaluates), its output the
+    scaled-cosine logits, so Avalanche's accuracy metrics work unchanged. Create the optimizer
+    after attaching the head, so learnable proxies are optimized.
 
     Reference:
         Liu et al. "Generalizing and Decoupling Neural Collapse via Hyperspherical Uniformity
@@ -32,24 +42,15 @@ class HUGPlugin(ReplayMemoryPlugin):
         num_classes: Number of classes of the whole stream, ``C >= 2``
             (e.g. ``benchmark.n_classes``); labels must lie in ``[0, C)``.
         feature_dim: Feature dimension ``d`` produced by the backbone.
+        config: A :class:`~hug_plugins.losses.HUGConfig` or a preset name; default
+            ``HUGConfig()``. Its ``logit_scale`` is the head's logit scale; ``ce_weight > 0``
+            adds cross-entropy on those logits.
         proxy_mode: ``"static_optimized"`` (frozen energy-minimized proxies), ``"learnable"``
             (initialized from the optimized configuration), or any other
-            :class:`~hug_plugins.proxies.ProxyHead` mode (``"partial"``, ``"static_random"``).
-        hug: A :class:`~hug_plugins.losses.HUGConfig` or a preset name (see
-            :func:`~hug_plugins.losses.preset_config`); ``None``: the calibrated default
-            recipe, ``HUGConfig()``. Its ``logit_scale`` is set to ``scale``, so a hybrid
-            cross-entropy term sees the head's logits.
-        hug_weight: Multiplier of the HUG loss, > 0.
-        ce_weight: Weight of the strategy's original criterion (cross-entropy by default) on
-            the scaled-cosine logits, >= 0; 0 trains with HUG alone.
-        scale: Logit scale of the cosine classifier (affects only the CE term and the loss
-            metrics, not the predictions).
-        mem_size: Replay memory size, >= 0 (0 disables replay).
-        storage_policy: A policy name (``"class_balanced"``, default; ``"reservoir"``;
-            ``"experience_balanced"``) or an ``ExemplarsBuffer``.
-        batch_size_mem: Replayed samples per minibatch (default: the strategy's
-            ``train_mb_size``).
+            :class:`~hug_plugins.proxies.ProxyHead` mode.
         seed: Seed of the proxy configuration.
+        **overrides: Keyword-only :class:`~hug_plugins.losses.HUGConfig` fields, as in every
+            HUG adapter.
 
     Raises:
         ValueError: On invalid arguments.
@@ -57,58 +58,49 @@ class HUGPlugin(ReplayMemoryPlugin):
     Example:
         >>> import torch
         >>> from torch import nn
-        >>> plugin = HUGPlugin(num_classes=3, feature_dim=4, proxy_mode="learnable", mem_size=0)
-        >>> model = plugin.attach(nn.Sequential(nn.Linear(2, 4), nn.Linear(4, 3)), "1")
-        >>> model[1] is plugin.head
-        True
+        >>> plugin = HUGPlugin(num_classes=4, feature_dim=8)
+        >>> model = nn.Sequential(nn.Linear(5, 8), plugin.head)
+        >>> model(torch.randn(3, 5)).shape  # scaled-cosine logits of the nearest-proxy rule
+        torch.Size([3, 4])
+        >>> plugin.loss_on(torch.randn(6, 8), torch.tensor([0, 1, 2, 3, 0, 1])).ndim
+        0
     """
 
+    @with_hug_keywords()
     def __init__(
         self,
         num_classes: int,
         feature_dim: int,
+        config: HUGConfig | str | None = None,
         *,
         proxy_mode: ProxyMode = "static_optimized",
-        hug: HUGConfig | str | None = None,
-        hug_weight: float = 1.0,
-        ce_weight: float = 0.0,
-        scale: float = 16.0,
-        mem_size: int = 200,
-        storage_policy: StoragePolicyName | str | ExemplarsBuffer = "class_balanced",
-        batch_size_mem: int | None = None,
         seed: int = 0,
+        **overrides: Unpack[HUGOptions],
     ) -> None:
-        super().__init__(
-            mem_size=mem_size, storage_policy=storage_policy, batch_size_mem=batch_size_mem
-        )
+        super().__init__()
         if not (isinstance(num_classes, int) and num_classes >= 2):
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
         if not (isinstance(feature_dim, int) and feature_dim >= 1):
             raise ValueError(f"feature_dim must be an int >= 1, got {feature_dim!r}")
-        if not hug_weight > 0:
-            raise ValueError(f"hug_weight must be > 0, got {hug_weight}")
-        if not ce_weight >= 0:
-            raise ValueError(f"ce_weight must be >= 0, got {ce_weight}")
-        config = HUGConfig() if hug is None else preset_config(hug) if isinstance(hug, str) else hug
-        config = replace(config, logit_scale=float(scale))
+        self.config = resolve_config(config, overrides)
         self.num_classes = num_classes
         self.feature_dim = feature_dim
-        self.hug_weight = float(hug_weight)
-        self.ce_weight = float(ce_weight)
-        self.loss_fn = HUGLoss(config)
+        self.loss_fn = HUGLoss(self.config)
         init = None
         if proxy_mode in ("learnable", "partial", "static_optimized"):
             init = optimized_proxies(num_classes, feature_dim, seed=seed)
         self.head = ProxyHead(
-            num_classes, feature_dim, mode=proxy_mode, scale=scale, seed=seed, init=init
+            num_classes,
+            feature_dim,
+            mode=proxy_mode,
+            scale=self.config.logit_scale,
+            seed=seed,
+            init=init,
         )
-        self.base_criterion: Any = nn.CrossEntropyLoss()
         self._features: Tensor | None = None
         self._hook: Any = None
-        self._active = 0
-        self._installed: Any = None
-
-    # ------------------------------------------------------------------ model contract
+        self._hooked: nn.Module | None = None
+        self._calls = 0
 
     def attach(self, model: nn.Module, name: str) -> nn.Module:
         """Replaces the submodule ``name`` (dotted path, e.g. ``"classifier"``, ``"fc"``) of
@@ -126,90 +118,86 @@ class HUGPlugin(ReplayMemoryPlugin):
         setattr(parent, leaf, self.head)
         return model
 
-    def _check_model(self, model: nn.Module) -> None:
-        if not any(module is self.head for module in model.modules()):
-            raise ValueError(
-                "HUGPlugin.head is not part of the strategy's model: make it the model's "
-                "classification layer, e.g. nn.Sequential(backbone, plugin.head) or "
-                "plugin.attach(model, 'classifier'), and build the optimizer afterwards"
-            )
-
-    def _capture(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        self._features = args[0]
-
-    # ------------------------------------------------------------------ criterion
-
-    def loss_on(self, features: Tensor, labels: Tensor, logits: Tensor | None = None) -> Tensor:
-        """The plugin's loss on explicit features: ``hug_weight * HUG + ce_weight * CE``.
-
-        Args:
-            features: ``(B, d)`` features (the head's input).
-            labels: ``(B,)`` labels in ``[0, C)``.
-            logits: ``(B, C)`` outputs for the CE term (default: the head's logits).
-
-        Returns:
-            The scalar loss.
-        """
-        loss: Tensor = self.hug_weight * self.loss_fn(features, labels, self.head.proxies)
-        if self.ce_weight > 0:
-            if logits is None:
-                logits = self.head(features)
-            ce: Tensor = self.base_criterion(logits, labels)
-            loss = loss + self.ce_weight * ce
+    def loss_on(self, features: Tensor, labels: Tensor) -> Tensor:
+        """The plugin's loss on explicit ``(B, d)`` features and ``(B,)`` labels."""
+        loss: Tensor = self.loss_fn(features, labels, self.head.proxies)
         return loss
 
     def __call__(self, mb_output: Tensor, mb_y: Tensor) -> Tensor:
-        """Avalanche criterion interface: the loss of the current minibatch.
+        """Avalanche's criterion interface: the HUG loss of the current minibatch.
 
         Raises:
-            RuntimeError: If the head did not run in the last forward pass.
+            RuntimeError: If the head did not run on this minibatch's features.
         """
         features = self._features
         if features is None or features.shape[0] != mb_y.shape[0]:
             raise RuntimeError(
                 "HUGPlugin found no features of this minibatch: the model's forward must call "
-                "plugin.head on the (B, feature_dim) features (see the module docstring)"
+                "plugin.head on the (B, feature_dim) features (see the class docstring)"
             )
-        return self.loss_on(features, mb_y.long(), mb_output)
+        self._calls += 1
+        return self.loss_on(features, mb_y.long())
 
-    def _activate(self, strategy: Any) -> None:
-        if self._active == 0:
-            self._check_model(strategy.model)
-            self._hook = self.head.register_forward_pre_hook(self._capture)
-            if strategy._criterion is not self:
-                self._installed = strategy._criterion
-                self.base_criterion = strategy._criterion
-                strategy._criterion = self
-        self._active += 1
+    def _bind(self, strategy: Any) -> None:
+        """Hooks the strategy model's proxy head: ``self.head``, or the one copy of it a
+        strategy made (GDumb re-creates its model from a copy every experience)."""
+        heads = [m for m in strategy.model.modules() if isinstance(m, ProxyHead)]
+        if not any(head is self.head for head in heads):
+            if len(heads) != 1 or heads[0].proxies.shape != self.head.proxies.shape:
+                raise ValueError(
+                    "HUGPlugin.head is not part of the strategy's model: make it the model's "
+                    "classification layer, e.g. nn.Sequential(backbone, plugin.head) or "
+                    "plugin.attach(model, 'classifier'), and build the optimizer afterwards"
+                )
+            self.head = heads[0]
+        if self._hooked is not self.head:
+            self._unbind()
 
-    def _deactivate(self, strategy: Any) -> None:
-        self._active = max(0, self._active - 1)
-        if self._active == 0:
-            if self._hook is not None:
-                self._hook.remove()
-                self._hook = None
-            if self._installed is not None and strategy._criterion is self:
-                strategy._criterion = self._installed
-            self._installed = None
-            self._features = None
+            def capture(module: nn.Module, args: tuple[Any, ...]) -> None:
+                self._features = args[0]
 
-    # ------------------------------------------------------------------ Avalanche hooks
+            self._hook = self.head.register_forward_pre_hook(capture)
+            self._hooked = self.head
+
+    def _unbind(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+        self._hook = None
+        self._hooked = None
+        self._features = None
 
     def before_training(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
-        """Installs the feature hook and the HUG criterion."""
-        self._activate(strategy)
+        """Hooks the head, to capture its input."""
+        self._bind(strategy)
+
+    def before_training_epoch(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        """Re-hooks the head if the strategy replaced its model since."""
+        self._bind(strategy)
 
     def after_training(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
-        """Removes the hook and restores the strategy's criterion."""
-        self._deactivate(strategy)
+        """Removes the hook."""
+        self._unbind()
 
     def before_eval(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
-        """Installs the hook and criterion for evaluation (eval may run inside training)."""
-        self._activate(strategy)
+        """Hooks the head for evaluation (which may run inside training)."""
+        self._bind(strategy)
 
     def after_eval(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
-        """Undoes :meth:`before_eval`."""
-        self._deactivate(strategy)
+        """Keeps the hook if evaluation ran inside training, else removes it."""
+        if not strategy.is_training:
+            self._unbind()
+
+    def after_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        """Checks that the strategy's loss came from this plugin at least once.
+
+        Raises:
+            RuntimeError: If the plugin is in ``plugins=[...]`` but not the criterion.
+        """
+        if self._calls == 0:
+            raise RuntimeError(
+                "HUGPlugin is not the strategy's criterion: pass it as "
+                "Naive(model, optimizer, criterion=plugin, plugins=[...])"
+            )
 
     def after_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         """Drops the captured features (and their graph)."""
@@ -221,7 +209,7 @@ class HUGPlugin(ReplayMemoryPlugin):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_features=None, _hook=None, _active=0, _installed=None)
+        state.update(_features=None, _hook=None, _hooked=None)
         return state
 
     @staticmethod
@@ -235,6 +223,3 @@ class HUGPlugin(ReplayMemoryPlugin):
             if isinstance(plugin, HUGPlugin):
                 return plugin
         raise ValueError("the strategy has no HUGPlugin")
-
-
-# ---------------------------------------------------------------------- benchmarks

@@ -15,9 +15,11 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypedDict, TypeVar
 
 import torch
 from torch import Tensor
@@ -165,6 +167,85 @@ class HUGConfig:
         return kernel if self.inter == "mhe" else None
 
 
+class HUGOptions(TypedDict, total=False):
+    """The keyword arguments every HUG adapter takes: the fields of :class:`HUGConfig`."""
+
+    alpha: float
+    beta: float
+    inter: InterMeasure
+    kernel: Literal["riesz", "log", "gaussian"]
+    s: float
+    t: float
+    separation_t: float
+    mgd_gamma: float
+    mgd_jitter: float
+    intra: IntraMeasure
+    intra_reduction: IntraReduction
+    reduction: Reduction
+    ce_weight: float
+    logit_scale: float
+    detach_proxies: bool
+    energy_mode: EnergyMode
+    eps: float
+    chunk_size: int | None
+
+
+def resolve_config(
+    config: HUGConfig | str | None, overrides: Mapping[str, Any], default: str = "default"
+) -> HUGConfig:
+    """The configuration an adapter runs: ``config`` (or a preset name, or the ``default``
+    preset) with the keyword ``overrides`` applied, validated.
+
+    Raises:
+        ValueError: On an unknown preset or field, or an invalid value.
+
+    Example:
+        >>> resolve_config("mhe", {"beta": 0.1}).beta
+        0.1
+    """
+    if config is None:
+        config = default
+    if isinstance(config, str):
+        return preset_config(config, **overrides)
+    if not isinstance(config, HUGConfig):
+        raise ValueError(f"config must be a HUGConfig or a preset name, got {config!r}")
+    valid = {f.name for f in fields(HUGConfig)}
+    unknown = set(overrides) - valid
+    if unknown:
+        raise ValueError(f"unknown HUG argument(s) {sorted(unknown)}; valid: {sorted(valid)}")
+    resolved = replace(config, **overrides)
+    resolved.validate()
+    return resolved
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_hug_keywords(default: str = "default") -> Callable[[F], F]:
+    """Shows the :class:`HUGConfig` fields as keyword-only arguments of ``func``'s signature.
+
+    ``func`` takes them as ``**overrides: Unpack[HUGOptions]`` (what type checkers read); this
+    sets ``__signature__`` so that ``help()`` and ``inspect.signature`` list them too, with the
+    ``default`` preset's values.
+    """
+
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func)
+        params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        base = preset_config(default)
+        params += [
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=getattr(base, f.name),
+                annotation=f.type,
+            )
+            for f in fields(HUGConfig)
+        ]  # fmt: skip
+        func.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        return func
+
+    return decorate
+
+
 def preset_config(name: str, **overrides: Any) -> HUGConfig:
     """The named configurations of the paper and of the authors' code.
 
@@ -177,6 +258,8 @@ def preset_config(name: str, **overrides: Any) -> HUGConfig:
       per-class distance to detached proxies.
     * ``"mhe_sum"``, ``"mhs_sum"``, ``"mgd_sum"``: the same three variants in the poster's sum
       form (``reduction="sum"``), where the paper's weights belong.
+    * ``"ssl"``: what ``HUGCriterion()`` uses: instance means as classes, Riesz ``s = 2``,
+      alpha 4, beta 1, the full energy of the batch.
 
     Args:
         name: Preset name.
@@ -195,6 +278,7 @@ def preset_config(name: str, **overrides: Any) -> HUGConfig:
         "mhs": replace(paper, inter="mhs", intra="max_distance"),
         "mgd": replace(paper, inter="mgd", beta=0.03, energy_mode="full"),
         "authors": replace(paper, inter="mhe", kernel="riesz", s=2.0, energy_mode="full"),
+        "ssl": HUGConfig(alpha=4.0, beta=1.0, energy_mode="full"),
     }
     for variant in ("mhe", "mhs", "mgd"):
         presets[f"{variant}_sum"] = replace(presets[variant], reduction="sum")
@@ -203,7 +287,7 @@ def preset_config(name: str, **overrides: Any) -> HUGConfig:
     valid = {f.name for f in fields(HUGConfig)}
     unknown = set(overrides) - valid
     if unknown:
-        raise ValueError(f"unknown HUGConfig field(s) {sorted(unknown)}; valid: {sorted(valid)}")
+        raise ValueError(f"unknown HUG argument(s) {sorted(unknown)}; valid: {sorted(valid)}")
     config = replace(presets[name], **overrides)
     config.validate()
     return config

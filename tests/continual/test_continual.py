@@ -49,12 +49,7 @@ def benchmark() -> Any:
 
 
 def _plugin(**kwargs: Any) -> HUGPlugin:
-    options: dict[str, Any] = {
-        "hug": preset_config("mhe", alpha=1.0, beta=1.0),
-        "mem_size": 30,
-    }
-    options.update(kwargs)
-    return HUGPlugin(NUM_CLASSES, FEATURES, **options)
+    return HUGPlugin(NUM_CLASSES, FEATURES, preset_config("mhe", alpha=1.0, beta=1.0), **kwargs)
 
 
 def _model(head: nn.Module, seed: int = 0) -> nn.Sequential:
@@ -63,17 +58,29 @@ def _model(head: nn.Module, seed: int = 0) -> nn.Sequential:
 
 
 def _strategy(
-    model: nn.Module, plugins: list[Any], epochs: int = 4, evaluator: Any = None
+    model: nn.Module,
+    plugins: list[Any],
+    epochs: int = 4,
+    evaluator: Any = None,
+    criterion: Any = None,
 ) -> Naive:
+    """Naive with the HUGPlugin in ``plugins`` as its criterion (Avalanche's composition)."""
+    if criterion is None:
+        criterion = next((p for p in plugins if isinstance(p, HUGPlugin)), nn.CrossEntropyLoss())
     return Naive(
         model=model,
         optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+        criterion=criterion,
         train_mb_size=16,
         train_epochs=epochs,
         eval_mb_size=64,
-        plugins=plugins,
+        plugins=[p for p in plugins if p is not criterion],
         evaluator=evaluator if evaluator is not None else EvaluationPlugin(loggers=[]),
     )
+
+
+def _replay(mem_size: int = 30, **kwargs: Any) -> ReplayMemoryPlugin:
+    return ReplayMemoryPlugin(mem_size=mem_size, **kwargs)
 
 
 class _Probe(SupervisedPlugin):  # type: ignore[misc]
@@ -106,7 +113,8 @@ def test_lazy_export() -> None:
 def test_naive_runs_three_experiences_with_replay_in_every_batch(benchmark: Any) -> None:
     plugin = _plugin()
     probe = _Probe()
-    strategy = _strategy(_model(plugin.head), [plugin, probe], epochs=1)
+    strategy = _strategy(_model(plugin.head), [plugin, _replay(), probe], epochs=1)
+    assert plugin in strategy.plugins  # Avalanche adds a criterion that is a plugin itself
     seen: set[int] = set()
     for index, experience in enumerate(benchmark.train_stream):
         start = len(probe.records)
@@ -120,51 +128,42 @@ def test_naive_runs_three_experiences_with_replay_in_every_batch(benchmark: Any)
         seen |= current
     assert strategy.clock.train_exp_counter == 3
     assert all(torch.isfinite(torch.tensor(r[0])) for r in probe.records)
-    # The plugin restores the strategy's criterion and removes its hook between calls.
-    assert isinstance(strategy._criterion, nn.CrossEntropyLoss)
-    assert len(plugin.head._forward_pre_hooks) == 0
+    assert len(plugin.head._forward_pre_hooks) == 0  # the hook lives only while training
 
 
 def test_strategy_loss_equals_core_hug_loss(benchmark: Any) -> None:
     plugin = _plugin()
     probe = _Probe()
-    strategy = _strategy(_model(plugin.head), [plugin, probe], epochs=1)
+    strategy = _strategy(_model(plugin.head), [plugin, _replay(), probe], epochs=1)
     strategy.train(benchmark.train_stream[:2], eval_streams=[])
     assert len(probe.records) > 4
     for loss, _, _, expected in probe.records:
         assert loss == pytest.approx(expected, rel=1e-6, abs=1e-7)
 
 
-def test_loss_on_equals_core_loss_and_adds_weighted_ce() -> None:
+def test_loss_on_equals_core_loss_and_the_hybrid_equals_hug_loss_with_ce() -> None:
     config = preset_config("mhe")
-    plugin = HUGPlugin(NUM_CLASSES, FEATURES, hug=config, proxy_mode="learnable", mem_size=0)
+    plugin = HUGPlugin(NUM_CLASSES, FEATURES, config, proxy_mode="learnable")
     features = torch.randn(12, FEATURES)
     labels = torch.arange(NUM_CLASSES).repeat(2)
     core = HUGLoss(config)(features, labels, plugin.head.proxies)
     assert torch.equal(plugin.loss_on(features, labels), core)
-    weighted = HUGPlugin(
-        NUM_CLASSES,
-        FEATURES,
-        hug=config,
-        proxy_mode="learnable",
-        mem_size=0,
-        hug_weight=2.0,
-        ce_weight=0.5,
-    )
-    weighted.head.load_state_dict(plugin.head.state_dict())
-    ce = nn.functional.cross_entropy(weighted.head(features), labels)
-    torch.testing.assert_close(weighted.loss_on(features, labels), 2.0 * core + 0.5 * ce)
+    hybrid = HUGPlugin(NUM_CLASSES, FEATURES, config, proxy_mode="learnable", ce_weight=0.5)
+    hybrid.head.load_state_dict(plugin.head.state_dict())
+    # The CE term is on the head's own logits (the same logit scale).
+    ce = nn.functional.cross_entropy(hybrid.head(features), labels)
+    torch.testing.assert_close(hybrid.loss_on(features, labels), core + 0.5 * ce)
 
 
 @pytest.mark.parametrize("policy", ["class_balanced", "reservoir", "experience_balanced"])
 def test_buffer_respects_mem_size_and_class_balance(benchmark: Any, policy: str) -> None:
-    plugin = _plugin(mem_size=30, storage_policy=policy)
-    strategy = _strategy(_model(plugin.head), [plugin], epochs=1)
+    plugin, replay = _plugin(), _replay(30, storage_policy=policy)
+    strategy = _strategy(_model(plugin.head), [plugin, replay], epochs=1)
     seen: set[int] = set()
     for experience in benchmark.train_stream:
         strategy.train(experience, eval_streams=[])
         seen |= set(experience.classes_in_this_experience)
-        buffer = plugin.storage_policy.buffer
+        buffer = replay.storage_policy.buffer
         counts = Counter(int(t) for t in buffer.targets)
         assert len(buffer) == 30
         assert set(counts) <= seen
@@ -188,20 +187,20 @@ def test_warning_filters_are_left_alone(benchmark: Any) -> None:
         warnings.simplefilter("ignore")
         before = list(warnings.filters)
         plugin = _plugin()
-        strategy = _strategy(_model(plugin.head), [plugin], epochs=1)
+        strategy = _strategy(_model(plugin.head), [plugin, _replay()], epochs=1)
         strategy.train(benchmark.train_stream[:2], eval_streams=[])
         assert warnings.filters == before
 
 
 def test_accuracy_metrics_see_nearest_proxy_predictions(benchmark: Any) -> None:
-    plugin = _plugin(mem_size=60)
+    plugin = _plugin()
     evaluator = EvaluationPlugin(
         accuracy_metrics(experience=True, stream=True),
         forgetting_metrics(experience=True, stream=True),
         loggers=[],
     )
     model = _model(plugin.head)
-    strategy = _strategy(model, [plugin], epochs=8, evaluator=evaluator)
+    strategy = _strategy(model, [plugin, _replay(60)], epochs=8, evaluator=evaluator)
     for experience in benchmark.train_stream:
         strategy.train(experience, eval_streams=[])
     metrics = strategy.eval(benchmark.test_stream)
@@ -222,19 +221,11 @@ def test_accuracy_metrics_see_nearest_proxy_predictions(benchmark: Any) -> None:
     assert "StreamForgetting/eval_phase/test_stream" in metrics
 
 
-def test_criterion_form_and_learnable_proxies_stay_apart(benchmark: Any) -> None:
+def test_learnable_proxies_stay_apart(benchmark: Any) -> None:
     plugin = _plugin(proxy_mode="learnable", ce_weight=0.5)
     start = plugin.head.normalized_proxies().detach().clone()
     model = _model(plugin.head)
-    strategy = Naive(
-        model=model,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        criterion=plugin,
-        train_mb_size=16,
-        train_epochs=2,
-        evaluator=EvaluationPlugin(loggers=[]),
-    )
-    assert plugin in strategy.plugins
+    strategy = _strategy(model, [plugin, _replay()], epochs=2)
     strategy.train(benchmark.train_stream, eval_streams=[])
     proxies = plugin.head.normalized_proxies().detach()
     assert not torch.allclose(proxies, start)
@@ -249,25 +240,44 @@ def test_head_must_be_in_model(benchmark: Any) -> None:
         strategy.train(benchmark.train_stream[0], eval_streams=[])
 
 
+def test_plugin_that_is_not_the_criterion_says_so(benchmark: Any) -> None:
+    plugin = _plugin()
+    strategy = _strategy(_model(plugin.head), [plugin], epochs=1, criterion=nn.CrossEntropyLoss())
+    with pytest.raises(RuntimeError, match="criterion=plugin"):
+        strategy.train(benchmark.train_stream[0], eval_streams=[])
+
+
 def test_defaults_use_the_calibrated_recipe_with_the_heads_scale() -> None:
+    import inspect
+
     from hug_plugins.losses import HUGConfig
 
-    plugin = HUGPlugin(NUM_CLASSES, FEATURES, scale=10.0)
+    plugin = HUGPlugin(NUM_CLASSES, FEATURES, logit_scale=10.0)
     assert plugin.loss_fn.config == replace(HUGConfig(), logit_scale=10.0)
     assert plugin.head.scale == 10.0 and plugin.head.mode == "static_optimized"
-    named = HUGPlugin(NUM_CLASSES, FEATURES, hug="mhe_sum")
-    assert named.loss_fn.config == replace(preset_config("mhe_sum"), logit_scale=16.0)
+    named = HUGPlugin(NUM_CLASSES, FEATURES, "mhe_sum")
+    assert named.loss_fn.config == preset_config("mhe_sum")
     with pytest.raises(ValueError, match="logit_scale"):
-        HUGPlugin(NUM_CLASSES, FEATURES, hug=replace(HUGConfig(), ce_weight=1.0), scale=0.0)
+        HUGPlugin(NUM_CLASSES, FEATURES, ce_weight=1.0, logit_scale=0.0)
+    # One vocabulary: the same keyword-only HUG arguments as HUGLoss, shown by help().
+    keywords = {
+        name
+        for name, p in inspect.signature(HUGPlugin).parameters.items()
+        if p.kind is p.KEYWORD_ONLY
+    }
+    loss_keywords = set(inspect.signature(HUGLoss).parameters) - {"config"}
+    assert loss_keywords <= keywords and {"proxy_mode", "seed"} <= keywords
 
 
 def test_invalid_arguments() -> None:
     with pytest.raises(ValueError, match="num_classes"):
         HUGPlugin(1, 4)
     with pytest.raises(ValueError, match="storage policy"):
-        HUGPlugin(3, 4, storage_policy="fifo")
+        ReplayMemoryPlugin(3, storage_policy="fifo")
     with pytest.raises(ValueError, match="ce_weight"):
         HUGPlugin(3, 4, ce_weight=-1.0)
+    with pytest.raises(ValueError, match="unknown HUG argument"):
+        HUGPlugin(3, 4, mem_size=200)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="no submodule"):
         HUGPlugin(3, 4).attach(nn.Sequential(nn.Linear(2, 4)), "head")
 
@@ -280,14 +290,19 @@ def test_checkpoint_round_trip_resumes_with_the_same_state(benchmark: Any, tmp_p
     def build(seed: int) -> Naive:
         plugin = _plugin(proxy_mode="learnable")
         evaluator = EvaluationPlugin(accuracy_metrics(stream=True), loggers=[])
-        return _strategy(_model(plugin.head, seed=seed), [plugin], epochs=2, evaluator=evaluator)
+        model = _model(plugin.head, seed=seed)
+        return _strategy(model, [plugin, _replay()], epochs=2, evaluator=evaluator)
+
+    def buffer_of(strategy: Any) -> list[int]:
+        replay = next(p for p in strategy.plugins if isinstance(p, ReplayMemoryPlugin))
+        return [int(t) for t in replay.storage_policy.buffer.targets]
 
     torch.manual_seed(123)
     first = build(seed=0)
     first.train(benchmark.train_stream[0], eval_streams=[])
     path = save_strategy_checkpoint(first, tmp_path / "ckpt.pkl")
     saved_model = _state(first)
-    saved_buffer = [int(t) for t in HUGPlugin.of(first).storage_policy.buffer.targets]
+    saved_buffer = buffer_of(first)
     first.train(benchmark.train_stream[1], eval_streams=[])  # the uninterrupted run
 
     second = build(seed=7)  # a different init, replaced by the checkpoint
@@ -297,7 +312,7 @@ def test_checkpoint_round_trip_resumes_with_the_same_state(benchmark: Any, tmp_p
         assert torch.equal(value, saved_model[key])
     plugin = HUGPlugin.of(second)
     assert plugin.head is second.model[-1]
-    assert [int(t) for t in plugin.storage_policy.buffer.targets] == saved_buffer
+    assert buffer_of(second) == saved_buffer
     opt_params = [p for g in second.optimizer.param_groups for p in g["params"]]
     assert {id(p) for p in opt_params} == {id(p) for p in second.model.parameters()}
     assert all("momentum_buffer" in second.optimizer.state[p] for p in opt_params)
@@ -325,7 +340,7 @@ def test_default_static_proxies_skip_the_inter_term_after_the_first_step(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(functional_hug, "inter_term", counting)
-    plugin = HUGPlugin(num_classes=10, feature_dim=16, mem_size=50)
+    plugin = HUGPlugin(num_classes=10, feature_dim=16)
     assert plugin.head.mode == "static_optimized" and not plugin.head.proxies.requires_grad
     features = torch.randn(32, 16, requires_grad=True)
     labels = torch.randint(0, 10, (32,))

@@ -152,7 +152,7 @@ def test_plus_overrides_reach_the_hug_loss() -> None:
     config = objective.loss.config
     assert config.intra == "squared_distance" and config.detach_proxies is False
     bad = load_config("classification", "quick", ["+hug.loss.intra_kind=distance"])
-    with pytest.raises(ValueError, match="unknown HUGConfig field"):
+    with pytest.raises(ValueError, match="unknown HUG argument"):
         comparison_model("learnable", "cnn", info, 0, bad)
 
 

@@ -43,6 +43,6 @@ def test_job_writes_tables_and_resumes_finished_runs(
     # A changed recipe is a new run: the log is keyed by the settings tag, so the HUG run with
     # another loss weight is trained (not restored) and the CE run, with unchanged settings
     # but the job's tag covering the whole hug section, too.
-    module.main([*args, "hug.weight=0.5"])
+    module.main([*args, "hug.ce_weight=0.5"])
     assert "restored" not in capsys.readouterr().out
     assert len(done.read_text().splitlines()) == 4

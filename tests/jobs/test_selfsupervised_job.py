@@ -65,7 +65,7 @@ def test_finished_runs_are_skipped_and_checkpoints_reloaded(tmp_path: Path) -> N
     header = runs[0].split(",")
     assert runs[1].split(",")[header.index("resumed_from_epoch")] == "2"
     # a changed setting of the criterion is another run: it trains, beside the first
-    job.main([*args, "hug.param=3.0"])
+    job.main([*args, "hug.s=3.0"])
     assert log.read_text().count("\n") == 2
     assert len(list((tmp_path / "ckpt").glob("*.pt"))) == 2
     runs = (tmp_path / "ssl_runs.csv").read_text().splitlines()

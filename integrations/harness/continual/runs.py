@@ -230,30 +230,30 @@ def hug_plugin_options(hug: Mapping[str, Any]) -> dict[str, Any]:
     """``HUGPlugin`` keyword arguments from a continual job's ``hug`` section.
 
     ``preset`` (a :func:`~hug_plugins.losses.preset_config` name) with ``loss`` overrides
-    replaces the plugin's loss; ``proxy_mode``, ``weight`` (``hug_weight``), ``ce_weight`` and
-    ``scale`` pass through. A null keeps the plugin default; all null: the README's
-    ``HUGPlugin(...)``.
+    replaces the plugin's loss; ``proxy_mode`` passes through, ``ce_weight`` and ``scale``
+    (the logit scale) override the loss. A null keeps the plugin default; all null: the
+    README's ``HUGPlugin(...)``.
 
     Raises:
         ValueError: If ``loss`` overrides are given without a ``preset``.
 
     Example:
         >>> hug_plugin_options({"preset": None, "loss": {"alpha": None}, "scale": 8})
-        {'scale': 8.0}
+        {'logit_scale': 8.0}
     """
     options: dict[str, Any] = {}
     loss = hug.get("loss") or {}
     overrides = {k: v for k, v in loss.items() if v is not None}
     if hug.get("preset") is not None:
-        options["hug"] = preset_config(str(hug["preset"]), **overrides)
+        options["config"] = preset_config(str(hug["preset"]), **overrides)
     elif overrides:
         raise ValueError("hug.loss overrides need hug.preset (null keeps the plugin's loss)")
-    names = {"proxy_mode": "proxy_mode", "weight": "hug_weight", "ce_weight": "ce_weight"}
-    for key, name in names.items():
-        if hug.get(key) is not None:
-            options[name] = hug[key]
+    if hug.get("proxy_mode") is not None:
+        options["proxy_mode"] = hug["proxy_mode"]
+    if hug.get("ce_weight") is not None:
+        options["ce_weight"] = float(hug["ce_weight"])
     if hug.get("scale") is not None:
-        options["scale"] = float(hug["scale"])
+        options["logit_scale"] = float(hug["scale"])
     return options
 
 
@@ -276,7 +276,7 @@ def continual_settings_tag(cfg: Mapping[str, Any]) -> str:
     for key in ("device", "interactive"):
         settings.pop(key)
     options = hug_plugin_options(cfg["hug"])
-    recipe = options.pop("hug", HUGConfig())  # the plugin's default loss when no preset is set
+    recipe = options.pop("config", HUGConfig())  # the plugin's default loss when no preset
     return settings_tag(
         {
             "data": {k: v for k, v in cfg["data"].items() if k != "root"},
@@ -290,7 +290,11 @@ def continual_settings_tag(cfg: Mapping[str, Any]) -> str:
 
 
 def _strategy(
-    model: nn.Module, plugin: ReplayMemoryPlugin, s: StreamSettings, log_file: TextIO | None
+    model: nn.Module,
+    criterion: nn.Module | HUGPlugin,
+    replay: ReplayMemoryPlugin,
+    s: StreamSettings,
+    log_file: TextIO | None,
 ) -> Any:
     loggers: list[Any] = [] if log_file is None else [TextLogger(log_file)]
     if s.interactive:
@@ -307,12 +311,12 @@ def _strategy(
     return Naive(
         model=model,
         optimizer=optimizer,
-        criterion=nn.CrossEntropyLoss(),
+        criterion=criterion,
         train_mb_size=s.batch_size,
         train_epochs=s.epochs,
         eval_mb_size=s.eval_batch_size,
         device=resolve_device(s.device),
-        plugins=[plugin],
+        plugins=[replay],
         evaluator=evaluator,
     )
 
@@ -330,10 +334,10 @@ def run_class_incremental(
     """Trains one method on the stream; returns its accuracy matrix and final metrics.
 
     Both methods build the backbone from the same seed (same initialization), then
-    ``er_ce`` adds a linear head and :class:`ReplayMemoryPlugin`, ``er_hug`` the
-    :class:`HUGPlugin` (``hug_options`` are its keyword arguments; none: the README's
-    ``HUGPlugin(num_classes, feature_dim, mem_size=...)``). Prints a progress line per
-    experience with the time left.
+    ``er_ce`` adds a linear head and cross-entropy, ``er_hug`` the :class:`HUGPlugin` as the
+    criterion (``hug_options`` are its keyword arguments; none: the README's
+    ``HUGPlugin(num_classes, feature_dim)``); both replay with :class:`ReplayMemoryPlugin`.
+    Prints a progress line per experience with the time left.
 
     Args:
         benchmark: An Avalanche class-incremental benchmark.
@@ -354,25 +358,19 @@ def run_class_incremental(
     num_classes, s = int(benchmark.n_classes), settings
     torch.manual_seed(seed)
     backbone = stream_backbone(s.kind, shape, s.hidden, s.feature_dim)
-    plugin: ReplayMemoryPlugin
+    criterion: nn.Module | HUGPlugin
     if method == "er_hug":
-        plugin = HUGPlugin(
-            num_classes,
-            s.feature_dim,
-            mem_size=mem_size,
-            storage_policy=s.storage_policy,
-            batch_size_mem=s.batch_size_mem,
-            seed=seed,
-            **dict(hug_options or {}),
-        )
-        head: nn.Module = plugin.head
+        criterion = HUGPlugin(num_classes, s.feature_dim, seed=seed, **dict(hug_options or {}))
+        head: nn.Module = criterion.head
     elif method == "er_ce":
-        plugin = ReplayMemoryPlugin(
-            mem_size, storage_policy=s.storage_policy, batch_size_mem=s.batch_size_mem
-        )
+        criterion = nn.CrossEntropyLoss()
         head = nn.Linear(s.feature_dim, num_classes)
     else:
         raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
+    # The same replay for both methods: Avalanche's ReplayPlugin on a storage policy.
+    replay = ReplayMemoryPlugin(
+        mem_size, storage_policy=s.storage_policy, batch_size_mem=s.batch_size_mem
+    )
     model = nn.Sequential(backbone, head)
     log_file: TextIO | None = None
     if log_path is not None:
@@ -380,7 +378,7 @@ def run_class_incremental(
         log_file = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
         log_file.write(f"\n=== {method} mem_size={mem_size} seed={seed} ===\n")
     try:
-        strategy = _strategy(model, plugin, s, log_file)
+        strategy = _strategy(model, criterion, replay, s, log_file)
         RNGManager.set_random_seeds(seed)
         num_exp = len(benchmark.train_stream)
         matrix = [[0.0] * num_exp for _ in range(num_exp)]
