@@ -19,7 +19,7 @@ def require_extra(module: str, extra: str, adapter: str) -> ModuleType:
     Raises:
         ImportError: When ``module`` cannot be imported.
 
-    Example:
+    Examples:
         >>> require_extra("math", "none", "hug_plugins.example").__name__
         'math'
     """

@@ -5,7 +5,7 @@ validation set each epoch and logs the collapse metrics to the trainer's loggers
 the metrics are those of the whole set (torchmetrics syncs the states). Written against
 lightning 2.x.
 
-Example:
+Examples:
     >>> callback = NeuralCollapseCallback(num_classes=10, feature_layer="head")
     >>> callback.stage
     'validation'

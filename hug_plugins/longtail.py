@@ -1,30 +1,14 @@
-"""Long-tailed training sets (the LDAM construction) and many/medium/few-shot accuracy.
+"""Long-tailed training sets (the LDAM construction) and per-shot-group accuracy.
 
-The long-tailed training set keeps, for class ``c`` of ``C`` classes,
+:func:`make_longtail` keeps ``n_max * ratio^(c / (C - 1))`` samples of class ``c`` (Cao et al.,
+LDAM, NeurIPS 2019), drawn with a private generator; :func:`shot_groups` splits the classes
+into many / medium / few-shot groups and :func:`group_accuracies` reports the accuracy of each.
 
-    ``n_c = int(n_max * ratio ** (c / (C - 1)))``
+Reference:
+    Cao, Wei, Gaidon, Arechiga, Ma. "Learning Imbalanced Datasets with Label-Distribution-Aware
+    Margin Loss." NeurIPS 2019.
 
-samples, where ``ratio = n_min / n_max`` is the imbalance ratio (0.01 means 100:1) and
-``n_max`` is the size of the largest class of the balanced source (CIFAR-10: 5,000). The
-``n_c`` kept samples of class ``c`` are the first ``n_c`` indices of that class after a shuffle
-by a NumPy ``RandomState`` seeded with 0, drawn class by class in label order: the selection of
-``IMBALANCECIFAR10`` in the LDAM-DRW code (Cao et al., NeurIPS 2019), which the HUG paper uses.
-The test set stays balanced.
-
-:func:`make_longtail` works on any dataset whose labels :func:`dataset_targets` can read:
-torchvision datasets (``targets``), :class:`~torchvision.datasets.ImageFolder` (``targets`` /
-``samples``), :class:`~torch.utils.data.TensorDataset` (second tensor), a
-:class:`~torch.utils.data.Subset` of any of these, or, as a fallback, anything indexable that
-yields ``(input, label, ...)``.
-
-Shot groups (:func:`shot_groups`): the usual split of long-tail benchmarks is *many-shot* (more
-than 100 training images), *medium-shot* (20 to 100) and *few-shot* (fewer than 20). The
-thresholds were made for ``n_max = 500`` (CIFAR-100-LT, ImageNet-LT's range); for smaller
-training sets (such as scikit-learn's digits, ``n_max`` about 135) :func:`shot_thresholds`
-scales both by ``n_max / 500`` so that the three groups still split the same share of the
-log-count range; sets with ``n_max >= 500`` use 100 and 20 as they are.
-
-Example:
+Examples:
     >>> import torch
     >>> from torch.utils.data import TensorDataset
     >>> y = torch.arange(4).repeat_interleave(100)
@@ -85,7 +69,7 @@ def dataset_targets(dataset: Any) -> Tensor:
     Raises:
         ValueError: If no labels can be found.
 
-    Example:
+    Examples:
         >>> from torch.utils.data import TensorDataset, Subset
         >>> ds = TensorDataset(torch.zeros(3, 1), torch.tensor([2, 0, 1]))
         >>> dataset_targets(Subset(ds, [2, 0])).tolist()
@@ -133,7 +117,7 @@ def longtail_counts(n_max: int, num_classes: int, ratio: float) -> list[int]:
     Raises:
         ValueError: On invalid arguments.
 
-    Example:
+    Examples:
         >>> longtail_counts(5000, 10, 0.01)
         [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     """
@@ -174,7 +158,7 @@ def longtail_indices(
     Raises:
         ValueError: On an empty or out-of-range label set or an invalid ratio.
 
-    Example:
+    Examples:
         >>> idx, counts = longtail_indices(torch.tensor([0, 0, 1, 1]), ratio=0.5)
         >>> counts, sorted(idx[:2].tolist())
         ([2, 1], [0, 1])
@@ -247,7 +231,7 @@ def make_longtail(
     Returns:
         A :class:`LongTailSubset`.
 
-    Example:
+    Examples:
         >>> from torch.utils.data import TensorDataset
         >>> ds = TensorDataset(torch.zeros(30, 1), torch.arange(3).repeat(10))
         >>> make_longtail(ds, 0.2).class_counts
@@ -274,7 +258,7 @@ def shot_thresholds(
     Returns:
         ``(many, few)`` multiplied by ``min(1, n_max / reference_n_max)``.
 
-    Example:
+    Examples:
         >>> shot_thresholds(5000)
         (100.0, 20.0)
         >>> shot_thresholds(135)
@@ -303,7 +287,7 @@ def shot_groups(
     Returns:
         ``{"many": [...], "medium": [...], "few": [...]}`` class indices (a group may be empty).
 
-    Example:
+    Examples:
         >>> shot_groups([500, 100, 20, 19])
         {'many': [0], 'medium': [1, 2], 'few': [3]}
     """
@@ -338,7 +322,7 @@ def per_class_accuracy(
         ``(accuracy, support)``: ``(C,)`` float64 accuracy per class (NaN for a class with no
         test sample) and ``(C,)`` int64 number of test samples per class.
 
-    Example:
+    Examples:
         >>> from torch.utils.data import TensorDataset
         >>> ds = TensorDataset(torch.eye(3), torch.tensor([0, 1, 1]))
         >>> acc, support = per_class_accuracy(nn.Identity(), ds, 3)
@@ -383,7 +367,7 @@ def group_accuracies(
     Returns:
         ``{"top1": ..., "<group>": ...}``.
 
-    Example:
+    Examples:
         >>> acc = torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)
         >>> group_accuracies(acc, torch.tensor([2, 2, 2]), {"many": [0, 1], "few": [2]})
         {'top1': 0.5, 'many': 0.75, 'few': 0.0}

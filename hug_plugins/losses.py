@@ -1,65 +1,17 @@
 """HUG losses: the Hyperspherical Uniformity Gap in proxy (P-HUG) and class-mean form.
 
-HUG replaces cross-entropy by two decoupled terms on L2-normalized features:
-
-* an inter-class term that makes the class proxies ``w_hat_c`` (or class means) uniform on the
-  hypersphere: minimum hyperspherical energy (MHE), maximum separation (MHS) or maximum Gram
-  log-determinant (MGD), see :mod:`hug_plugins.functional.uniformity`;
-* an intra-class term that pulls each normalized feature ``x_hat_i`` to its class.
-
-As a loss to minimize (``alpha`` weights the inter term, ``beta`` the intra term)::
-
-    MHE-HUG: alpha * E_s({w_hat_c})         + beta * mean_c mean_{i in A_c} ||x_hat_i - w_hat_c||
-    MHS-HUG: -alpha * softmin_sep({w_hat_c}) + beta * mean_c max_{i in A_c} ||x_hat_i - w_hat_c||
-    MGD-HUG: -alpha * log det G({w_hat_c})   + beta * mean_c mean_{i in A_c} ||x_hat_i - w_hat_c||
-
-The means run over the classes present in the batch, as in the authors' code
-(``reduction="mean"``). The paper's poster writes the same losses with **sums**
-(``reduction="sum"``), and its weights alpha = 0.15, beta = 0.015 (0.03 for MGD) belong to that
-form::
-
-    MHE-HUG: alpha * sum_{c != c'} K(w_hat_c, w_hat_c') + beta * sum_i ||x_hat_i - w_hat_{y_i}||
-    MHS-HUG: -alpha * softmin_sep({w_hat_c})          + beta * sum_c max_{i in A_c} ||...||
-    MGD-HUG: -alpha * log det G({w_hat_c})            + beta * sum_i ||x_hat_i - w_hat_{y_i}||
-
-The two reductions differ by exact factors: with ``n`` uniformity points (``C`` proxies, or
-the classes present for class means), ``B`` samples and ``m`` classes present,
-
-* MHE inter: ``sum = n (n - 1) * mean`` (ordered pairs); for the log-mean-exp Gaussian kernel
-  ``sum = mean + log(n (n - 1))`` (a log-sum-exp: same gradient);
-* MHS and MGD inter: one value, not a sum over pairs: identical in both reductions;
-* intra ``"distance"`` / ``"squared_distance"``: ``sum = B * sample_mean``;
-  ``"max_distance"``: ``sum = m * class_mean``.
-
-In sum form the gradient a sample receives does not shrink with the batch size, like a
-summed cross-entropy. With ``ce_weight > 0`` the loss adds ``ce_weight`` times the
-cross-entropy of the scaled-cosine logits ``logit_scale * <x_hat_i, w_hat_c>`` (those of
-:class:`hug_plugins.proxies.ProxyHead`; mean over the batch): the hybrid form. The whole loss
-is vectorized: no Python loop over classes and no host synchronisation (value checks aside,
-see :func:`hug_plugins.set_validation`).
-
-Execution: for the MHE and MHS inter terms with a distance or squared-distance pull (the
-default recipe and the paper's MHE presets), :class:`HUGLoss` runs the fused node of
-:mod:`hug_plugins.functional.fused` (one autograd node with a hand-written backward pass,
-compiled for large pair blocks) and reads its value checks from the norms that node computes;
-everything else runs the composed reference path below, which gives the same values and gradients.
-Proxies that get no gradient (static proxies) skip the inter term: it is a constant, computed
-once per proxy tensor version as the exact full energy, and a step costs ``O(B d)``.
-
-Energy modes for the inter term of proxies:
-
-* ``"full"``: the energy of all ``C`` proxies, ``O(C^2 d)`` per step (chunked: ``O(C * chunk)``
-  memory). Exact; what the authors' code computes.
-* ``"rows"``: the energy rows of the proxies of the classes in the batch against all proxies,
-  each present class weighted once: ``O(B C d)`` per step, like a cross-entropy head. Its
-  expectation over uniformly drawn classes is the full energy.
-* ``"auto"`` (default): ``"full"`` when ``C <= B`` (it is the cheaper one), else ``"rows"``.
+HUG replaces cross-entropy by two decoupled terms on L2-normalized features: an inter-class
+term that makes the class proxies (or class means) uniform on the hypersphere (MHE energy, MHS
+separation or MGD log-determinant) and an intra-class term that pulls each feature to its
+class. :class:`HUGLoss` and :class:`ClassMeanHUGLoss` are thin modules over
+:func:`hug_plugins.functional.hug_loss` and :func:`hug_plugins.functional.class_mean_hug_loss`;
+the formulas, the two reductions and the energy modes are on the docs' math page.
 
 Reference:
     Liu, Yu, Weller, Schölkopf. "Generalizing and Decoupling Neural Collapse via Hyperspherical
     Uniformity Gap." ICLR 2023. https://arxiv.org/abs/2303.06484
 
-Example:
+Examples:
     >>> import torch
     >>> from hug_plugins.losses import HUGLoss
     >>> loss_fn = HUGLoss.preset("mhe")
@@ -181,7 +133,7 @@ class HUGLoss(_HUGBase):
     Raises:
         ValueError: On invalid hyperparameters.
 
-    Example:
+    Examples:
         >>> import torch
         >>> loss_fn = HUGLoss(alpha=0.15, beta=0.015, inter="mhe", s=2.0)
         >>> features = torch.randn(6, 8)
@@ -257,7 +209,7 @@ class ClassMeanHUGLoss(_HUGBase):
         **overrides: Keyword-only fields of :class:`HUGConfig` (``alpha``, ``beta``, ``inter``,
             ...) overriding ``config``; the same names in every HUG adapter.
 
-    Example:
+    Examples:
         >>> import torch
         >>> loss_fn = ClassMeanHUGLoss(num_classes=3)
         >>> features = torch.randn(6, 8, requires_grad=True)

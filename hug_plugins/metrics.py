@@ -11,7 +11,7 @@ Reference:
     learning training." PNAS 2020. Liu et al. "Generalizing and Decoupling Neural Collapse via
     Hyperspherical Uniformity Gap." ICLR 2023.
 
-Example:
+Examples:
     >>> import torch
     >>> from hug_plugins.metrics import NeuralCollapseMetrics
     >>> metric = NeuralCollapseMetrics(num_classes=3, dim=4)
@@ -88,7 +88,7 @@ class NeuralCollapseMetrics(Metric):
         chunk_size: Rows per block of the ``C x C`` pair statistics.
         **kwargs: Passed to :class:`torchmetrics.Metric`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> metric = NeuralCollapseMetrics(num_classes=2, dim=2)
         >>> metric.update(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), torch.tensor([0, 1]))
@@ -243,7 +243,7 @@ class NeuralCollapseMetrics(Metric):
         """Plots the metrics (one value, or a sequence of ``compute`` results) with
         torchmetrics' plotting (needs matplotlib).
 
-        Example:
+        Examples:
             >>> metric = NeuralCollapseMetrics(3, 4)
             >>> metric.update(torch.randn(30, 4), torch.arange(30) % 3)
             >>> fig, ax = metric.plot()  # doctest: +SKIP
@@ -263,7 +263,7 @@ class NCMAgreement(Metric):
     ``class_means`` may be ``None`` (give ``num_classes`` and ``dim``), so no dense ``(C, d)``
     copy of the means is held.
 
-    Example:
+    Examples:
         >>> import torch
         >>> means = torch.eye(2)
         >>> metric = NCMAgreement(means)

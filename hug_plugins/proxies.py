@@ -12,7 +12,7 @@ Reference:
     Liu, Yu, Weller, Schölkopf. "Generalizing and Decoupling Neural Collapse via Hyperspherical
     Uniformity Gap." ICLR 2023. https://arxiv.org/abs/2303.06484
 
-Example:
+Examples:
     >>> import torch
     >>> from hug_plugins.proxies import ProxyHead
     >>> head = ProxyHead(num_classes=10, dim=16, mode="static_optimized")
@@ -69,7 +69,7 @@ def simplex_etf(num_classes: int, dim: int, seed: int | None = None) -> Tensor:
     Raises:
         ValueError: If ``C > d + 1`` (no simplex ETF exists) or sizes are invalid.
 
-    Example:
+    Examples:
         >>> w = simplex_etf(4, 3)
         >>> round(float(w[0] @ w[1]), 4)
         -0.3333
@@ -103,7 +103,7 @@ def cross_polytope(dim: int, seed: int | None = None) -> Tensor:
     Returns:
         ``(2d, d)`` float32 tensor: rows ``e_0, -e_0, e_1, -e_1, ...``.
 
-    Example:
+    Examples:
         >>> cross_polytope(2)
         tensor([[ 1.,  0.],
                 [-1., -0.],
@@ -167,7 +167,7 @@ def minimize_energy(
     Returns:
         :class:`EnergyMinimizationResult`.
 
-    Example:
+    Examples:
         >>> result = minimize_energy(4, 3, s=1.0)
         >>> result.converged
         True
@@ -248,7 +248,7 @@ class ProxyHead(nn.Module):
     Raises:
         ValueError: On invalid arguments or duplicate proxies in ``init``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> head = ProxyHead(3, 2, mode="learnable")
         >>> head.predict(torch.randn(5, 2)).shape
@@ -350,7 +350,7 @@ def optimized_proxies(num_classes: int, dim: int, seed: int = 0, s: float = 1.0)
     """Energy-minimized proxies: simplex ETF if ``C <= d + 1``, cross-polytope if ``C = 2d``,
     else :func:`minimize_energy` (Riesz ``s``) from a seeded random start.
 
-    Example:
+    Examples:
         >>> optimized_proxies(3, 2).shape
         torch.Size([3, 2])
     """

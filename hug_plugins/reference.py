@@ -11,7 +11,7 @@ Reference:
     Liu, Yu, Weller, Schölkopf. "Generalizing and Decoupling Neural Collapse via Hyperspherical
     Uniformity Gap." ICLR 2023. https://arxiv.org/abs/2303.06484
 
-Example:
+Examples:
     >>> import torch
     >>> loss = authors_hug_loss(torch.randn(8, 4), torch.arange(8) % 3, torch.randn(3, 4))
     >>> loss.ndim

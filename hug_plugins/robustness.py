@@ -1,34 +1,14 @@
 """Robust accuracy under L-infinity PGD (torchattacks), for cross-entropy and HUG classifiers.
 
-Threat model and protocol (the HUG paper's, no adversarial training):
+The HUG paper's protocol, no adversarial training: inputs in ``[0, 1]`` (the model normalizes
+internally), :func:`pgd_attack` is torchattacks' ``PGD`` (20 steps, step ``2.5 eps / steps``,
+random start), :func:`evaluate_robustness` reports clean and robust accuracy on the same
+samples (robust = correct both clean and attacked), the fraction of zero input gradients (a
+gradient-masking check) and, with ``loss="margin"``, a PGD whose direction does not depend on
+the logit scale; :func:`autoattack_accuracy` is torchattacks' AutoAttack. The docs' math page
+explains which loss the attack ascends on a HUG model.
 
-* inputs live in ``[0, 1]`` pixel space; the model normalizes internally (a normalization
-  layer first), so the eps-ball and the ``[0, 1]`` box are in pixel units;
-* :func:`pgd_attack`: torchattacks' ``PGD``, L-infinity, ``eps`` in ``{2, 4, 8}/255``, 20
-  steps, step size ``2.5 * eps / steps``, uniform random start in the eps-ball;
-* :func:`evaluate_robustness`: clean accuracy and, for every eps, robust accuracy on the *same*
-  samples. A sample counts as robust when it is classified correctly both clean and under
-  attack (the RobustBench/AutoAttack convention), so robust accuracy never exceeds clean
-  accuracy; only clean-correct samples are attacked. ``eps = 0`` returns the clean inputs
-  unchanged, so it reproduces clean accuracy exactly.
-
-Which loss the attack ascends: torchattacks' PGD ascends the softmax cross-entropy of the
-logits the model returns (:class:`LogitsOnly` strips the features of a ``(features, logits)``
-model). For a cross-entropy model these are the linear-head logits. For a HUG model they are
-the :class:`~hug_plugins.proxies.ProxyHead` logits ``scale * cos(x, w_c)``: the attack ascends
-the cross-entropy of a cosine softmax with temperature ``1 / scale`` over the proxies, even
-though the model was trained with the HUG loss (which has no softmax). The logit scale does not
-change predictions, but it changes the attack's gradient direction: a small scale weights all
-wrong classes alike, a large scale concentrates the gradient on the closest wrong proxy, and a
-scale so large that the softmax saturates in float32 (logit gaps above ~100) would zero the
-gradient and mask it (cosine logits are bounded by ``2 * scale``, so this cannot happen for
-``scale < 50``; unbounded CE logits can saturate). :func:`evaluate_robustness` therefore
-reports the fraction of clean-correct samples whose input gradient is exactly zero, and
-``loss="margin"`` runs the same PGD on the margin loss ``max_{j != y} z_j - z_y``, whose
-gradient direction does not depend on the logit scale at all. :func:`autoattack_accuracy`
-(torchattacks' AutoAttack) is an optional, much stronger and slower check.
-
-Example:
+Examples:
     >>> import torch
     >>> from torch import nn
     >>> torch.manual_seed(0) and None
@@ -83,7 +63,7 @@ class LogitsOnly(nn.Module):
     in training mode would switch a model with batch norm back to training mode mid-evaluation,
     so later batches would be classified with batch statistics and update the running ones).
 
-    Example:
+    Examples:
         >>> LogitsOnly(nn.Linear(2, 3))(torch.zeros(1, 2)).shape
         torch.Size([1, 3])
     """
@@ -262,7 +242,7 @@ def attack_subset(data: Dataset[Any], max_samples: int | None) -> Dataset[Any]:
     Returns:
         ``data`` or a :class:`~torch.utils.data.Subset` of it.
 
-    Example:
+    Examples:
         >>> from torch.utils.data import TensorDataset
         >>> ds = TensorDataset(torch.zeros(6, 1), torch.tensor([0, 0, 0, 1, 1, 1]))
         >>> ds.targets = ds.tensors[1]
@@ -324,7 +304,7 @@ def evaluate_robustness(
     Returns:
         A :class:`RobustnessResult`.
 
-    Example:
+    Examples:
         >>> from torch.utils.data import TensorDataset
         >>> _ = torch.manual_seed(0)
         >>> net = nn.Linear(2, 2)  # returning logits, or (features, logits)

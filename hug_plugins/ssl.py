@@ -10,7 +10,7 @@ Reference:
     Liu, Yu, Weller, Schölkopf. "Generalizing and Decoupling Neural Collapse via Hyperspherical
     Uniformity Gap." ICLR 2023. https://arxiv.org/abs/2303.06484
 
-Example:
+Examples:
     >>> import torch
     >>> from hug_plugins import HUGCriterion
     >>> criterion = HUGCriterion()

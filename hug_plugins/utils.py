@@ -1,6 +1,6 @@
 """Small helpers the adapters share: the device of a model and class-stratified sampling.
 
-Example:
+Examples:
     >>> import torch
     >>> stratified_indices(torch.tensor([0, 0, 0, 0, 1, 1]), 3, seed=0).numel()
     3
@@ -17,7 +17,7 @@ __all__ = ["model_device", "stratified_indices"]
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter (or buffer); CPU for a model without either.
 
-    Example:
+    Examples:
         >>> model_device(torch.nn.Linear(2, 2))
         device(type='cpu')
     """
@@ -39,7 +39,7 @@ def stratified_indices(targets: Tensor, size: int, seed: int) -> Tensor:
     Returns:
         A sorted ``(n,)`` long tensor of indices into ``targets``.
 
-    Example:
+    Examples:
         >>> stratified_indices(torch.tensor([0, 0, 0, 0, 1, 1]), 3, seed=0).tolist()
         [0, 1, 4]
     """

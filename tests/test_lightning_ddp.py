@@ -1,4 +1,4 @@
-"""The README's Lightning ``SimCLR`` under ``Trainer(strategy="ddp")`` equals one process.
+"""The Lightly guide's Lightning ``SimCLR`` under ``Trainer(strategy="ddp")`` equals one process.
 
 The python block after the README line "In a Lightning `LightningModule`" is extracted and
 executed as is; its ``SimCLR`` (resnet18 + ``SimCLRProjectionHead`` +
@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 REPO = Path(__file__).resolve().parents[1]
-README = REPO / "README.md"
+README = REPO / "docs" / "guides" / "lightly.md"
 MARKER = "In a Lightning `LightningModule`"
 
 WORLD = 2

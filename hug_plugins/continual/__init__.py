@@ -12,7 +12,7 @@ Reference:
     Liu, Yu, Weller, Schölkopf. "Generalizing and Decoupling Neural Collapse via Hyperspherical
     Uniformity Gap." ICLR 2023. https://arxiv.org/abs/2303.06484
 
-Example:
+Examples:
     >>> import torch
     >>> from torch import nn
     >>> plugin = HUGPlugin(num_classes=4, feature_dim=8)

@@ -31,7 +31,7 @@ class NeuralCollapsePluginMetric(PluginMetric[dict[str, float]]):  # type: ignor
         feature_layer: Dotted name of the submodule whose input are the features (default:
             the model's last submodule).
 
-    Example:
+    Examples:
         >>> metric = NeuralCollapsePluginMetric(num_classes=10)
         >>> str(metric)
         'NC'

@@ -55,7 +55,7 @@ class HUGPlugin(SupervisedPlugin):  # type: ignore[misc]
     Raises:
         ValueError: On invalid arguments.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> plugin = HUGPlugin(num_classes=4, feature_dim=8)

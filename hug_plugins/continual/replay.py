@@ -39,7 +39,7 @@ def make_storage_policy(name: StoragePolicyName | str, mem_size: int) -> Exempla
     Raises:
         ValueError: On an unknown name or a negative size.
 
-    Example:
+    Examples:
         >>> make_storage_policy("class_balanced", 200).max_size
         200
     """
@@ -105,7 +105,7 @@ class ReplayMemoryPlugin(ReplayPlugin):  # type: ignore[misc]
     Raises:
         ValueError: On a bad size or policy.
 
-    Example:
+    Examples:
         >>> plugin = ReplayMemoryPlugin(mem_size=100, storage_policy="reservoir")
         >>> type(plugin.storage_policy).__name__, len(plugin.storage_policy.buffer)
         ('ReservoirSamplingBuffer', 0)

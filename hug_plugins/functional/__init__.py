@@ -5,7 +5,7 @@ Everything here is a function of tensors (and a :class:`HUGConfig`), like
 :class:`~hug_plugins.HUGLoss` and :class:`~hug_plugins.ClassMeanHUGLoss` compute; the
 measures (energies, separation, Gram log-determinant) are the inter terms' building blocks.
 
-Example:
+Examples:
     >>> import torch
     >>> import hug_plugins.functional as HF
     >>> proxies = torch.randn(4, 16, requires_grad=True)

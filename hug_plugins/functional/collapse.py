@@ -13,7 +13,7 @@ Reference:
     learning training." PNAS 2020. Liu et al. "Generalizing and Decoupling Neural Collapse via
     Hyperspherical Uniformity Gap." ICLR 2023.
 
-Example:
+Examples:
     >>> import torch
     >>> out = neural_collapse(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), torch.tensor([0, 1]), 2)
     >>> float(out["nc1"])
@@ -71,7 +71,7 @@ def class_statistics(features: Tensor, labels: Tensor, num_classes: int) -> Clas
     Returns:
         ``(counts, means, within_scatter)``; absent classes have count 0 and mean 0.
 
-    Example:
+    Examples:
         >>> counts, means, scatter = class_statistics(torch.eye(2), torch.tensor([0, 0]), 3)
         >>> counts.tolist(), float(scatter.trace())
         ([2.0, 0.0, 0.0], 1.0)
@@ -103,7 +103,7 @@ def merge_class_statistics(first: ClassStatistics, second: ClassStatistics) -> C
     ``S = S_A + S_B + D^T diag(w) D`` with ``D = mu_B - mu_A``, ``w = n_A n_B / n`` over the
     classes present in both; no two large second moments are ever subtracted.
 
-    Example:
+    Examples:
         >>> x, y = torch.randn(6, 3), torch.tensor([0, 1, 0, 1, 0, 1])
         >>> merged = merge_class_statistics(
         ...     class_statistics(x[:2], y[:2], 2), class_statistics(x[2:], y[2:], 2)
@@ -156,7 +156,7 @@ def collapse_metrics(
         A flat ``dict[str, Tensor]`` (keys from :data:`COLLAPSE_KEYS`). With fewer than two
         classes present it warns and every value is NaN, as torchmetrics does.
 
-    Example:
+    Examples:
         >>> stats = class_statistics(torch.eye(3), torch.tensor([0, 1, 2]), 3)
         >>> round(float(collapse_metrics(stats)["nc2_equinorm_means"]), 6)
         0.0
@@ -227,7 +227,7 @@ def neural_collapse(
 ) -> dict[str, Tensor]:
     """The collapse metrics of one labelled feature set (see :func:`collapse_metrics`).
 
-    Example:
+    Examples:
         >>> features = torch.tensor([[1.0, 0.0], [1.1, 0.0], [-1.0, 0.0], [-0.9, 0.0]])
         >>> out = neural_collapse(features, torch.tensor([0, 0, 1, 1]), 2)
         >>> round(float(out["nc1"]), 4)

@@ -1,37 +1,15 @@
 """Fused P-HUG: the proxy HUG loss as one autograd node with a hand-written backward pass.
 
-The reference path of :class:`hug_plugins.losses.HUGLoss` composes general pieces: a
-normalized ``(C, d)`` copy of the proxies (``unit_rows``) and its backward pass, the chunked
-pair-kernel mean, the intra term, each an autograd node. At large ``C`` the extra passes over
-the ``(C, d)`` proxies and over the ``(m, C)`` pair block cost as much as the three matrix
-products that a linear head + cross-entropy also needs; at small ``C`` the ~50 small operations
-cost more than the arithmetic. This module computes the same loss with
+The same loss as the composed reference path of :func:`hug_plugins.functional.hug_loss`, with
+one autograd node whose backward pass is one or two matrix products plus ``O(B d + C d)``
+element-wise work, as a linear layer's; no normalized copy of the features (nor, in rows mode,
+of the proxies); the element-wise work on the pair block in one function that
+``torch.compile`` fuses when the block is large enough (:func:`set_compile`). It covers the MHE
+and MHS inter terms with the distance and squared-distance pulls (:func:`fused_supported`);
+static proxies run the node without its pair block. The design is on the docs' math page; the
+two paths agree to rounding (tested in float64).
 
-* **one autograd node** for the whole loss (intra and inter term), whose backward pass is one
-  or two matrix products plus ``O(B d + C d)`` element-wise work, as a linear layer's;
-* **full mode** (all proxies as anchors, ``C <= B`` under ``energy_mode="auto"``): the pair
-  block is the symmetric ``(C, C)`` block of one normalized copy ``W_hat``; its gradient is
-  ``D W_hat`` (one product), then one normalization backward pass over the proxies;
-* **rows mode** (the batch labels as anchors, large ``C``): **no normalized copy of the
-  proxies**: the pair block is ``(U W^T) * r`` with ``U`` the normalized anchor proxies and
-  ``r`` the inverse proxy norms; normalization enters the backward pass as one rank-1
-  correction per proxy (one fused ``(C, d)`` pass);
-* **no normalized copy of the features** either (``x / |x|`` enters the intra difference
-  directly), rows gathered with ``index_select`` (several times faster on a CPU than advanced
-  indexing);
-* **the element-wise work on the pair block in one function** (:func:`pair_block`), which
-  ``torch.compile`` fuses into one or two passes when the block is large enough for that to pay
-  off (:func:`set_compile`); eager otherwise, and whenever compilation is unavailable.
-
-The fused path covers the MHE and MHS inter terms (every kernel) with the ``"distance"`` and
-``"squared_distance"`` intra terms, in both reductions and both energy modes, when the pair
-block fits in memory (:func:`fused_supported`); everything else runs the reference path. The
-two paths agree to rounding (tested in float64, values and gradients). Static proxies (no
-gradient) run the same node without its pair block (``FusedSpec.static``,
-:func:`fused_static_supported`): the intra term from the ``B`` proxy rows of the batch, one
-``(B, d)`` buffer per pass.
-
-Example:
+Examples:
     >>> import torch
     >>> from hug_plugins.losses import HUGLoss
     >>> loss_fn = HUGLoss()  # uses this module whenever fused_supported(...) holds

@@ -10,7 +10,7 @@ Reference:
     Liu, Yu, Weller, Schölkopf. "Generalizing and Decoupling Neural Collapse via Hyperspherical
     Uniformity Gap." ICLR 2023. https://arxiv.org/abs/2303.06484
 
-Example:
+Examples:
     >>> import torch
     >>> from hug_plugins.functional import hug_loss
     >>> features = torch.randn(8, 16, requires_grad=True)
@@ -84,7 +84,7 @@ def _kernel(config: HUGConfig) -> PairKernel | None:
 def proxies_are_static(proxies: Tensor, config: HUGConfig) -> bool:
     """Whether ``proxies`` take the static path: no gradient and no hybrid CE term.
 
-    Example:
+    Examples:
         >>> proxies_are_static(torch.eye(3), HUGConfig())
         True
     """
@@ -94,7 +94,7 @@ def proxies_are_static(proxies: Tensor, config: HUGConfig) -> bool:
 def loss_dtype(features: Tensor, proxies: Tensor) -> torch.dtype:
     """The dtype the loss is computed in: float64 when both inputs are, else float32.
 
-    Example:
+    Examples:
         >>> loss_dtype(torch.zeros(1, 2, dtype=torch.float16), torch.zeros(2, 2))
         torch.float32
     """
@@ -117,7 +117,7 @@ def static_proxy_inter(
     Raises:
         ValueError: On non-finite proxies.
 
-    Example:
+    Examples:
         >>> float(static_proxy_inter(torch.eye(2))) == 0.5  # Riesz s = 2: 1 / ||e1 - e2||^2
         True
     """
@@ -168,7 +168,7 @@ def hug_loss(
         ValueError: On bad shapes, dtypes, labels out of range, non-finite values or an
             invalid configuration.
 
-    Example:
+    Examples:
         >>> terms = hug_loss(torch.randn(6, 8), torch.tensor([0, 0, 1, 1, 2, 2]), torch.eye(3, 8))
         >>> bool(terms.loss == terms.inter + terms.intra)
         True
@@ -278,7 +278,7 @@ def class_mean_hug_loss(
     Raises:
         ValueError: On bad inputs or configuration.
 
-    Example:
+    Examples:
         >>> terms = class_mean_hug_loss(torch.randn(6, 8), torch.tensor([0, 0, 1, 1, 2, 2]), 3)
         >>> terms.ce is None
         True

@@ -81,7 +81,7 @@ class _UnitRows(torch.autograd.Function):
 def unit_rows(x: Tensor, eps: float = 1e-12) -> Tensor:
     """L2-normalizes the rows of ``x`` (zero rows stay zero), like ``F.normalize(x, dim=1)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> unit_rows(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
         tensor([[0.6000, 0.8000],

@@ -5,7 +5,7 @@ Pure functions of tensors and a :class:`HUGConfig`, shared by :class:`~hug_plugi
 fused node of :mod:`hug_plugins.functional.fused`; see :mod:`hug_plugins.losses` for the
 formulas, the two reductions and the energy modes.
 
-Example:
+Examples:
     >>> import torch
     >>> from hug_plugins.functional.terms import HUGConfig, class_means
     >>> means, counts = class_means(torch.eye(3), torch.tensor([0, 0, 1]), 2)
@@ -73,7 +73,7 @@ class HUGConfig:
     MHE inter term (Riesz ``s = 2`` energy of the proxies), distance pull, means over pairs and
     over the classes present (batch-size invariant; every class weighs the same, as in the
     authors' code), ``alpha = 60``, ``beta = 8``. They were chosen on
-    validation splits by ``integrations/calibrate.py`` (README: "Choosing HUG's settings");
+    validation splits (docs: "Choosing HUG's settings");
     the paper's weights 0.15 / 0.015 belong to its sum form, preset ``"mhe_sum"``.
 
     Attributes:
@@ -199,7 +199,7 @@ def resolve_config(
     Raises:
         ValueError: On an unknown preset or field, or an invalid value.
 
-    Example:
+    Examples:
         >>> resolve_config("mhe", {"beta": 0.1}).beta
         0.1
     """
@@ -250,7 +250,7 @@ def preset_config(name: str, **overrides: Any) -> HUGConfig:
     """The named configurations of the paper and of the authors' code.
 
     * ``"default"``: the calibrated default recipe, ``HUGConfig()`` (what ``HUGLoss()`` and
-      ``HUGPlugin(...)`` use; see the README section "Choosing HUG's settings").
+      ``HUGPlugin(...)`` use; see the docs page "Choosing HUG's settings").
     * ``"mhe"``: MHE-HUG, Riesz ``s = 2``, alpha 0.15, beta 0.015 (the authors' mean form).
     * ``"mhs"``: MHS-HUG, smooth separation, per-class max distance, alpha 0.15, beta 0.015.
     * ``"mgd"``: MGD-HUG, Gaussian Gram log-det, alpha 0.15, beta 0.03.

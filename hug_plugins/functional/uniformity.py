@@ -17,7 +17,7 @@ Reference:
     Wang, Isola. "Understanding Contrastive Representation Learning through Alignment and
     Uniformity on the Hypersphere." ICML 2020 (the Gaussian log-mean-exp form).
 
-Example:
+Examples:
     >>> import torch
     >>> from hug_plugins.functional.uniformity import riesz_energy
     >>> points = torch.randn(10, 3, requires_grad=True)
@@ -109,7 +109,7 @@ def hyperspherical_energy(
     Raises:
         ValueError: On bad shapes, non-finite input, fewer than two points or bad parameters.
 
-    Example:
+    Examples:
         >>> import torch
         >>> hyperspherical_energy(torch.eye(3), kernel="riesz", s=2.0)
         tensor(0.5000)
@@ -134,7 +134,7 @@ def riesz_energy(
 ) -> Tensor:
     """Riesz s-energy, mean over pairs ``i != j`` (``s = 0``: log energy).
 
-    Example:
+    Examples:
         >>> import torch
         >>> round(float(riesz_energy(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), s=1.0)), 4)
         0.5
@@ -149,7 +149,7 @@ def log_energy(
 ) -> Tensor:
     """Logarithmic energy, mean over pairs of ``log(1 / ||v_i - v_j||)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> round(float(log_energy(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))), 4)
         -0.6931
@@ -165,7 +165,7 @@ def gaussian_energy(
 ) -> Tensor:
     """Gaussian uniformity ``log mean_{i != j} exp(-t ||v_i - v_j||^2)`` (Wang & Isola).
 
-    Example:
+    Examples:
         >>> import torch
         >>> round(float(gaussian_energy(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), t=2.0)), 4)
         -8.0
@@ -207,7 +207,7 @@ def energy_rows(
     Returns:
         Scalar energy.
 
-    Example:
+    Examples:
         >>> import torch
         >>> float(energy_rows(torch.eye(3), torch.tensor([0]), s=2.0))
         0.5
@@ -235,7 +235,7 @@ def squared_distances(x: Tensor, y: Tensor, *, unit: bool = False) -> Tensor:
     Returns:
         ``(m, n)`` squared distances.
 
-    Example:
+    Examples:
         >>> squared_distances(torch.eye(2), torch.eye(2)).tolist()
         [[0.0, 2.0], [2.0, 0.0]]
     """
@@ -252,7 +252,7 @@ def gaussian_gram_log_det(
     With ``present`` (``(n,)`` 0/1 weights) only the present points count, without indexing:
     absent rows and columns become identity rows, whose ``log(1 + jitter)`` is removed.
 
-    Example:
+    Examples:
         >>> round(float(gaussian_gram_log_det(torch.zeros(1, 1), 1.0, 1e-4)), 6)
         0.0001
     """
@@ -288,7 +288,7 @@ def min_separation(points: Tensor, normalize: bool = True, chunk_size: int | Non
 
     Computed chunk by chunk without gradient tracking; use :func:`soft_separation` as a loss.
 
-    Example:
+    Examples:
         >>> import torch
         >>> round(float(min_separation(torch.eye(2))), 4)
         1.4142
@@ -331,7 +331,7 @@ def soft_separation(
     Returns:
         Scalar smooth minimum distance.
 
-    Example:
+    Examples:
         >>> import torch
         >>> round(float(soft_separation(torch.eye(2), t=0.01)), 4)
         1.4142
@@ -370,7 +370,7 @@ def gram_log_det(
     Returns:
         Scalar ``log det(G + jitter I)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> round(float(gram_log_det(torch.eye(3), gamma=1.0, jitter=1e-4)), 3)
         -0.051

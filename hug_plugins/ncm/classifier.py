@@ -38,7 +38,7 @@ class ClassMeanAccumulator:
         dtype: Accumulation dtype (float32 or float64).
         device: Where the sums live.
 
-    Example:
+    Examples:
         >>> acc = ClassMeanAccumulator(3, 2)
         >>> acc.update(torch.tensor([[1.0, 0.0], [3.0, 0.0]]), torch.tensor([0, 0]))
         >>> means, ids = acc.present_means()
@@ -133,7 +133,7 @@ class NCMClassifier:
             predicted, and a ``UserWarning`` names how many) or ``"raise"`` (``ValueError``).
         **index_options: Passed to :class:`NearestMeanIndex` (backend, approximate, ...).
 
-    Example:
+    Examples:
         >>> ncm = NCMClassifier(2, 2, backend="torch")
         >>> _ = ncm.fit(torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([0, 1]))
         >>> ncm.predict(torch.tensor([[0.9, 0.1]])).tolist()

@@ -64,7 +64,7 @@ def select_cpu_backend(
     Returns:
         ``(backend, info)``; ``info`` holds the timings in seconds and the calibration cost.
 
-    Example:
+    Examples:
         >>> backend, info = select_cpu_backend(16, 32)
         >>> backend in ("faiss", "torch")
         True
@@ -144,7 +144,7 @@ class NearestMeanIndex:
     Raises:
         ValueError: On bad means, ids, metric, backend or option combinations.
 
-    Example:
+    Examples:
         >>> index = NearestMeanIndex(torch.eye(3), backend="torch")
         >>> index.search(torch.tensor([[0.1, 0.9, 0.0], [2.0, 0.0, 0.1]])).tolist()
         [1, 0]

@@ -67,7 +67,7 @@ class NC4Meter:
         num_classes: Label range ``[0, num_classes)`` (default: the classifier's classes, or
             the largest class id of the index + 1).
 
-    Example:
+    Examples:
         >>> ncm = NCMClassifier(2, 2, backend="torch").fit(torch.eye(2), torch.tensor([0, 1]))
         >>> meter = NC4Meter(ncm)
         >>> meter.update(torch.eye(2), torch.tensor([0, 1]), logits=torch.eye(2))
@@ -189,7 +189,7 @@ def nc4_report(
     Returns:
         The :class:`NC4Report`.
 
-    Example:
+    Examples:
         >>> lin = torch.nn.Linear(2, 2)
         >>> model = lambda x: (x, lin(x))
         >>> data = [(torch.eye(2), torch.tensor([0, 1]))]

@@ -308,7 +308,7 @@ def ncm_reference(
     Returns:
         ``(n,)`` int64 indices into ``means``.
 
-    Example:
+    Examples:
         >>> ncm_reference(torch.tensor([[0.9, 0.0]]), torch.eye(2)).tolist()
         [0]
     """
