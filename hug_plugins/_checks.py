@@ -3,8 +3,11 @@
 Every public entry point validates its tensors here so that bad input raises a ``ValueError``
 whose message names the problem, instead of producing a NaN or a silently wrong answer.
 
-The finiteness checks read one boolean back from the device; they can be switched off in a hot
-loop with :func:`set_validation` once a pipeline is known to be sound.
+Value checks (finiteness, label range) read one boolean back from the device on the CPU and
+raise a precise ``ValueError``. On a GPU, and whenever ``torch.compile`` traces the code, they
+are device-side asserts instead (``torch._assert_async``): no host synchronisation and no
+graph break; a failure raises a ``RuntimeError`` with the same message at the next
+synchronisation. :func:`set_validation` switches them off.
 """
 
 from __future__ import annotations
@@ -35,6 +38,22 @@ def validation_enabled() -> bool:
     return _VALIDATE
 
 
+def asynchronous_checks(x: Tensor) -> bool:
+    """Whether value checks on ``x`` run as device-side asserts: on a GPU (no host sync) and
+    under ``torch.compile`` (no graph break); on the CPU they read the device and raise.
+
+    Examples:
+        >>> asynchronous_checks(torch.zeros(1))
+        False
+    """
+    return x.device.type != "cpu" or torch.compiler.is_compiling()
+
+
+def device_assert(condition: Tensor, message: str) -> None:
+    """Asserts a device boolean without reading it back (raises at the next synchronisation)."""
+    torch._assert_async(condition, message)
+
+
 def check_matrix(x: Tensor, name: str, dim: int | None = None, values: bool = True) -> None:
     """Checks that ``x`` is a finite floating-point (n, d) tensor.
 
@@ -57,8 +76,11 @@ def check_matrix(x: Tensor, name: str, dim: int | None = None, values: bool = Tr
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
     if dim is not None and x.shape[1] != dim:
         raise ValueError(f"{name} must have {dim} columns, got shape {tuple(x.shape)}")
-    if values and _VALIDATE and not bool(_finite_flag(x)):
-        _raise_non_finite(x, name)
+    if values and _VALIDATE:
+        if asynchronous_checks(x):
+            device_assert(torch.isfinite(x).all(), _non_finite(name))
+        elif not bool(_finite_flag(x)):
+            _raise_non_finite(x, name)
 
 
 def _finite_flag(x: Tensor) -> Tensor:
@@ -69,13 +91,20 @@ def _finite_flag(x: Tensor) -> Tensor:
 def raise_non_finite(x: Tensor, name: str) -> None:
     """Raises ``ValueError`` if ``x`` holds a NaN or inf (a no-op with validation off)."""
     if _VALIDATE:
-        _raise_non_finite(x, name)
+        if asynchronous_checks(x):
+            device_assert(torch.isfinite(x).all(), _non_finite(name))
+        else:
+            _raise_non_finite(x, name)
+
+
+def _non_finite(name: str) -> str:
+    return f"{name} contains non-finite values (NaN or inf)"
 
 
 def _raise_non_finite(x: Tensor, name: str) -> None:
     # The sum can overflow to inf with finite entries: confirm element-wise before raising.
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+        raise ValueError(_non_finite(name))
 
 
 def check_batch(
@@ -114,6 +143,15 @@ def check_batch(
     if not (_VALIDATE and values):
         return
     low, high = torch.aminmax(labels)
+    bound = f"[0, {num_classes})" if num_classes is not None else "[0, inf)"
+    if asynchronous_checks(features):
+        device_assert(torch.isfinite(features).all(), _non_finite("features"))
+        device_assert(low >= 0, f"labels out of range {bound}")
+        if num_classes is not None:
+            device_assert(high < num_classes, f"labels out of range {bound}")
+        if proxies is not None and proxy_values:
+            device_assert(torch.isfinite(proxies).all(), _non_finite("proxies"))
+        return
     flags = [_finite_flag(features), low >= 0]
     if num_classes is not None:
         flags.append(high < num_classes)
@@ -124,7 +162,6 @@ def check_batch(
     if not ok[0]:
         _raise_non_finite(features, "features")
     if not all(ok[1:3]):
-        bound = f"[0, {num_classes})" if num_classes is not None else "[0, inf)"
         raise ValueError(f"labels out of range {bound}: min {int(low)}, max {int(high)}")
     if proxies is not None and check_proxies and not ok[-1]:
         _raise_non_finite(proxies, "proxies")
@@ -157,6 +194,12 @@ def check_deferred(
     Raises:
         ValueError: In the order of :func:`check_batch`.
     """
+    if asynchronous_checks(features):
+        device_assert(torch.isfinite(norm_sums[0]), _non_finite("features"))
+        bound = f"labels out of range [0, {num_classes})"
+        device_assert((label_bounds[0] >= 0) & (label_bounds[1] < num_classes), bound)
+        device_assert(torch.isfinite(norm_sums[1]), _non_finite("proxies"))
+        return
     low, high = label_bounds.tolist()
     feature_sum, proxy_sum = norm_sums.tolist()
     if not math.isfinite(feature_sum):
@@ -189,7 +232,13 @@ def check_labels(
         raise ValueError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
     if labels.shape[0] != n:
         raise ValueError(f"{name} has {labels.shape[0]} entries but there are {n} samples")
-    if values and _VALIDATE and n > 0:
+    if values and _VALIDATE and n > 0 and asynchronous_checks(labels):
+        low_t, high_t = torch.aminmax(labels)
+        bound = f"[0, {num_classes})" if num_classes is not None else "[0, inf)"
+        device_assert(low_t >= 0, f"{name} out of range {bound}")
+        if num_classes is not None:
+            device_assert(high_t < num_classes, f"{name} out of range {bound}")
+    elif values and _VALIDATE and n > 0:
         low_t, high_t = torch.aminmax(labels)
         low, high = int(low_t), int(high_t)
         if low < 0 or (num_classes is not None and high >= num_classes):

@@ -179,6 +179,8 @@ class HUGLoss(_HUGBase):
         exact (``"full"`` mode) value whatever ``energy_mode`` says, so a training step costs
         ``O(B d)`` whatever ``C``. The proxies' values are validated here, once per version.
         """
+        if torch.compiler.is_compiling():  # no Python cache inside a traced graph
+            return static_proxy_inter(proxies, self.config, dtype)
         key = (proxies.data_ptr(), proxies._version, dtype, proxies.device, tuple(proxies.shape))
         cached = self._static_cache
         if cached is not None and cached[0]() is proxies and cached[1] == key:

@@ -90,6 +90,8 @@ def compile_mode() -> CompileMode:
 
 
 def _want_compiled(pairs: int, device: torch.device) -> bool:
+    if torch.compiler.is_compiling():  # the caller's torch.compile fuses the whole loss
+        return False
     if _compile_failed or _compile_mode == "never":
         return False
     if _compile_mode == "always":

@@ -23,7 +23,6 @@ Examples:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -44,7 +43,6 @@ from hug_plugins.functional.fused import (
     fused_static_supported,
     fused_supported,
 )
-from hug_plugins.functional.kernels import PairKernel
 from hug_plugins.functional.terms import (
     HUGConfig,
     HUGTerms,
@@ -73,12 +71,6 @@ StaticInter = Callable[[Tensor, torch.dtype], Tensor]
 """``(proxies, dtype) -> inter term`` of proxies that get no gradient (e.g. a cache of it)."""
 
 _DEFAULT_CONFIG = HUGConfig()
-
-
-@functools.lru_cache(maxsize=64)
-def _kernel(config: HUGConfig) -> PairKernel | None:
-    """The validated MHE kernel of a configuration (configurations are frozen: cached)."""
-    return config.validate()
 
 
 def proxies_are_static(proxies: Tensor, config: HUGConfig) -> bool:
@@ -133,7 +125,7 @@ def static_proxy_inter(
             labels=empty,
             counts=counts,
             config=replace(config, energy_mode="full"),
-            kernel=_kernel(config),
+            kernel=config.pair_kernel,
             unit_input=True,
         )
 
@@ -174,7 +166,7 @@ def hug_loss(
         True
     """
     config = _DEFAULT_CONFIG if config is None else config
-    kernel = _kernel(config)
+    kernel = config.pair_kernel
     check_matrix(proxies, "proxies", values=False)
     num_classes = proxies.shape[0]
     if num_classes < 2:
@@ -183,7 +175,9 @@ def hug_loss(
     batch = labels.shape[0] if isinstance(labels, Tensor) and labels.ndim == 1 else 0
     # Static proxies have no pair block, hence no energy mode.
     rows = not static and resolve_energy_mode(config, num_classes, batch) == "rows"
-    if static:
+    if torch.compiler.is_compiling():
+        fused = False  # the composed path: plain operations that torch.compile fuses itself
+    elif static:
         fused = fused_static_supported(config)
     else:
         fused = fused_supported(config, batch if rows else num_classes, num_classes)
@@ -284,7 +278,7 @@ def class_mean_hug_loss(
         True
     """
     config = _DEFAULT_CONFIG if config is None else config
-    kernel = _kernel(config)
+    kernel = config.pair_kernel
     if config.ce_weight > 0:
         raise ValueError(
             "ce_weight > 0 needs class proxies (the hybrid's logits); the class-mean form has "

@@ -347,6 +347,38 @@ def pair_kernel_mean(
         exclude = torch.full((m,), -1, dtype=torch.long, device=x.device)
     a = None if row_weights is None else row_weights.detach().to(dtype)
     b = None if col_weights is None else col_weights.detach().to(dtype)
+    if torch.compiler.is_compiling():
+        # torch.compile traces plain autograd and fuses the block itself (no chunking).
+        return _composed_pair_kernel_mean(xf, yf, a, b, exclude, kernel)
     chunk = chunk_rows(m, n, chunk_size, y.device.type)
     out: Tensor = _PairKernelMean.apply(xf, yf, a, b, exclude, kernel, chunk, unit_rows_input)
     return out
+
+
+def _composed_pair_kernel_mean(
+    x_or_rows: Tensor,
+    y: Tensor,
+    row_w: Tensor | None,
+    col_w: Tensor | None,
+    exclude: Tensor,
+    kernel: PairKernel,
+) -> Tensor:
+    """The same mean as :class:`_PairKernelMean`, in differentiable operations on the whole
+    ``(m, n)`` block: what ``torch.compile`` traces (and fuses) in place of the custom node."""
+    x = y.index_select(0, x_or_rows) if not x_or_rows.is_floating_point() else x_or_rows
+    with autocast_disabled(x.device.type):
+        d2 = ((x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * x @ y.T).clamp_min(0.0)
+        values = kernel.value(d2)
+        kept = (exclude < 0).to(values.dtype)[:, None]
+        weights = torch.ones_like(values).scatter(1, exclude.clamp_min(0)[:, None], kept)
+        if row_w is not None:
+            weights = weights * row_w[:, None]
+        if col_w is not None:
+            weights = weights * col_w[None, :]
+        norm = weights.sum()
+        has_pairs = norm > 0
+        if kernel.log_mean_exp:
+            stat = torch.logsumexp((values + torch.log(weights)).flatten(), dim=0)
+            stat = torch.where(torch.isfinite(stat), stat, torch.zeros_like(stat))
+            return torch.where(has_pairs, stat - torch.log(norm.clamp_min(1e-30)), 0.0)
+        return torch.where(has_pairs, (values * weights).sum() / norm.clamp_min(1e-30), 0.0)

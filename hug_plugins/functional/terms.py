@@ -15,6 +15,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Mapping
@@ -123,6 +124,11 @@ class HUGConfig:
     eps: float = DEFAULT_EPS
     chunk_size: int | None = None
 
+    @functools.cached_property
+    def pair_kernel(self) -> PairKernel | None:
+        """The MHE kernel (``None`` for MHS/MGD), validated once per configuration."""
+        return self.validate()
+
     def validate(self) -> PairKernel | None:
         """Checks every field; returns the MHE kernel (``None`` for MHS/MGD).
 
@@ -214,7 +220,7 @@ def resolve_config(
     if unknown:
         raise ValueError(f"unknown HUG argument(s) {sorted(unknown)}; valid: {sorted(valid)}")
     resolved = replace(config, **overrides)
-    resolved.validate()
+    resolved.pair_kernel  # noqa: B018 - validates now, and caches the kernel for the losses
     return resolved
 
 
@@ -289,12 +295,20 @@ def preset_config(name: str, **overrides: Any) -> HUGConfig:
     if unknown:
         raise ValueError(f"unknown HUG argument(s) {sorted(unknown)}; valid: {sorted(valid)}")
     config = replace(presets[name], **overrides)
-    config.validate()
+    config.pair_kernel  # noqa: B018 - validates now, and caches the kernel for the losses
     return config
 
 
 def class_counts(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
-    return torch.bincount(labels, minlength=num_classes).to(dtype)
+    """``(C,)`` samples per class, in ``dtype``: a static shape (``torch.compile`` traces it,
+    where ``bincount``'s data-dependent length breaks the graph).
+
+    Examples:
+        >>> class_counts(torch.tensor([0, 2, 2]), 4, torch.float32).tolist()
+        [1.0, 0.0, 2.0, 0.0]
+    """
+    ones = torch.ones(labels.shape, dtype=dtype, device=labels.device)
+    return torch.zeros(num_classes, dtype=dtype, device=labels.device).index_add_(0, labels, ones)
 
 
 def class_means(features: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
@@ -309,7 +323,7 @@ def class_means(features: Tensor, labels: Tensor, num_classes: int) -> tuple[Ten
         ``(means, counts)``: ``(C, d)`` means (zero for an absent class) and ``(C,)`` counts
         in the dtype of ``features``.
     """
-    counts = torch.bincount(labels, minlength=num_classes).to(features.dtype)
+    counts = class_counts(labels, num_classes, features.dtype)
     sums = features.new_zeros(num_classes, features.shape[1]).index_add(0, labels, features)
     return sums / counts.clamp_min(1.0)[:, None], counts
 

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import resource
 import statistics
@@ -31,7 +32,9 @@ from hug_plugins.reference import authors_hug_loss, cross_entropy_head_loss
 
 METHODS = (
     "ce",
+    "ce_compiled",
     "hug",
+    "hug_compiled",
     "hug_unchecked",
     "hug_eager",
     "hug_reference",
@@ -45,7 +48,9 @@ value checks on); ``hug_unchecked``: the same with value validation off (no devi
 step, see :func:`hug_plugins.set_validation`); ``hug_eager``: the fused path never compiled;
 ``hug_reference``: the composed reference path (``set_fused(False)``); ``hug_static``:
 ``HUGLoss()`` with static proxies (no gradient: the ``O(B d)`` step); ``hug_full``: the full
-O(C^2) energy; ``naive``: the authors' formula as written."""
+O(C^2) energy; ``naive``: the authors' formula as written; ``ce_compiled`` / ``hug_compiled``:
+the loss computation compiled whole (``torch.compile(..., fullgraph=True)``, Inductor), its
+backward through AOTAutograd."""
 
 
 def _sync(device: torch.device) -> None:
@@ -59,13 +64,16 @@ def _make_step(
     gen = torch.Generator().manual_seed(seed)
     features = torch.randn(batch_size, dim, generator=gen).to(device).requires_grad_(True)
     labels = torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)
-    if method == "ce":
+    if method in ("ce", "ce_compiled"):
         head = nn.Linear(dim, num_classes).to(device)
+        ce_loss = cross_entropy_head_loss
+        if method == "ce_compiled":
+            ce_loss = torch.compile(cross_entropy_head_loss, fullgraph=True)
 
         def step() -> Tensor:
             features.grad = None
             head.zero_grad(set_to_none=True)
-            loss = cross_entropy_head_loss(features, labels, head)
+            loss = ce_loss(features, labels, head)
             loss.backward()  # type: ignore[no-untyped-call]
             return loss.detach()
 
@@ -84,6 +92,17 @@ def _make_step(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     loss_fn = HUGLoss(energy_mode="full" if method == "hug_full" else "auto")
+    if method == "hug_compiled":
+        compiled_loss = torch.compile(loss_fn, fullgraph=True)
+
+        def compiled_step() -> Tensor:
+            features.grad = None
+            proxies.grad = None
+            loss: Tensor = compiled_loss(features, labels, proxies)
+            loss.backward()  # type: ignore[no-untyped-call]
+            return loss.detach()
+
+        return compiled_step
     if method == "hug_static":
         proxies.requires_grad_(False)
     validate = method != "hug_unchecked"
@@ -160,9 +179,14 @@ def _interleave(
 ) -> dict[str, dict[str, Any]]:
     """Warms every step up, then times them round-robin; medians per step."""
     losses = {m: torch.zeros(()) for m in steps}
+    first: dict[str, float] = {}
     for method, step in steps.items():
-        for _ in range(warmup):
+        for index in range(warmup):
+            start = time.perf_counter()
             losses[method] = step()
+            _sync(device)
+            if index == 0:  # includes any compilation
+                first[method] = time.perf_counter() - start
     _sync(device)
     times: dict[str, list[float]] = {m: [] for m in steps}
     for _ in range(repeats):
@@ -171,10 +195,12 @@ def _interleave(
             losses[method] = step()
             _sync(device)
             times[method].append((time.perf_counter() - start) * 1e3)
+            first.setdefault(method, times[method][-1] / 1e3)  # no warm-up: the first step
     return {
         m: {
             "ms": statistics.median(times[m]),
             "ms_min": min(times[m]),
+            "first_s": first.get(m, math.nan),
             "steps": warmup + repeats,
             "loss": float(losses[m]),
         }
@@ -252,6 +278,9 @@ def measure_ssl_side_by_side(
     return _interleave(steps, dev, repeats, warmup)
 
 
+TRAIN_METHODS = ("ce", "hug", "ce_compiled", "hug_compiled")
+"""Training-step methods: eager, and model + loss compiled whole with a compiled optimizer step."""
+
 TRAIN_MODELS = {
     "mlp": "digits MLP 64-128-128-32, 8x8 inputs",
     "cnn": "SmallCNN (width 32) + 128-d neck, 32x32x3 inputs",
@@ -271,9 +300,9 @@ def _make_train_step(
     from harness.models import assemble_classifier, build_classifier
     from harness.objectives import CrossEntropyObjective, HUGObjective
 
-    if method not in ("ce", "hug"):
-        raise ValueError(f"unknown method {method!r}; expected 'ce' or 'hug'")
-    head = "linear" if method == "ce" else "proxy"
+    if method not in TRAIN_METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {TRAIN_METHODS}")
+    head = "linear" if method.startswith("ce") else "proxy"
     torch.manual_seed(seed)
     model: nn.Module
     if model_name == "mlp":
@@ -287,19 +316,28 @@ def _make_train_step(
         raise ValueError(f"unknown model {model_name!r}; expected one of {list(TRAIN_MODELS)}")
     model = model.to(device).train()
     objective: nn.Module = (
-        CrossEntropyObjective() if method == "ce" else HUGObjective(HUGLoss(), model.head)
+        CrossEntropyObjective() if head == "linear" else HUGObjective(HUGLoss(), model.head)
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    update = optimizer.step
+
+    def forward_loss(x: Tensor, y: Tensor) -> Tensor:
+        features, logits = model(x)
+        out: Tensor = objective(features, logits, y)
+        return out
+
+    if method.endswith("_compiled"):  # as PyTorch documents a compiled training step
+        forward_loss = torch.compile(forward_loss, fullgraph=True)
+        update = torch.compile(optimizer.step)
     gen = torch.Generator().manual_seed(seed)
     inputs = torch.randn(shape, generator=gen).to(device)
     labels = torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)
 
     def step() -> Tensor:
         optimizer.zero_grad(set_to_none=True)
-        features, logits = model(inputs)
-        loss: Tensor = objective(features, logits, labels)
+        loss = forward_loss(inputs, labels)
         loss.backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
+        update()
         return loss.detach()
 
     return step
@@ -319,7 +357,7 @@ def measure_train_side_by_side(
     :func:`measure_side_by_side`. Both models start from the same seeded backbone weights."""
     dev = torch.device(device)
     steps = {
-        m: _make_train_step(model, m, num_classes, batch_size, dev, seed) for m in ("ce", "hug")
+        m: _make_train_step(model, m, num_classes, batch_size, dev, seed) for m in TRAIN_METHODS
     }
     return _interleave(steps, dev, repeats, warmup)
 

@@ -28,7 +28,7 @@ def _expected_loss(method: str, num_classes: int, batch_size: int, dim: int, see
     gen = torch.Generator().manual_seed(seed)
     features = torch.randn(batch_size, dim, generator=gen)
     labels = torch.randint(0, num_classes, (batch_size,), generator=gen)
-    if method == "ce":
+    if method in ("ce", "ce_compiled"):
         torch.manual_seed(1234)  # the Linear head is drawn from the global RNG
         return float(cross_entropy_head_loss(features, labels, nn.Linear(dim, num_classes)))
     proxies = torch.randn(num_classes, dim, generator=gen)
@@ -100,10 +100,12 @@ def test_bench_script_writes_tables(tmp_path: Path) -> None:
     for row in rows:
         for ratio in ("hug/ce", "unchecked/ce", "eager/ce", "reference/ce", "static/ce"):
             assert row[ratio] > 0
+        assert row["compiled hug/compiled ce"] > 0 and row["compile_s"] > 0
         assert row["hug_peak_mib"] >= 0  # memory: true in the quick preset
     assert [row["batch"] for row in tables["ssl"]] == [32]
     assert tables["ssl"][0]["hug/ntxent"] > 0
     assert [row["model"] for row in tables["train"]] == [TRAIN_MODELS["mlp"]]
+    assert tables["train"][0]["hug_compiled_ms"] > 0
     for name in ("bench_loss", "bench_ssl", "bench_train"):
         text = (tmp_path / f"{name}.md").read_text()
         assert "Command:" in text and "Median of" in text
@@ -128,7 +130,10 @@ def test_ssl_and_train_measurements_run_the_named_losses() -> None:
     assert set(ssl) == {"ntxent", "hug_criterion"}
     assert ssl["ntxent"]["loss"] != ssl["hug_criterion"]["loss"]
     train = measure_train_side_by_side("mlp", batch_size=8, repeats=2, warmup=1)
-    assert set(train) == {"ce", "hug"}
+    assert set(train) == {"ce", "hug", "ce_compiled", "hug_compiled"}
+    for method in ("ce", "hug"):  # the compiled step trains the same model the same way
+        compiled = train[f"{method}_compiled"]["loss"]
+        assert compiled == pytest.approx(train[method]["loss"], rel=1e-4)
     # CE of 10 classes starts near log(10); HUG's default loss is on another scale.
     assert abs(train["ce"]["loss"] - 2.3) < 0.5
     with pytest.raises(ValueError, match="unknown model"):
