@@ -5,7 +5,9 @@
 #   2. integrations/bench_loss.py on CUDA: loss step HUG vs CE at C = 100 ... 100,000 (fused
 #      eager / compiled / reference / static columns), HUGCriterion vs NTXentLoss, whole training
 #      steps of the digits MLP, the small CNN and ResNet-18;
-#   3. integrations/ncm.py --preset gpu with a reduced query count: exact NCM vs fp32 matmul.
+#   3. integrations/ncm.py --preset gpu with a reduced query count: exact NCM vs fp32 matmul;
+#   0. first, the host-sync check: every loss path, forward and backward, eager and compiled,
+#      under torch.cuda.set_sync_debug_mode("error") (a sync in the hot path is an error).
 # Each part has its own timeout so that one slow part cannot take the others down.
 #
 # Usage:  OUT=/some/dir bash benchmarks_gpu/speed_gpu.sh        (default OUT: results/speed_gpu)
@@ -18,6 +20,41 @@ PY="${PYTHON:-python3}"
 # in .gpu_pydeps/ (pip install --target .gpu_pydeps omegaconf; run with carry=[".gpu_pydeps"]).
 export PYTHONPATH="$PWD:$PWD/integrations:$PWD/.gpu_pydeps${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+
+echo "== sync-free hot path ==" | tee "$OUT/sync_check.txt"
+timeout 240 "$PY" - 2>&1 <<'PY' | tee -a "$OUT/sync_check.txt"
+import torch
+from hug_plugins import ClassMeanHUGLoss, HUGCriterion, HUGLoss
+dev = "cuda"
+torch.manual_seed(0)
+cases = []
+for name in ("default", "mhs", "mgd", "mhe_sum"):
+    for c in (64, 4096):
+        for static in (False, True):
+            if name == "mgd" and c > 256:
+                continue
+            cases.append((f"{name} C={c} static={static}", HUGLoss(name), c, static))
+failures = 0
+for label, loss_fn, c, static in cases:
+    f = torch.randn(256, 128, device=dev, requires_grad=True)
+    y = torch.randint(0, c, (256,), device=dev)
+    p = torch.randn(c, 128, device=dev, requires_grad=not static)
+    for compiled in (False, True):
+        fn = torch.compile(loss_fn, fullgraph=True) if compiled else loss_fn
+        fn(f, y, p).backward()  # warm-up (compilation, caches) outside the check
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(3):
+                fn(f, y, p).backward()
+            print("no sync:", label, "compiled" if compiled else "eager")
+        except RuntimeError as exc:
+            failures += 1
+            print("SYNC:", label, "compiled" if compiled else "eager", str(exc).splitlines()[0])
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+print("host syncs found:", failures)
+PY
 
 echo "== AMP ==" | tee "$OUT/amp_check.txt"
 timeout 180 "$PY" - 2>&1 <<'PY' | tee -a "$OUT/amp_check.txt"

@@ -175,8 +175,10 @@ def hug_loss(
     batch = labels.shape[0] if isinstance(labels, Tensor) and labels.ndim == 1 else 0
     # Static proxies have no pair block, hence no energy mode.
     rows = not static and resolve_energy_mode(config, num_classes, batch) == "rows"
-    if torch.compiler.is_compiling():
-        fused = False  # the composed path: plain operations that torch.compile fuses itself
+    if torch.compiler.is_compiling() and (static or config.inter == "mhs"):
+        # The composed path (plain operations that torch.compile fuses itself): the static
+        # node gains nothing there, and the MHS node's in-place backward does not trace.
+        fused = False
     elif static:
         fused = fused_static_supported(config)
     else:
