@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from hug_plugins._extras import require_extra
 from hug_plugins.functional.terms import HUGTerms
-from hug_plugins.metrics import NCMAgreement, NeuralCollapseMetrics
+from hug_plugins.metrics import NCMAgreement, NeuralCollapseMetrics, classifier_weight_of
 
 require_extra("lightning", "lightning", "hug_plugins.lightning (NeuralCollapseCallback)")
 
@@ -119,19 +119,13 @@ class NeuralCollapseCallback(Callback):
             self._metric = NeuralCollapseMetrics(self.num_classes, features.shape[1]).to(
                 features.device
             )
-        self._metric.update(features, labels, self._weight(features.shape[1]))
+        self._metric.update(
+            features, labels, classifier_weight_of(self._layer, self.num_classes, features.shape[1])
+        )
         predictions = None
         if isinstance(output, Tensor) and output.ndim == 2 and output.shape[1] == self.num_classes:
             predictions = output.detach().argmax(1)
         self._batches.append((features, labels, predictions))
-
-    def _weight(self, dim: int) -> Tensor | None:
-        weight = getattr(self._layer, "proxies", None)
-        if weight is None:
-            weight = getattr(self._layer, "weight", None)
-        if isinstance(weight, Tensor) and tuple(weight.shape) == (self.num_classes, dim):
-            return weight.detach()
-        return None
 
     def _finish(self, pl_module: Any) -> None:
         self._stop()

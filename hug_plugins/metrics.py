@@ -65,6 +65,22 @@ def reference_energy(
     )
 
 
+def classifier_weight_of(layer: Any, num_classes: int, dim: int) -> Tensor | None:
+    """The ``(C, d)`` classifier rows of a layer (a ProxyHead's ``proxies`` or a linear layer's
+    ``weight``), detached; ``None`` when it has none of that shape.
+
+    Examples:
+        >>> classifier_weight_of(torch.nn.Linear(4, 3), 3, 4).shape
+        torch.Size([3, 4])
+    """
+    weight = getattr(layer, "proxies", None)
+    if weight is None:
+        weight = getattr(layer, "weight", None)
+    if isinstance(weight, Tensor) and tuple(weight.shape) == (num_classes, dim):
+        return weight.detach()
+    return None
+
+
 class NeuralCollapseMetrics(Metric):
     """Streaming NC1, NC2, GNC2 and NC3, by torchmetrics' rules (``update`` / ``compute`` /
     ``reset``, DDP sync, ``forward``, ``merge_state``, ``plot``).

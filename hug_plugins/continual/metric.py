@@ -10,7 +10,7 @@ from avalanche.evaluation.metric_results import MetricValue
 from avalanche.evaluation.metric_utils import get_metric_name
 from torch import Tensor, nn
 
-from hug_plugins.metrics import NCMAgreement, NeuralCollapseMetrics
+from hug_plugins.metrics import NCMAgreement, NeuralCollapseMetrics, classifier_weight_of
 
 __all__ = ["NeuralCollapsePluginMetric"]
 
@@ -98,7 +98,7 @@ class NeuralCollapsePluginMetric(PluginMetric[dict[str, float]]):  # type: ignor
         labels = torch.cat([b[1] for b in self._batches]).long()
         predictions = torch.cat([b[2] for b in self._batches])
         collapse = NeuralCollapseMetrics(self.num_classes, features.shape[1])
-        weight = self._classifier_weight(features.shape[1])
+        weight = classifier_weight_of(self._layer, self.num_classes, features.shape[1])
         collapse.update(features, labels, weight)
         values = {key: float(value) for key, value in collapse.compute().items()}
         means, present = collapse.class_means()
@@ -113,12 +113,3 @@ class NeuralCollapsePluginMetric(PluginMetric[dict[str, float]]):  # type: ignor
                                               add_task=False), value, x)
             for key, value in values.items()
         ]  # fmt: skip
-
-    def _classifier_weight(self, dim: int) -> Tensor | None:
-        layer = self._layer
-        weight = getattr(layer, "proxies", None)
-        if weight is None:
-            weight = getattr(layer, "weight", None)
-        if isinstance(weight, Tensor) and weight.shape == (self.num_classes, dim):
-            return weight.detach().cpu()
-        return None
