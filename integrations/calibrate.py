@@ -14,6 +14,7 @@ Run: ``python integrations/calibrate.py --preset quick`` (digits, a minute) or
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -24,7 +25,12 @@ from harness.config import check_seeds, parse_cli, to_dict
 from harness.data import BatchAugment, load_image_dataset, split_holdout, subset
 from harness.io import RunLog, atomic_write_text
 from harness.models import build_classifier, classifier_weight
-from harness.objectives import CrossEntropyObjective, HUGObjective, Objective
+from harness.objectives import (
+    AnnealedCEObjective,
+    CrossEntropyObjective,
+    HUGObjective,
+    Objective,
+)
 from harness.tables import (
     standard_header_lines,
     summarize,
@@ -37,6 +43,7 @@ from harness.train import (
     TrainerConfig,
     evaluate_classifier,
     evaluate_collapse,
+    fit_diagnostics,
     seed_everything,
     torch_threads,
 )
@@ -44,6 +51,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from hug_plugins.losses import HUGLoss
+from hug_plugins.proxies import ProxyHead, simplex_etf
 
 TASK = "calibrate"
 CE = {"recipe": "ce"}
@@ -58,12 +66,14 @@ def _data(setting: DictConfig, root: str | None) -> tuple[Any, Any, Any, Any]:
     return rest, val, subset(rest, 2000, seed=1), info
 
 
-def run_one(setting: DictConfig, recipe: DictConfig, seed: int, cfg: DictConfig) -> dict[str, Any]:
-    """Trains one (setting, recipe, seed) and scores it on the validation split."""
-    train, val, collapse, info = _data(setting, cfg.data.root)
+RECIPE_KEYS = ("preset", "proxy_mode", "proxy_init", "neck_norm", "ce_anneal", "trainer")
+"""Recipe fields that are not HUGLoss keywords (the rest are passed to ``HUGLoss.preset``)."""
+
+
+def _model(setting: DictConfig, recipe: DictConfig, info: Any, seed: int, cfg: DictConfig) -> Any:
+    """The setting's classifier with the recipe's head, proxies and neck normalization."""
     is_ce = recipe.get("preset") is None
-    hug = {k: v for k, v in to_dict(recipe).items() if k not in ("preset", "proxy_mode")}
-    seed_everything(seed)
+    scale = float(recipe.get("logit_scale", 16.0))
     model = build_classifier(
         str(setting.arch),
         info.num_classes,
@@ -71,24 +81,74 @@ def run_one(setting: DictConfig, recipe: DictConfig, seed: int, cfg: DictConfig)
         feature_dim=int(cfg.model.feature_dim),
         head="linear" if is_ce else "proxy",
         proxy_mode=str(recipe.get("proxy_mode", "learnable")),
-        scale=float(hug.get("logit_scale", 16.0)),
+        scale=scale,
         seed=seed,
         width=int(cfg.model.width),
         mean=info.mean,
         std=info.std,
     )
+    if recipe.get("proxy_init") == "etf":  # fixed simplex ETF (Yang et al. 2022)
+        init = simplex_etf(info.num_classes, model.feature_dim, seed=seed)
+        model.head = ProxyHead(
+            info.num_classes, model.feature_dim, mode="static_random", init=init, scale=scale
+        )
+    elif recipe.get("proxy_init") is not None:
+        raise ValueError(f"proxy_init must be 'etf' or null, got {recipe.proxy_init!r}")
+    if recipe.get("neck_norm") == "batchnorm":  # parameter-free feature-scale control
+        model.neck = nn.Sequential(model.neck, nn.BatchNorm1d(model.feature_dim, affine=False))
+    elif recipe.get("neck_norm") is not None:
+        raise ValueError(f"neck_norm must be 'batchnorm' or null, got {recipe.neck_norm!r}")
+    return model
+
+
+def run_one(
+    setting: DictConfig, recipe: DictConfig, seed: int, cfg: DictConfig, name: str = "run"
+) -> dict[str, Any]:
+    """Trains one (setting, recipe, seed) and scores it on the validation split.
+
+    A setting with ``diagnose: N`` also records, after every epoch, the validation error and
+    :func:`~harness.train.fit_diagnostics` on N un-augmented training samples (``history``).
+    """
+    train, val, collapse, info = _data(setting, cfg.data.root)
+    is_ce = recipe.get("preset") is None
+    hug = {k: v for k, v in to_dict(recipe).items() if k not in RECIPE_KEYS}
+    seed_everything(seed)
+    model = _model(setting, recipe, info, seed, cfg)
     objective: Objective = CrossEntropyObjective()
     if not is_ce:
         objective = HUGObjective(HUGLoss.preset(str(recipe.preset), **hug), model.head)
+    trainer_cfg = {
+        **to_dict(cfg.trainer),
+        **to_dict(setting.trainer),
+        **(to_dict(recipe.trainer) if recipe.get("trainer") is not None else {}),
+    }
+    if recipe.get("ce_anneal") is not None:  # CE weight 1 -> 0 over this fraction of training
+        steps = math.ceil(len(train) / int(trainer_cfg["batch_size"])) * int(trainer_cfg["epochs"])
+        objective = AnnealedCEObjective(objective, max(1, round(float(recipe.ce_anneal) * steps)))
     augment: nn.Module = nn.Identity()
     if setting.augment:
         augment = BatchAugment(padding=int(setting.augment), flip=info.in_channels == 3)
-    trainer_cfg = {**to_dict(cfg.trainer), **to_dict(setting.trainer)}
+    if cfg.get("checkpoint_dir"):
+        path = Path(str(cfg.checkpoint_dir)) / f"{setting.name}_{name}_{seed}.pt"
+        trainer_cfg["checkpoint_path"] = str(path)
+    eval_fn = None
+    if setting.get("diagnose"):
+        probe = subset(train, int(setting.diagnose), seed=1)
+        score = getattr(objective, "score", objective)
+        batch = int(trainer_cfg["batch_size"])
+
+        def eval_fn(inner: nn.Module) -> dict[str, float]:
+            out = evaluate_classifier(inner, val, batch_size=1000, prefix="val_")
+            fit = fit_diagnostics(inner, score, probe, batch_size=batch)
+            return {"val_error": out["val_error"], **fit}
+
+        trainer_cfg["eval_every"] = 1
     trainer = Trainer(TrainerConfig.from_mapping(trainer_cfg, seed=seed))
     start = time.perf_counter()
-    result = trainer.fit(model, train, AugmentedLoss(objective, augment))
+    result = trainer.fit(model, train, AugmentedLoss(objective, augment), eval_fn)
     seconds = time.perf_counter() - start
     out = evaluate_classifier(model, val, batch_size=1000, prefix="val_")
+    train_out = evaluate_classifier(model, collapse, batch_size=1000, prefix="train_")
     out.update(
         evaluate_collapse(
             model,
@@ -99,13 +159,17 @@ def run_one(setting: DictConfig, recipe: DictConfig, seed: int, cfg: DictConfig)
             spaces=("unit",),
         )
     )
-    return {
+    record: dict[str, Any] = {
         "val_error": out["val_error"],
+        "train_error": train_out["train_error"],
         "nc1_unit": out["unit_nc1"],
         "nc4_unit": out["unit_nc4_mismatch"],
         "train_loss": result.final.get("loss", float("nan")),
         "seconds": seconds,
     }
+    if setting.get("diagnose"):
+        record["history"] = result.history
+    return record
 
 
 def recipe_tables(
@@ -167,16 +231,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     stem = Path(str(cfg.output_dir)) / str(cfg.output_name)
     run_log = RunLog(stem.parent / f"{stem.name}_runs.jsonl", ("setting", "recipe", "seed"))
     started = time.perf_counter()
+    # ``only=[...]`` / ``only_recipes=[...]`` run a part of the sweep (e.g. one per process;
+    # the run log is appended line by line, so processes on disjoint parts can share it).
+    only = set(cfg.get("only") or settings)
+    only_recipes = set(cfg.get("only_recipes") or recipes)
     with torch_threads(cfg.num_threads):
         for name, setting in settings.items():
             for recipe_name, recipe in recipes.items():
                 if setting.get("recipes") and recipe_name not in setting.recipes:
                     continue  # the setting runs a shortlist (the baseline is always "ce")
+                if name not in only or recipe_name not in only_recipes:
+                    continue
                 for seed in seeds:
                     record: dict[str, Any] = {"setting": name, "recipe": recipe_name, "seed": seed}
                     if run_log.done(record):
                         continue
-                    record.update(run_one(setting, recipe, seed, cfg))
+                    record.update(run_one(setting, recipe, seed, cfg, recipe_name))
                     run_log.append(record)  # one line per finished run
                     print(json.dumps(record), file=sys.stderr, flush=True)
     runs = [r for r in run_log.records if r["setting"] in settings and r["recipe"] in recipes]

@@ -7,8 +7,9 @@ lets the same model, loop and evaluation run cross-entropy and every HUG variant
 * :class:`CrossEntropyObjective` -- softmax cross-entropy on the logits (features unused).
 * :class:`HUGObjective` -- a HUG loss on the features and the class proxies of a head
   (logits unused), e.g. ``HUGObjective(HUGLoss.preset("mhe"), head)``.
+* :class:`AnnealedCEObjective` -- an objective plus a CE term annealed from 1 to 0.
 
-Both are :class:`torch.nn.Module` s, so anything trainable they hold (such as the proxies of a
+All are :class:`torch.nn.Module` s, so anything trainable they hold (such as the proxies of a
 head that is *not* part of the model) is found and trained by the trainer.
 
 Example:
@@ -24,10 +25,17 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CrossEntropyObjective", "HUGObjective", "Objective", "ProxyLoss"]
+__all__ = [
+    "AnnealedCEObjective",
+    "CrossEntropyObjective",
+    "HUGObjective",
+    "Objective",
+    "ProxyLoss",
+]
 
 
 class Objective(Protocol):
@@ -142,3 +150,54 @@ class HUGObjective(nn.Module):
         """Returns ``loss(features, labels, head.proxies)``; ``logits`` is unused."""
         del logits
         return self.loss(features, labels, self.head.proxies)
+
+
+class AnnealedCEObjective(nn.Module):
+    """An objective plus a cross-entropy term whose weight falls linearly from 1 to 0.
+
+    ``loss = objective(features, logits, labels) + w * CE(logits, labels)`` with
+    ``w = max(0, 1 - step / anneal_steps)``: training starts as the CE hybrid and ends as the
+    objective alone (e.g. pure HUG). The step counter is a buffer, so it is checkpointed with
+    the loss and a resumed run continues the schedule where it stopped; it advances on every
+    call made with gradients enabled in training mode.
+
+    Args:
+        objective: The objective kept to the end, ``objective(features, logits, labels)``.
+        anneal_steps: Optimizer steps over which the CE weight reaches 0 (>= 1).
+
+    Raises:
+        ValueError: If ``anneal_steps < 1``.
+
+    Example:
+        >>> import torch
+        >>> obj = AnnealedCEObjective(CrossEntropyObjective(), anneal_steps=2)
+        >>> args = torch.zeros(2, 4), torch.zeros(2, 3), torch.tensor([0, 1])
+        >>> [round(float(obj(*args)), 4) for _ in range(3)]  # log 3 x (2, 1.5, 1)
+        [2.1972, 1.6479, 1.0986]
+    """
+
+    steps: Tensor
+
+    def __init__(self, objective: Objective, anneal_steps: int) -> None:
+        super().__init__()
+        if isinstance(anneal_steps, bool) or int(anneal_steps) < 1:
+            raise ValueError(f"anneal_steps must be >= 1, got {anneal_steps!r}")
+        self.objective = objective
+        self.anneal_steps = int(anneal_steps)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def ce_weight(self) -> Tensor:
+        """The current weight of the CE term (a 0-d tensor, no host sync)."""
+        return (1.0 - self.steps.float() / self.anneal_steps).clamp(min=0.0)
+
+    def score(self, features: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
+        """The loss at the current step, without advancing the schedule."""
+        ce = F.cross_entropy(logits.float(), labels)
+        return self.objective(features, logits, labels) + self.ce_weight() * ce
+
+    def forward(self, features: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
+        """The loss at the current step; advances the step counter when training."""
+        loss = self.score(features, logits, labels)
+        if self.training and torch.is_grad_enabled():
+            self.steps += 1
+        return loss

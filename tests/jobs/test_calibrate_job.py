@@ -83,3 +83,40 @@ def test_validation_split_comes_from_the_training_set(job: ModuleType) -> None:
 def test_recipes_need_the_ce_baseline(job: ModuleType, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'ce'"):
         job.main(["--preset", str(_preset(tmp_path, {"hug": {"preset": "default"}}))])
+
+
+def test_remedy_recipes_and_per_epoch_diagnostics(job: ModuleType, tmp_path: Path) -> None:
+    """The fit study's recipe fields (ETF proxies, BatchNorm neck, CE anneal, per-recipe learning
+    rate) train, and a ``diagnose`` setting records the fit measurements after every epoch."""
+    from omegaconf import OmegaConf
+
+    recipes: dict[str, dict[str, object]] = {
+        "ce": {"trainer": {"lr": 0.02}},
+        "etf_bn": {"preset": "default", "proxy_init": "etf", "neck_norm": "batchnorm"},
+        "anneal": {"preset": "default", "ce_anneal": 0.5},
+    }
+    path = _preset(tmp_path, recipes)
+    cfg = OmegaConf.load(path)
+    cfg.settings = [cfg.settings[0]]
+    cfg.settings[0].trainer.epochs = 2
+    cfg.settings[0].diagnose = 200
+    cfg.checkpoint_dir = str(tmp_path / "ckpt")
+    OmegaConf.save(cfg, path)
+    runs = {r["recipe"]: r for r in job.main(["--preset", str(path)])["runs"]}
+    assert set(runs) == set(recipes)
+    for run in runs.values():
+        history = run["history"]
+        assert [h["epoch"] for h in history] == [1, 2]
+        for entry in history:
+            assert 0.0 <= entry["train_error"] <= 1.0 and 0.0 <= entry["val_error"] <= 1.0
+            assert entry["feature_norm"] > 0 and entry["grad_neck"] > 0
+            assert -1.0 <= entry["proxy_max_cosine"] <= 1.0
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "digits-sgd-b32_anneal_0.pt",
+        "digits-sgd-b32_ce_0.pt",
+        "digits-sgd-b32_etf_bn_0.pt",
+    ]
+    with pytest.raises(ValueError, match="proxy_init"):
+        job.run_one(
+            cfg.settings[0], OmegaConf.create({"preset": "default", "proxy_init": "x"}), 0, cfg
+        )

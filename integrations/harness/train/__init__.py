@@ -63,6 +63,7 @@ from harness.train.checkpoints import (
     train_or_load,
 )
 from harness.train.config import TrainerConfig
+from harness.train.diagnostics import fit_diagnostics
 from harness.train.evaluate import evaluate_classifier, evaluate_collapse, extract_features
 from harness.train.runtime import (
     distributed_info,
@@ -101,6 +102,7 @@ __all__ = [
     "evaluate_collapse",
     "extract_features",
     "find_checkpoint",
+    "fit_diagnostics",
     "fit_pixel_classifier",
     "init_distributed_from_env",
     "is_main_process",
