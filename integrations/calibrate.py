@@ -32,6 +32,7 @@ from harness.objectives import (
     Objective,
 )
 from harness.tables import (
+    history_csv,
     standard_header_lines,
     summarize,
     summarize_runs,
@@ -279,6 +280,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         stem.parent / f"{stem.name}_pivot.md",
         pivot + pivot_markdown(rows, list(settings), list(recipes)),
     )
+    histories = {
+        (r["setting"], r["recipe"], r["seed"]): r["history"] for r in runs if r.get("history")
+    }
+    if histories:  # the diagnose settings: one row per run and epoch
+        paths["history_csv"] = atomic_write_text(
+            stem.parent / f"{stem.name}_history.csv",
+            history_csv(histories, ["setting", "recipe", "seed"]),
+        )
     print(paths["md"].read_text(encoding="utf-8"))
     print(paths["pivot_md"].read_text(encoding="utf-8"))
     return {"rows": rows, "overall": overall, "runs": runs, "paths": paths}

@@ -111,6 +111,8 @@ def test_remedy_recipes_and_per_epoch_diagnostics(job: ModuleType, tmp_path: Pat
             assert 0.0 <= entry["train_error"] <= 1.0 and 0.0 <= entry["val_error"] <= 1.0
             assert entry["feature_norm"] > 0 and entry["grad_neck"] > 0
             assert -1.0 <= entry["proxy_max_cosine"] <= 1.0
+    history = (tmp_path / "out" / "calibrate_quick_history.csv").read_text().splitlines()
+    assert history[0].startswith("setting,recipe,seed,epoch,") and len(history) == 1 + 3 * 2
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
         "digits-sgd-b32_anneal_0.pt",
         "digits-sgd-b32_ce_0.pt",
