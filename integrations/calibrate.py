@@ -123,28 +123,30 @@ def run_one(
         **to_dict(setting.trainer),
         **(to_dict(recipe.trainer) if recipe.get("trainer") is not None else {}),
     }
-    if recipe.get("ce_anneal") is not None:  # CE weight 1 -> 0 over this fraction of training
-        steps = math.ceil(len(train) / int(trainer_cfg["batch_size"])) * int(trainer_cfg["epochs"])
-        objective = AnnealedCEObjective(objective, max(1, round(float(recipe.ce_anneal) * steps)))
     augment: nn.Module = nn.Identity()
     if setting.augment:
         augment = BatchAugment(padding=int(setting.augment), flip=info.in_channels == 3)
     if cfg.get("checkpoint_dir"):
         path = Path(str(cfg.checkpoint_dir)) / f"{setting.name}_{name}_{seed}.pt"
         trainer_cfg["checkpoint_path"] = str(path)
+    if setting.get("diagnose"):
+        trainer_cfg["eval_every"] = 1
+    config = TrainerConfig.from_mapping(trainer_cfg, seed=seed)
+    if recipe.get("ce_anneal") is not None:  # CE weight 1 -> 0 over this fraction of training
+        batches = len(train) / config.batch_size
+        steps = (math.floor(batches) if config.drop_last else math.ceil(batches)) * config.epochs
+        objective = AnnealedCEObjective(objective, max(1, round(float(recipe.ce_anneal) * steps)))
     eval_fn = None
     if setting.get("diagnose"):
         probe = subset(train, int(setting.diagnose), seed=1)
         score = getattr(objective, "score", objective)
-        batch = int(trainer_cfg["batch_size"])
 
         def eval_fn(inner: nn.Module) -> dict[str, float]:
             out = evaluate_classifier(inner, val, batch_size=1000, prefix="val_")
-            fit = fit_diagnostics(inner, score, probe, batch_size=batch)
+            fit = fit_diagnostics(inner, score, probe, batch_size=config.batch_size)
             return {"val_error": out["val_error"], **fit}
 
-        trainer_cfg["eval_every"] = 1
-    trainer = Trainer(TrainerConfig.from_mapping(trainer_cfg, seed=seed))
+    trainer = Trainer(config)
     start = time.perf_counter()
     result = trainer.fit(model, train, AugmentedLoss(objective, augment), eval_fn)
     seconds = time.perf_counter() - start

@@ -195,12 +195,17 @@ class FeatureClassifier(nn.Module):
         self.feature_dim = feature_dim if feature_dim is not None else backbone_dim
         self.head = head
 
-    def features(self, x: Tensor) -> Tensor:
-        """Returns the ``(N, feature_dim)`` features of a batch of images."""
+    def backbone_features(self, x: Tensor) -> Tensor:
+        """Returns the backbone's output (the neck's input) for a batch of images."""
         x = self.normalize(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out: Tensor = self.neck(self.backbone(x))
+        out: Tensor = self.backbone(x)
+        return out
+
+    def features(self, x: Tensor) -> Tensor:
+        """Returns the ``(N, feature_dim)`` features of a batch of images."""
+        out: Tensor = self.neck(self.backbone_features(x))
         return out
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -57,8 +57,8 @@ def fit_diagnostics(
     """Measures the fit of ``model`` on ``data`` under ``objective`` (see the module docstring).
 
     Args:
-        model: A :class:`~harness.models.FeatureClassifier` (``backbone``, ``neck``, ``head``,
-            ``normalize``), in eval mode; its gradients are cleared afterwards.
+        model: A :class:`~harness.models.FeatureClassifier`, in eval mode; its gradients are
+            cleared afterwards.
         objective: ``objective(features, logits, labels) -> scalar``, as in training.
         data: ``(image, label)`` samples, not augmented (a fixed slice of the training set).
         batch_size: Batch size of the gradient measurement (use the training batch size:
@@ -73,13 +73,12 @@ def fit_diagnostics(
     neck_norms: list[Tensor] = []
     linears = [m for m in model.neck.modules() if isinstance(m, nn.Linear)]
     neck_weight = linears[-1].weight if linears else None
+    with torch.no_grad():
+        directions = F.normalize(classifier_weight(model).detach().float(), dim=1)
     for images, labels in loader:
         images, labels = images.to(device), labels.to(device)
         with torch.no_grad():
-            x = model.normalize(images)
-            if getattr(model, "channels_last", False):
-                x = x.contiguous(memory_format=torch.channels_last)
-            backbone_out = model.backbone(x)
+            backbone_out = model.backbone_features(images)
         features = model.neck(backbone_out)
         features.retain_grad()
         logits = model.head(features)
@@ -91,7 +90,6 @@ def fit_diagnostics(
         if isinstance(neck_weight, Tensor) and neck_weight.grad is not None:
             neck_norms.append(neck_weight.grad.norm())
         with torch.no_grad():
-            directions = F.normalize(classifier_weight(model).detach().float(), dim=1)
             unit = F.normalize(features.detach().float(), dim=1)
             dist = torch.cdist(unit, directions)  # (B, C) chordal distances on the sphere
             correct.append(logits.argmax(dim=1) == labels)
