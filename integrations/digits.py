@@ -61,6 +61,7 @@ TASK = "digits"
 METHODS = {
     "ce": "CE",
     "default": "HUG (default)",
+    "distance_pull": "HUG (distance pull, previous default)",
     "mhe_sum": "MHE-HUG (paper)",
     "mhs_sum": "MHS-HUG (paper)",
     "mgd_sum": "MGD-HUG (paper)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -239,3 +240,33 @@ def test_presets_carry_paper_weights() -> None:
     with pytest.raises(ValueError, match="unknown HUG preset"):
         preset_config("ce")
     assert isinstance(preset_config("mhe", s=1.0), HUGConfig)
+
+
+def test_paper_presets_keep_the_authors_distance_pull() -> None:
+    for name in ("mhe", "mgd", "authors", "mhe_sum", "mgd_sum", "ssl", "distance_pull"):
+        assert preset_config(name).intra == "distance", name
+    assert preset_config("mhs").intra == "max_distance"
+    assert HUGConfig().intra == preset_config("default").intra == "squared_distance"
+    assert preset_config("distance_pull") == HUGConfig(intra="distance")
+
+
+def test_default_pull_grows_with_the_distance_and_fades_at_the_proxy() -> None:
+    """The default (squared) pull's gradient on a sample is 2 sin(theta) along the sphere: small
+    next to its proxy, large far from it. The distance pull's is cos(theta / 2): largest next to
+    the proxy, so it gives misclassified samples no more push than fitted ones (docs: "Does HUG
+    fit its training set?")."""
+    proxies = torch.eye(2, 3)
+
+    def pull_gradient(config: HUGConfig, angle: float) -> float:
+        feature = torch.tensor([[math.cos(angle), math.sin(angle), 0.0]], requires_grad=True)
+        HUGLoss(config).terms(feature, torch.tensor([0]), proxies).intra.backward()
+        assert feature.grad is not None
+        return float(feature.grad.norm()) / config.beta  # the logged term carries beta
+
+    near, far = 0.1, 2.0
+    squared, distance = HUGConfig(), HUGConfig(intra="distance")
+    assert pull_gradient(squared, near) == pytest.approx(2 * math.sin(near), rel=1e-4)
+    assert pull_gradient(squared, far) == pytest.approx(2 * math.sin(far), rel=1e-4)
+    assert pull_gradient(distance, near) == pytest.approx(math.cos(near / 2), rel=1e-4)
+    assert pull_gradient(squared, far) > 5 * pull_gradient(squared, near)
+    assert pull_gradient(distance, far) < pull_gradient(distance, near)

@@ -71,9 +71,9 @@ class HUGConfig:
     """Hyperparameters of a HUG loss.
 
     The defaults are the calibrated recipe that ``HUGLoss()`` and ``HUGPlugin(...)`` use:
-    MHE inter term (Riesz ``s = 2`` energy of the proxies), distance pull, means over pairs and
-    over the classes present (batch-size invariant; every class weighs the same, as in the
-    authors' code), ``alpha = 60``, ``beta = 8``. They were chosen on
+    MHE inter term (Riesz ``s = 2`` energy of the proxies), squared-distance pull, means over
+    pairs and over the classes present (batch-size invariant; every class weighs the same, as in
+    the authors' code), ``alpha = 60``, ``beta = 8``. They were chosen on
     validation splits (docs: "Choosing HUG's settings");
     the paper's weights 0.15 / 0.015 belong to its sum form, preset ``"mhe_sum"``.
 
@@ -88,8 +88,9 @@ class HUGConfig:
         separation_t: Temperature (distance units) of the smooth minimum used by MHS.
         mgd_gamma: Bandwidth of the Gaussian Gram matrix used by MGD.
         mgd_jitter: Diagonal jitter of that Gram matrix.
-        intra: ``"distance"`` (authors' code), ``"squared_distance"`` or ``"max_distance"``
-            (per-class maximum, the paper's MHS-HUG).
+        intra: ``"squared_distance"`` (default: its pull grows with the distance and fades at
+            the proxy), ``"distance"`` (authors' code and the paper presets) or
+            ``"max_distance"`` (per-class maximum, the paper's MHS-HUG).
         intra_reduction: With ``reduction="mean"``: ``"class_mean"`` (mean over present
             classes of the per-class mean, as the authors' code) or ``"sample_mean"`` (mean
             over samples). Ignored with ``reduction="sum"``.
@@ -114,7 +115,7 @@ class HUGConfig:
     separation_t: float = 0.05
     mgd_gamma: float = 1.0
     mgd_jitter: float = 1e-4
-    intra: IntraMeasure = "distance"
+    intra: IntraMeasure = "squared_distance"
     intra_reduction: IntraReduction = "class_mean"
     reduction: Reduction = "mean"
     ce_weight: float = 0.0
@@ -257,6 +258,8 @@ def preset_config(name: str, **overrides: Any) -> HUGConfig:
 
     * ``"default"``: the calibrated default recipe, ``HUGConfig()`` (what ``HUGLoss()`` and
       ``HUGPlugin(...)`` use; see the docs page "Choosing HUG's settings").
+    * ``"distance_pull"``: the previous default, the authors' distance pull with the default
+      weights (tables made before the learning-speed study used it).
     * ``"mhe"``: MHE-HUG, Riesz ``s = 2``, alpha 0.15, beta 0.015 (the authors' mean form).
     * ``"mhs"``: MHS-HUG, smooth separation, per-class max distance, alpha 0.15, beta 0.015.
     * ``"mgd"``: MGD-HUG, Gaussian Gram log-det, alpha 0.15, beta 0.03.
@@ -277,14 +280,17 @@ def preset_config(name: str, **overrides: Any) -> HUGConfig:
     Raises:
         ValueError: On an unknown preset or field.
     """
-    paper = HUGConfig(alpha=0.15, beta=0.015, intra_reduction="class_mean", reduction="mean")
+    paper = HUGConfig(
+        alpha=0.15, beta=0.015, intra="distance", intra_reduction="class_mean", reduction="mean"
+    )
     presets = {
         "default": HUGConfig(),
+        "distance_pull": HUGConfig(intra="distance"),
         "mhe": replace(paper, inter="mhe"),
         "mhs": replace(paper, inter="mhs", intra="max_distance"),
         "mgd": replace(paper, inter="mgd", beta=0.03, energy_mode="full"),
         "authors": replace(paper, inter="mhe", kernel="riesz", s=2.0, energy_mode="full"),
-        "ssl": HUGConfig(alpha=4.0, beta=1.0, energy_mode="full"),
+        "ssl": HUGConfig(alpha=4.0, beta=1.0, intra="distance", energy_mode="full"),
     }
     for variant in ("mhe", "mhs", "mgd"):
         presets[f"{variant}_sum"] = replace(presets[variant], reduction="sum")
