@@ -27,6 +27,7 @@ def test_presets_exist_and_share_keys() -> None:
     assert len(default.seeds) >= 3 and list(default.methods) == [
         "ce",
         "default",
+        "distance_pull",
         "mhe_sum",
         "mhs_sum",
         "mgd_sum",

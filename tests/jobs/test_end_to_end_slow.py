@@ -41,19 +41,20 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_digits_default_preset(tmp_path: Path) -> None:
-    """The README's main job, full preset: 5 methods x 5 seeds."""
+    """The README's main job, full preset: 6 methods x 5 seeds."""
     out = _run("digits.py", f"output_dir={tmp_path}", "progress=false")
     assert "| HUG (default) |" in out
     rows = _rows(tmp_path / "digits.csv")
     assert [r["method"] for r in rows] == [
         "CE",
         "HUG (default)",
+        "HUG (distance pull, previous default)",
         "MHE-HUG (paper)",
         "MHS-HUG (paper)",
         "MGD-HUG (paper)",
     ]
     runs = _rows(tmp_path / "digits_runs.csv")
-    assert sorted({int(r["seed"]) for r in runs}) == [0, 1, 2, 3, 4] and len(runs) == 25
+    assert sorted({int(r["seed"]) for r in runs}) == [0, 1, 2, 3, 4] and len(runs) == 30
     for run in runs:
         for key in ("test_error", "nc1", "gnc2_ratio", "unit_nc4_mismatch"):
             assert math.isfinite(float(run[key]))
