@@ -165,7 +165,7 @@ def pair_block(
     exclude: Tensor,
     kernel: PairKernel,
     need_grad: bool,
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
+) -> tuple[Tensor, Tensor | None]:
     """Pair sums of one loss step: ``sum_i a_i sum_{c != exclude_i} K(d2_ic)`` and its gradient.
 
     ``d2_ic = sq_rows_i + sq_cols_c - 2 <U_i, W_c> r_c`` is the squared distance between the
@@ -184,11 +184,11 @@ def pair_block(
         need_grad: Whether to return the gradient factors.
 
     Returns:
-        ``(stat, D, colsum)``. Plain kernels: ``stat = sum_i a_i sum_c K_ic``, ``D_ic = K'_ic
-        r_c`` (derivative in ``d2``, unweighted) and ``colsum_c = sum_i a_i D_ic <U_i, W_c>``.
-        Log-mean-exp kernels: ``stat = logsumexp_ic(g_ic + log a_i)``, ``D_ic = softmax_ic
-        g'_ic r_c`` and ``colsum_c = sum_i D_ic <U_i, W_c>``. ``D`` and ``colsum`` are
-        ``None`` without ``need_grad``.
+        ``(stat, D)``. Plain kernels: ``stat = sum_i a_i sum_c K_ic`` and ``D_ic = K'_ic r_c``
+        (derivative in ``d2``, unweighted). Log-mean-exp kernels: ``stat = logsumexp_ic(g_ic +
+        log a_i)`` and ``D_ic = softmax_ic g'_ic r_c``. ``D`` is ``None`` without
+        ``need_grad``. No column reduction of the block: the backward pass gets the proxies'
+        radial correction from its own matrix product (:func:`hug_backward`).
     """
     gram = unit_anchors @ proxies.T
     d2 = torch.addcmul(sq_cols[None, :], gram, inv_norms[None, :], value=-2.0)
@@ -199,16 +199,14 @@ def pair_block(
         values = values.add_(torch.log(row_weights)[:, None]).scatter_(1, index, -math.inf)
         stat = torch.logsumexp(values.flatten(), dim=0)
         if not need_grad:
-            return stat, None, None
+            return stat, None
         coef = values.sub_(stat).exp_()
         coef = coef.mul_(deriv) if deriv is not None else coef.mul_(-kernel.param)
-        coef = coef.mul_(inv_norms[None, :])
-        return stat, coef, gram.mul_(coef).sum(0)
+        return stat, coef.mul_(inv_norms[None, :])
     stat = values.scatter_(1, index, 0.0).sum(1) @ row_weights
     if deriv is None:
-        return stat, None, None
-    coef = deriv.scatter_(1, index, 0.0).mul_(inv_norms[None, :])
-    return stat, coef, gram.mul_(coef).T @ row_weights
+        return stat, None
+    return stat, deriv.scatter_(1, index, 0.0).mul_(inv_norms[None, :])
 
 
 def _intra_side(
@@ -343,7 +341,7 @@ def hug_forward(
         )  # fmt: skip
     assert row_weights is not None  # fused_proxy_hug checks it
     pair_total = row_weights.sum() * (proxies.shape[0] - 1)
-    stat, coef, colsum = pair_block(
+    stat, coef = pair_block(
         targets, proxies, inv_w, sq_targets, sq_w, row_weights, labels, spec.kernel, need_grad
     )
     if spec.kernel.log_mean_exp:
@@ -352,13 +350,12 @@ def hug_forward(
     else:
         inter = stat / pair_total
         anchor_scale = row_weights / pair_total
-        colsum = None if colsum is None else colsum / pair_total
     if not need_grad:
         return intra, inter, norm_sums
-    assert coef is not None and colsum is not None
+    assert coef is not None
     return (
         intra, inter, norm_sums, gap, pull, feature_scale, radial_scale,
-        inv_w, active_w, targets, coef, anchor_scale, colsum,
+        inv_w, active_w, targets, coef, anchor_scale,
     )  # fmt: skip
 
 
@@ -378,11 +375,12 @@ def hug_backward(
     Features: ``dL/dx = -g_intra (gap * feature_scale + x * radial_scale)`` (see
     :func:`_intra_side`). Full mode: ``dL/dW_hat = -4 g s D W_hat`` (``D`` symmetric, ``s`` the
     pair scale) plus the intra targets' ``g_intra pull gap``, then one normalization
-    backward ``(G - W_hat <G, W_hat>) / |W|``. Rows mode, with ``D``, ``colsum`` and the anchor
-    scales ``s_i`` of :func:`pair_block`: ``dL/dW_c = -2 g (D^T (s U))_c + 2 g r_c^2 colsum_c
-    W_c`` (columns; the second part is the normalization's radial correction), ``dL/dU_i = -2 g
-    s_i (D W)_i`` (anchors, then through the normalization of ``W[anchors]``). Static proxies:
-    features only. The ``(B, d)`` results are computed in place where they are fresh buffers.
+    backward ``(G - W_hat <G, W_hat>) / |W|``. Rows mode, with ``D`` and the anchor scales
+    ``s_i`` of :func:`pair_block`: ``M = -2 g D^T (s U)`` and ``dL/dW_c = M_c - r_c^2 <M_c,
+    W_c> W_c`` (columns; the second part is the normalization's radial correction, a row-wise
+    pass over ``M`` and ``W``), ``dL/dU_i = -2 g s_i (D W)_i`` (anchors, then through the
+    normalization of ``W[anchors]``). Static proxies: features only. The ``(B, d)`` results
+    are computed in place where they are fresh buffers.
     """
     gap, pull, feature_scale, radial_scale = saved[:4]
     grad_x = None
@@ -403,11 +401,11 @@ def hug_backward(
         radial = torch.linalg.vecdot(grad_unit, unit_rows, dim=1) * active_w
         grad_w = grad_unit.addcmul_(unit_rows, radial[:, None], value=-1.0)
         return grad_x, grad_w.mul_(inv_w[:, None])
-    anchor_scale, colsum = saved[8:]
+    (anchor_scale,) = saved[8:]
     scale = (-2.0 * grad_inter) * anchor_scale
     grad_w = coef.T @ (unit_rows * scale[:, None])
-    column_radial = (2.0 * grad_inter) * inv_w * inv_w * colsum * active_w
-    grad_w = grad_w.addcmul_(proxies, column_radial[:, None])
+    column_radial = torch.linalg.vecdot(grad_w, proxies, dim=1) * inv_w * inv_w * active_w
+    grad_w = grad_w.addcmul_(proxies, column_radial[:, None], value=-1.0)
     grad_anchors = (coef @ proxies).mul_(scale[:, None])
     if grad_targets is not None:
         grad_anchors = grad_anchors.add_(grad_targets)

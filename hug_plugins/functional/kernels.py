@@ -86,6 +86,10 @@ class PairKernel:
             return d2.mul_(-self.param), None  # derivative is the constant -t
         active = d2 > eps2
         clamped = d2.clamp_(min=eps2)
+        if self.kind == "riesz" and self.param == 1.0:  # the default: rsqrt, no pow
+            value = clamped.rsqrt_()  # d^-1
+            deriv = value * value * value  # -2 f' = d^-3
+            return value, torch.where(active, deriv.mul_(-0.5), 0.0)
         if self.kind == "riesz" and self.param == 2.0:
             value = clamped.reciprocal_()  # d^-2
             deriv = value * value  # -f' = d^-4
