@@ -194,19 +194,31 @@ def pair_block(
     d2 = torch.addcmul(sq_cols[None, :], gram, inv_norms[None, :], value=-2.0)
     d2 = d2.add_(sq_rows[:, None]).clamp_(min=0.0)
     values, deriv = kernel.evaluate(d2, need_grad)
-    index = exclude[:, None]
     if kernel.log_mean_exp:
-        values = values.add_(torch.log(row_weights)[:, None]).scatter_(1, index, -math.inf)
+        values = _drop_excluded(values.add_(torch.log(row_weights)[:, None]), exclude, -math.inf)
         stat = torch.logsumexp(values.flatten(), dim=0)
         if not need_grad:
             return stat, None
         coef = values.sub_(stat).exp_()
         coef = coef.mul_(deriv) if deriv is not None else coef.mul_(-kernel.param)
         return stat, coef.mul_(inv_norms[None, :])
-    stat = values.scatter_(1, index, 0.0).sum(1) @ row_weights
+    stat = _drop_excluded(values, exclude, 0.0).sum(1) @ row_weights
     if deriv is None:
         return stat, None
-    return stat, deriv.scatter_(1, index, 0.0).mul_(inv_norms[None, :])
+    return stat, _drop_excluded(deriv, exclude, 0.0).mul_(inv_norms[None, :])
+
+
+def _drop_excluded(block: Tensor, exclude: Tensor, fill: float) -> Tensor:
+    """``block`` with ``block[i, exclude_i] = fill``.
+
+    Eager: an in-place ``scatter_`` (``m`` writes). Under ``torch.compile``: a column mask,
+    which Inductor fuses into the kernel's pointwise pass and the row sum that follow (a
+    scatter is a kernel of its own there, and splits the ``(m, C)`` block into two passes).
+    """
+    if torch.compiler.is_compiling():
+        columns = torch.arange(block.shape[1], device=block.device)
+        return torch.where(columns[None, :] == exclude[:, None], fill, block)
+    return block.scatter_(1, exclude[:, None], fill)
 
 
 def _intra_side(

@@ -51,6 +51,8 @@ class PairKernel:
     def value(self, d2: Tensor) -> Tensor:
         """Kernel value (or exponent ``g`` for log-mean-exp kernels) at squared distance."""
         eps2 = self.eps * self.eps
+        if self.kind == "riesz" and self.param == 1.0:  # the default: rsqrt, no pow
+            return d2.clamp_min(eps2).rsqrt()
         if self.kind == "riesz":
             sign = 1.0 if self.param > 0 else -1.0
             return sign * d2.clamp_min(eps2).pow(-self.param / 2.0)
