@@ -33,6 +33,7 @@ RATIOS = {
     "eager/ce": "hug_eager",
     "reference/ce": "hug_reference",
     "static/ce": "hug_static",
+    "hybrid/ce": "hybrid",
 }
 COMPILED_RATIO = ("compiled hug/compiled ce", "hug_compiled", "ce_compiled")
 
@@ -73,6 +74,9 @@ def loss_rows(cfg: Any, threads: int | None, header: list[str]) -> list[dict[str
         if hug_c in results and ce_c in results:
             row[name] = results[hug_c]["ms"] / results[ce_c]["ms"]
             row["compile_s"] = results[hug_c]["first_s"]
+        if "hybrid_compiled" in results and "ce_compiled" in results:
+            ratio = results["hybrid_compiled"]["ms"] / results["ce_compiled"]["ms"]
+            row["compiled hybrid/compiled ce"] = ratio
         if "naive" in results and "hug" in results:
             row["naive/hug"] = results["naive"]["ms"] / results["hug"]["ms"]
         if cfg.memory:

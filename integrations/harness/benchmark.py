@@ -41,6 +41,8 @@ METHODS = (
     "hug_static",
     "hug_full",
     "naive",
+    "hybrid",
+    "hybrid_compiled",
 )
 """``ce``: nn.Linear + cross-entropy; ``hug``: ``HUGLoss()`` as a user gets it (fused path,
 compiled where :func:`hug_plugins.functional.fused.set_compile`'s ``"auto"`` rule says so,
@@ -50,7 +52,8 @@ step, see :func:`hug_plugins.set_validation`); ``hug_eager``: the fused path nev
 ``HUGLoss()`` with static proxies (no gradient: the ``O(B d)`` step); ``hug_full``: the full
 O(C^2) energy; ``naive``: the authors' formula as written; ``ce_compiled`` / ``hug_compiled``:
 the loss computation compiled whole (``torch.compile(..., fullgraph=True)``, Inductor), its
-backward through AOTAutograd."""
+backward through AOTAutograd; ``hybrid`` / ``hybrid_compiled``: ``HUGLoss(ce_weight=1.0)``
+(the squared pull + CE on the scaled-cosine logits), eager / compiled whole."""
 
 
 def _sync(device: torch.device) -> None:
@@ -91,8 +94,11 @@ def _make_step(
         return naive_step
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    loss_fn = HUGLoss(energy_mode="full" if method == "hug_full" else "auto")
-    if method == "hug_compiled":
+    loss_fn = HUGLoss(
+        energy_mode="full" if method == "hug_full" else "auto",
+        ce_weight=1.0 if method.startswith("hybrid") else 0.0,
+    )
+    if method in ("hug_compiled", "hybrid_compiled"):
         compiled_loss = torch.compile(loss_fn, fullgraph=True)
 
         def compiled_step() -> Tensor:

@@ -38,7 +38,8 @@ def _expected_loss(method: str, num_classes: int, batch_size: int, dim: int, see
     # the mode; learnable ones in rows mode (C > B here) get the batch's rows estimate.
     proxies.requires_grad_(method != "hug_static")
     mode = "full" if method == "hug_full" else "auto"
-    return float(HUGLoss(energy_mode=mode)(features, labels, proxies))
+    ce_weight = 1.0 if method.startswith("hybrid") else 0.0
+    return float(HUGLoss(energy_mode=mode, ce_weight=ce_weight)(features, labels, proxies))
 
 
 @pytest.mark.parametrize("method", METHODS)
