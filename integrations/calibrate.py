@@ -58,7 +58,7 @@ TASK = "calibrate"
 CE = {"recipe": "ce"}
 
 
-def _data(setting: DictConfig, root: str | None) -> tuple[Any, Any, Any, Any]:
+def setting_data(setting: DictConfig, root: str | None) -> tuple[Any, Any, Any, Any]:
     """``(train, val, collapse_set, info)``: the hold-out is carved from the training set."""
     train, _, info = load_image_dataset(str(setting.dataset), root)
     rest, val = split_holdout(train, int(setting.val_size), seed=12345)
@@ -71,7 +71,9 @@ RECIPE_KEYS = ("preset", "proxy_mode", "proxy_init", "neck_norm", "ce_anneal", "
 """Recipe fields that are not HUGLoss keywords (the rest are passed to ``HUGLoss.preset``)."""
 
 
-def _model(setting: DictConfig, recipe: DictConfig, info: Any, seed: int, cfg: DictConfig) -> Any:
+def recipe_model(
+    setting: DictConfig, recipe: DictConfig, info: Any, seed: int, cfg: DictConfig
+) -> Any:
     """The setting's classifier with the recipe's head, proxies and neck normalization."""
     is_ce = recipe.get("preset") is None
     scale = float(recipe.get("logit_scale", 16.0))
@@ -110,11 +112,11 @@ def run_one(
     A setting with ``diagnose: N`` also records, after every epoch, the validation error and
     :func:`~harness.train.fit_diagnostics` on N un-augmented training samples (``history``).
     """
-    train, val, collapse, info = _data(setting, cfg.data.root)
+    train, val, collapse, info = setting_data(setting, cfg.data.root)
     is_ce = recipe.get("preset") is None
     hug = {k: v for k, v in to_dict(recipe).items() if k not in RECIPE_KEYS}
     seed_everything(seed)
-    model = _model(setting, recipe, info, seed, cfg)
+    model = recipe_model(setting, recipe, info, seed, cfg)
     objective: Objective = CrossEntropyObjective()
     if not is_ce:
         objective = HUGObjective(HUGLoss.preset(str(recipe.preset), **hug), model.head)

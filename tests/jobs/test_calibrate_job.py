@@ -69,7 +69,7 @@ def test_validation_split_comes_from_the_training_set(job: ModuleType) -> None:
     from harness.data import load_image_dataset
 
     cfg = load_config("calibrate", "quick")
-    train, val, _, _ = job._data(cfg.settings[0], None)
+    train, val, _, _ = job.setting_data(cfg.settings[0], None)
     full_train, test, _ = load_image_dataset("digits")
     assert len(train) + len(val) == len(full_train)
     assert abs(len(val) - int(cfg.settings[0].val_size)) <= 5  # stratified rounding per class
