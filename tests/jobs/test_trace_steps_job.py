@@ -33,6 +33,7 @@ def test_trace_records_every_step_and_writes_json(job: ModuleType, tmp_path: Pat
             assert step["feature_norm"] > 0 and math.isfinite(step["loss"])
             assert 0.0 <= step["batch_acc"] <= 1.0 and step["neck_grad"] > 0
         assert 0.0 <= trace["val_error"] < 0.9  # one epoch already beats chance (0.9)
+        assert 0.0 <= trace["val_error_bn_recalibrated"] < 0.9
     saved = json.loads((tmp_path / "trace_steps_digits-adam-b128.json").read_text())
     assert saved == traces
 
