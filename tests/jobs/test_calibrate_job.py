@@ -122,3 +122,24 @@ def test_remedy_recipes_and_per_epoch_diagnostics(job: ModuleType, tmp_path: Pat
         job.run_one(
             cfg.settings[0], OmegaConf.create({"preset": "default", "proxy_init": "x"}), 0, cfg
         )
+
+
+@pytest.mark.parametrize("preset", ["default", "fit", "quick"])
+def test_every_preset_recipe_builds_and_every_shortlist_names_a_recipe(
+    job: ModuleType, preset: str
+) -> None:
+    """A typo in a preset's recipe (an unknown HUGLoss field, a shortlist entry that names no
+    recipe) fails here, not hours into a sweep."""
+    from harness.config import load_config, to_dict
+
+    from hug_plugins import HUGLoss
+
+    cfg = load_config("calibrate", preset)
+    for name, recipe in cfg.recipes.items():
+        fields = {k: v for k, v in to_dict(recipe).items() if k not in job.RECIPE_KEYS}
+        if recipe.get("preset") is None:
+            assert not fields, f"{name}: a CE recipe takes no HUGLoss fields, got {fields}"
+        else:
+            assert isinstance(HUGLoss.preset(str(recipe.preset), **fields), HUGLoss)
+    for setting in cfg.settings:
+        assert set(setting.get("recipes") or []) <= set(cfg.recipes), setting.name
