@@ -71,6 +71,11 @@ RECIPE_KEYS = ("preset", "proxy_mode", "proxy_init", "neck_norm", "ce_anneal", "
 """Recipe fields that are not HUGLoss keywords (the rest are passed to ``HUGLoss.preset``)."""
 
 
+def hug_fields(recipe: DictConfig) -> dict[str, Any]:
+    """The recipe's ``HUGLoss.preset`` keywords: every field but :data:`RECIPE_KEYS`."""
+    return {k: v for k, v in to_dict(recipe).items() if k not in RECIPE_KEYS}
+
+
 def recipe_model(
     setting: DictConfig, recipe: DictConfig, info: Any, seed: int, cfg: DictConfig
 ) -> Any:
@@ -114,7 +119,7 @@ def run_one(
     """
     train, val, collapse, info = setting_data(setting, cfg.data.root)
     is_ce = recipe.get("preset") is None
-    hug = {k: v for k, v in to_dict(recipe).items() if k not in RECIPE_KEYS}
+    hug = hug_fields(recipe)
     seed_everything(seed)
     model = recipe_model(setting, recipe, info, seed, cfg)
     objective: Objective = CrossEntropyObjective()

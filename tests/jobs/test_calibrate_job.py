@@ -7,6 +7,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from harness.config import available_presets
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -124,19 +125,19 @@ def test_remedy_recipes_and_per_epoch_diagnostics(job: ModuleType, tmp_path: Pat
         )
 
 
-@pytest.mark.parametrize("preset", ["default", "fit", "quick"])
+@pytest.mark.parametrize("preset", available_presets("calibrate"))
 def test_every_preset_recipe_builds_and_every_shortlist_names_a_recipe(
     job: ModuleType, preset: str
 ) -> None:
     """A typo in a preset's recipe (an unknown HUGLoss field, a shortlist entry that names no
     recipe) fails here, not hours into a sweep."""
-    from harness.config import load_config, to_dict
+    from harness.config import load_config
 
     from hug_plugins import HUGLoss
 
     cfg = load_config("calibrate", preset)
     for name, recipe in cfg.recipes.items():
-        fields = {k: v for k, v in to_dict(recipe).items() if k not in job.RECIPE_KEYS}
+        fields = job.hug_fields(recipe)
         if recipe.get("preset") is None:
             assert not fields, f"{name}: a CE recipe takes no HUGLoss fields, got {fields}"
         else:
