@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 import io
 import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import dill
 import torch
-from avalanche.checkpointing.checkpoint_internals import _CheckpointLoadingContext
-from avalanche.training.determinism.rng_manager import RNGManager
+from avalanche.checkpointing import maybe_load_checkpoint, save_checkpoint
 from torch import Tensor
 
 from harness.io import atomic_write_bytes
@@ -93,11 +90,11 @@ def save_strategy_checkpoint(strategy: Any, path: str | os.PathLike[str]) -> Pat
     """Saves a strategy between experiences, atomically; resume with
     :func:`load_strategy_checkpoint`.
 
-    Like ``avalanche.checkpointing.save_checkpoint`` (dill pickle of the strategy, the global
-    RNG states and the experience counter), but the optimizer object is excluded -- pickling it
-    with dill fails on torch 2.14 -- and its ``state_dict`` is stored instead, keyed by the names
-    of the model's parameters. Objects holding the optimizer (e.g. an LR-scheduler plugin) must
-    be re-created by the caller.
+    The strategy is serialized by Avalanche's own ``save_checkpoint`` (dill pickle of the
+    strategy, the global RNG states and the experience counter) with the optimizer excluded --
+    pickling it with dill fails on torch 2.14 -- and the optimizer's ``state_dict`` is stored
+    beside it in the same file, keyed by the names of the model's parameters. Objects holding
+    the optimizer (e.g. an LR-scheduler plugin) must be re-created by the caller.
 
     Args:
         strategy: A ``BaseSGDTemplate`` strategy, outside its train/eval loops.
@@ -116,17 +113,15 @@ def save_strategy_checkpoint(strategy: Any, path: str | os.PathLike[str]) -> Pat
         if missing:
             raise ValueError("the optimizer holds parameters that are not in strategy.model")
         param_names.append([names[id(p)] for p in group["params"]])
-    shallow = copy.copy(strategy)
-    del shallow.optimizer
+    avalanche_checkpoint = io.BytesIO()
+    save_checkpoint(strategy, avalanche_checkpoint, exclude=["optimizer"])
     data = {
-        "strategy": shallow,
-        "rng_manager": RNGManager,
-        "exp_counter": strategy.clock.train_exp_counter,
+        "avalanche_checkpoint": avalanche_checkpoint.getvalue(),
         "optimizer_state": strategy.optimizer.state_dict(),
         "optimizer_param_names": param_names,
     }
     buffer = io.BytesIO()
-    torch.save(data, buffer, pickle_module=dill)
+    torch.save(data, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -138,10 +133,11 @@ def load_strategy_checkpoint(
     """Restores a strategy saved by :func:`save_strategy_checkpoint`, in place.
 
     ``strategy`` must be freshly built like the saved one (same model architecture, optimizer
-    class and plugins); its state is replaced by the saved one (model, plugins with their replay
-    memory and proxies, evaluator, clock, RNG states) and its optimizer is rebound to the
-    restored model's parameters and loaded with the saved state. If ``path`` does not exist the
-    strategy is returned unchanged with counter 0, as Avalanche's ``maybe_load_checkpoint``.
+    class and plugins); Avalanche's ``maybe_load_checkpoint`` replaces its state by the saved
+    one (model, plugins with their replay memory and proxies, evaluator, clock, RNG states),
+    keeping the fresh optimizer, which is then rebound to the restored model's parameters and
+    loaded with the saved state. If ``path`` does not exist the strategy is returned unchanged
+    with counter 0, as with ``maybe_load_checkpoint``.
 
     Args:
         strategy: The freshly built strategy.
@@ -157,15 +153,13 @@ def load_strategy_checkpoint(
     """
     if not os.path.exists(path):
         return strategy, 0
-    location: Any = map_location
-    if isinstance(map_location, (str, torch.device)):
-        device = str(torch.device(map_location))
-        location = {"cpu": "cpu", **{f"cuda:{i}": device for i in range(100)}}
-    with _CheckpointLoadingContext(location, None):
-        ckp = torch.load(path, pickle_module=dill, map_location=location, weights_only=False)
+    ckp = torch.load(path, map_location=map_location, weights_only=True)
     optimizer = strategy.optimizer
-    strategy.__dict__.update(ckp["strategy"].__dict__)
-    strategy.optimizer = optimizer
+    strategy, exp_counter = maybe_load_checkpoint(
+        strategy, io.BytesIO(ckp["avalanche_checkpoint"]), map_location=map_location
+    )
+    if strategy.optimizer is not optimizer:  # the saved strategy excluded its optimizer
+        raise ValueError(f"{path} holds a strategy with its optimizer; save it with this module")
     params = dict(strategy.model.named_parameters())
     groups = ckp["optimizer_param_names"]
     if len(groups) != len(optimizer.param_groups):
@@ -177,4 +171,4 @@ def load_strategy_checkpoint(
         group["params"] = [params[name] for name in group_names]
     optimizer.state = defaultdict(dict)
     optimizer.load_state_dict(ckp["optimizer_state"])
-    return strategy, int(ckp["exp_counter"])
+    return strategy, int(exp_counter)
