@@ -5,7 +5,8 @@ Every run trains on a training set minus a stratified hold-out and is scored on 
 Settings vary the dataset (and with it the class count), the batch size and the optimizer at
 its usual learning rate; recipes are cross-entropy or a HUGLoss preset with overrides, all
 with the same model, data, budget and seeds. Finished runs are appended to
-``<output>_runs.jsonl`` and skipped on a rerun (resume after a kill).
+``<output>_runs.jsonl`` and skipped on a rerun (resume after a kill) as long as the recipe
+resolves to the same configuration (:func:`run_tag`): a redefined recipe is trained anew.
 
 Run: ``python integrations/calibrate.py --preset quick`` (digits, a minute) or
 ``python integrations/calibrate.py --preset default --data-root ../shared/data`` (hours).
@@ -13,6 +14,7 @@ Run: ``python integrations/calibrate.py --preset quick`` (digits, a minute) or
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.config import check_seeds, parse_cli, to_dict
+from harness.config import RUN_INDEPENDENT_TRAINER_FIELDS, check_seeds, parse_cli, to_dict
 from harness.data import BatchAugment, load_image_dataset, split_holdout, subset
 from harness.io import RunLog, atomic_write_text
 from harness.models import build_classifier, classifier_weight
@@ -46,11 +48,13 @@ from harness.train import (
     evaluate_collapse,
     fit_diagnostics,
     seed_everything,
+    settings_tag,
     torch_threads,
 )
 from omegaconf import DictConfig
 from torch import nn
 
+from hug_plugins.functional import preset_config
 from hug_plugins.losses import HUGLoss
 from hug_plugins.proxies import ProxyHead, simplex_etf
 
@@ -74,6 +78,42 @@ RECIPE_KEYS = ("preset", "proxy_mode", "proxy_init", "neck_norm", "ce_anneal", "
 def hug_fields(recipe: DictConfig) -> dict[str, Any]:
     """The recipe's ``HUGLoss.preset`` keywords: every field but :data:`RECIPE_KEYS`."""
     return {k: v for k, v in to_dict(recipe).items() if k not in RECIPE_KEYS}
+
+
+def trainer_settings(setting: DictConfig, recipe: DictConfig, cfg: DictConfig) -> dict[str, Any]:
+    """The run's trainer fields: the shared ones, then the setting's, then the recipe's."""
+    return {
+        **to_dict(cfg.trainer),
+        **to_dict(setting.trainer),
+        **(to_dict(recipe.trainer) if recipe.get("trainer") is not None else {}),
+    }
+
+
+def run_tag(setting: DictConfig, recipe: DictConfig, cfg: DictConfig) -> str:
+    """A hash of everything a run's result depends on but its seed: the setting (not its name
+    or shortlist), the model, the trainer fields but the per-run ones, and the recipe *as it
+    resolves* (a preset's full ``HUGConfig``). A finished run is reused, and a checkpoint
+    resumed, only under the same tag, so a redefined recipe or a changed default is trained
+    anew instead of silently reusing the old result.
+    """
+    recipe_fields = to_dict(recipe)
+    resolved: dict[str, Any] = {
+        k: v
+        for k, v in recipe_fields.items()
+        if k in RECIPE_KEYS and k not in ("preset", "trainer")
+    }
+    if recipe.get("preset") is not None:
+        config = preset_config(str(recipe.preset), **hug_fields(recipe))
+        resolved["hug"] = dataclasses.asdict(config)
+    trainer = {
+        k: v
+        for k, v in trainer_settings(setting, recipe, cfg).items()
+        if k not in RUN_INDEPENDENT_TRAINER_FIELDS
+    }
+    data = {k: v for k, v in to_dict(setting).items() if k not in ("name", "recipes", "trainer")}
+    return settings_tag(
+        {"setting": data, "model": to_dict(cfg.model), "trainer": trainer, "recipe": resolved}
+    )
 
 
 def recipe_model(
@@ -125,16 +165,13 @@ def run_one(
     objective: Objective = CrossEntropyObjective()
     if not is_ce:
         objective = HUGObjective(HUGLoss.preset(str(recipe.preset), **hug), model.head)
-    trainer_cfg = {
-        **to_dict(cfg.trainer),
-        **to_dict(setting.trainer),
-        **(to_dict(recipe.trainer) if recipe.get("trainer") is not None else {}),
-    }
+    trainer_cfg = trainer_settings(setting, recipe, cfg)
     augment: nn.Module = nn.Identity()
     if setting.augment:
         augment = BatchAugment(padding=int(setting.augment), flip=info.in_channels == 3)
     if cfg.get("checkpoint_dir"):
-        path = Path(str(cfg.checkpoint_dir)) / f"{setting.name}_{name}_{seed}.pt"
+        tag = run_tag(setting, recipe, cfg)
+        path = Path(str(cfg.checkpoint_dir)) / f"{setting.name}_{name}_{seed}_{tag}.pt"
         trainer_cfg["checkpoint_path"] = str(path)
     if setting.get("diagnose"):
         trainer_cfg["eval_every"] = 1
@@ -239,12 +276,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if "ce" not in recipes:
         raise ValueError("recipes must include 'ce' (the baseline every recipe is paired with)")
     stem = Path(str(cfg.output_dir)) / str(cfg.output_name)
-    run_log = RunLog(stem.parent / f"{stem.name}_runs.jsonl", ("setting", "recipe", "seed"))
+    # Keyed by the run tag too: a recipe redefined under the same name is a new run.
+    run_log = RunLog(stem.parent / f"{stem.name}_runs.jsonl", ("setting", "recipe", "seed", "tag"))
     started = time.perf_counter()
     # ``only=[...]`` / ``only_recipes=[...]`` run a part of the sweep (e.g. one per process;
     # the run log is appended line by line, so processes on disjoint parts can share it).
     only = set(cfg.get("only") or settings)
     only_recipes = set(cfg.get("only_recipes") or recipes)
+    tags = {
+        (name, recipe_name): run_tag(setting, recipe, cfg)
+        for name, setting in settings.items()
+        for recipe_name, recipe in recipes.items()
+    }
     with torch_threads(cfg.num_threads):
         for name, setting in settings.items():
             for recipe_name, recipe in recipes.items():
@@ -253,13 +296,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 if name not in only or recipe_name not in only_recipes:
                     continue
                 for seed in seeds:
-                    record: dict[str, Any] = {"setting": name, "recipe": recipe_name, "seed": seed}
+                    record: dict[str, Any] = {
+                        "setting": name,
+                        "recipe": recipe_name,
+                        "seed": seed,
+                        "tag": tags[name, recipe_name],
+                    }
                     if run_log.done(record):
                         continue
                     record.update(run_one(setting, recipe, seed, cfg, recipe_name))
                     run_log.append(record)  # one line per finished run
                     print(json.dumps(record), file=sys.stderr, flush=True)
-    runs = [r for r in run_log.records if r["setting"] in settings and r["recipe"] in recipes]
+    runs = [  # the runs of the recipes as they are defined now
+        r for r in run_log.records if r.get("tag") == tags.get((r["setting"], r["recipe"]))
+    ]
     rows, overall = recipe_tables(runs, list(settings), list(recipes))
     header = [
         *standard_header_lines(["integrations/calibrate.py", *args]),

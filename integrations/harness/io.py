@@ -168,7 +168,8 @@ class RunLog:
                     continue
 
     def _key(self, record: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple(record[f] for f in self.key_fields)
+        # A record written before a key field existed matches no run (it is rerun).
+        return tuple(record.get(f) for f in self.key_fields)
 
     def done(self, key: Mapping[str, Any]) -> bool:
         """Whether a run with these key fields has finished."""

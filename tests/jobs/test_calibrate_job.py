@@ -65,6 +65,33 @@ def test_sweep_writes_paired_tables_and_resumes(job: ModuleType, tmp_path: Path)
     assert [r["val_error"] for r in again["runs"]] == [r["val_error"] for r in runs]
 
 
+def test_a_redefined_recipe_is_a_new_run(job: ModuleType, tmp_path: Path) -> None:
+    """Finished runs are reused by what the recipe resolves to, not by its name: redefining
+    ``default`` (or changing what ``HUGConfig()`` means) retrains it; the table shows the new one.
+    """
+    from omegaconf import OmegaConf
+
+    path = _preset(tmp_path, {"ce": {}, "default": {"preset": "default"}})
+    cfg = OmegaConf.load(path)
+    cfg.settings = [cfg.settings[0]]
+    OmegaConf.save(cfg, path)
+    first = job.main(["--preset", str(path)])["runs"]
+    log = tmp_path / "out" / "calibrate_quick_runs.jsonl"
+    assert len(log.read_text().splitlines()) == 2
+    setting, recipes = cfg.settings[0], cfg.recipes
+    tag = job.run_tag(setting, recipes.default, cfg)
+    assert tag == job.run_tag(setting, OmegaConf.create({"preset": "default", "beta": 8.0}), cfg)
+    assert tag != job.run_tag(setting, OmegaConf.create({"preset": "default", "beta": 16.0}), cfg)
+    assert tag != job.run_tag(setting, OmegaConf.create({"preset": "distance_pull"}), cfg)
+    cfg.recipes.default = {"preset": "default", "beta": 16.0}
+    OmegaConf.save(cfg, path)
+    second = job.main(["--preset", str(path)])["runs"]
+    assert len(log.read_text().splitlines()) == 3  # CE reused, the redefined recipe retrained
+    by_recipe = {r["recipe"]: r for r in second}
+    assert len(second) == 2 and by_recipe["ce"] == next(r for r in first if r["recipe"] == "ce")
+    assert by_recipe["default"]["tag"] != tag
+
+
 def test_validation_split_comes_from_the_training_set(job: ModuleType) -> None:
     from harness.config import load_config
     from harness.data import load_image_dataset
@@ -114,10 +141,10 @@ def test_remedy_recipes_and_per_epoch_diagnostics(job: ModuleType, tmp_path: Pat
             assert -1.0 <= entry["proxy_max_cosine"] <= 1.0
     history = (tmp_path / "out" / "calibrate_quick_history.csv").read_text().splitlines()
     assert history[0].startswith("setting,recipe,seed,epoch,") and len(history) == 1 + 3 * 2
+    setting = cfg.settings[0]
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
-        "digits-sgd-b32_anneal_0.pt",
-        "digits-sgd-b32_ce_0.pt",
-        "digits-sgd-b32_etf_bn_0.pt",
+        f"digits-sgd-b32_{name}_0_{job.run_tag(setting, cfg.recipes[name], cfg)}.pt"
+        for name in ("anneal", "ce", "etf_bn")
     ]
     with pytest.raises(ValueError, match="proxy_init"):
         job.run_one(
