@@ -39,6 +39,7 @@ from harness.tables import (
     summarize,
     summarize_runs,
     write_result_tables,
+    write_tables,
 )
 from harness.train import (
     AugmentedLoss,
@@ -71,7 +72,7 @@ def setting_data(setting: DictConfig, root: str | None) -> tuple[Any, Any, Any, 
     return rest, val, subset(rest, 2000, seed=1), info
 
 
-RECIPE_KEYS = ("preset", "proxy_mode", "proxy_init", "neck_norm", "ce_anneal", "trainer")
+RECIPE_KEYS = ("preset", "proxy_mode", "proxy_init", "neck_norm", "ce_anneal", "trainer", "family")
 """Recipe fields that are not HUGLoss keywords (the rest are passed to ``HUGLoss.preset``)."""
 
 
@@ -96,12 +97,8 @@ def run_tag(setting: DictConfig, recipe: DictConfig, cfg: DictConfig) -> str:
     resumed, only under the same tag, so a redefined recipe or a changed default is trained
     anew instead of silently reusing the old result.
     """
-    recipe_fields = to_dict(recipe)
-    resolved: dict[str, Any] = {
-        k: v
-        for k, v in recipe_fields.items()
-        if k in RECIPE_KEYS and k not in ("preset", "trainer")
-    }
+    model_keys = set(RECIPE_KEYS) - {"preset", "trainer", "family"}  # resolved apart / no effect
+    resolved: dict[str, Any] = {k: v for k, v in to_dict(recipe).items() if k in model_keys}
     if recipe.get("preset") is not None:
         config = preset_config(str(recipe.preset), **hug_fields(recipe))
         resolved["hug"] = dataclasses.asdict(config)
@@ -247,6 +244,55 @@ def recipe_tables(
     return rows, overall
 
 
+def per_method_rows(
+    runs: list[dict[str, Any]],
+    settings: list[str],
+    recipes: dict[str, DictConfig],
+    seeds: list[int],
+) -> list[dict[str, Any]]:
+    """The per-method protocol: each method scored at its best member of its own grid.
+
+    Recipes with the same ``family`` field are one method's grid (e.g. its learning rates); a
+    recipe without one is a method of its own. Per setting, a method's best member is the one
+    with the lowest mean validation error over ``seeds``, among the members that ran every one
+    of them (the others are listed as not run); the paired difference is to CE's family best.
+    Validation data only: this picks hyperparameters, as the field does to compare losses.
+    """
+    family = {name: str(recipe.get("family") or name) for name, recipe in recipes.items()}
+    errors = {(r["setting"], r["recipe"], r["seed"]): 100.0 * r["val_error"] for r in runs}
+    out: list[dict[str, Any]] = []
+    for setting in settings:
+        best: dict[str, tuple[float, str, list[float]]] = {}
+        grids: dict[str, list[str]] = {}
+        for name in recipes:
+            grids.setdefault(family[name], []).append(name)
+        for method, members in grids.items():
+            complete = [m for m in members if all((setting, m, s) in errors for s in seeds)]
+            if not complete:
+                continue
+            scored = [(summarize(errors[setting, m, s] for s in seeds).mean, m) for m in complete]
+            mean, member = min(scored)
+            best[method] = (mean, member, [errors[setting, member, s] for s in seeds])
+        baseline = best.get(family["ce"])
+        for method, (_, member, values) in best.items():
+            grid = grids[method]
+            ran = sum(all((setting, m, s) in errors for s in seeds) for m in grid)
+            diff = None
+            if baseline is not None and method != family["ce"]:
+                diff = summarize(v - b for v, b in zip(values, baseline[2], strict=True))
+            out.append(
+                {
+                    "setting": setting,
+                    "method": method,
+                    "best_member": member,
+                    "grid_run": f"{ran} of {len(grid)}",
+                    "val_error_%": summarize(values),
+                    "vs_CE_best_pp": diff,
+                }
+            )
+    return out
+
+
 def pivot_markdown(rows: list[dict[str, Any]], settings: list[str], recipes: list[str]) -> str:
     """One line per recipe, one column per setting: ``error (paired difference to CE)``."""
     cells = {(r["setting"], r["recipe"]): r for r in rows}
@@ -339,6 +385,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         stem.parent / f"{stem.name}_pivot.md",
         pivot + pivot_markdown(rows, list(settings), list(recipes)),
     )
+    per_method: list[dict[str, Any]] = []
+    if any(recipe.get("family") for recipe in recipes.values()):
+        per_method = per_method_rows(runs, list(settings), recipes, seeds)
+        md, _ = write_tables(
+            per_method,
+            stem.parent / f"{stem.name}_per_method",
+            header,
+            digits=2,
+            title="Per-method protocol: each method at the best member of its grid (validation)",
+        )
+        paths["per_method_md"] = md
     histories = {
         (r["setting"], r["recipe"], r["seed"]): r["history"] for r in runs if r.get("history")
     }
@@ -349,7 +406,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
     print(paths["md"].read_text(encoding="utf-8"))
     print(paths["pivot_md"].read_text(encoding="utf-8"))
-    return {"rows": rows, "overall": overall, "runs": runs, "paths": paths}
+    return {
+        "rows": rows,
+        "overall": overall,
+        "runs": runs,
+        "per_method": per_method,
+        "paths": paths,
+    }
 
 
 if __name__ == "__main__":

@@ -171,3 +171,40 @@ def test_every_preset_recipe_builds_and_every_shortlist_names_a_recipe(
             assert isinstance(HUGLoss.preset(str(recipe.preset), **fields), HUGLoss)
     for setting in cfg.settings:
         assert set(setting.get("recipes") or []) <= set(cfg.recipes), setting.name
+
+
+def test_per_method_protocol_scores_each_method_at_its_best_grid_member(job: ModuleType) -> None:
+    from omegaconf import OmegaConf
+
+    recipes = OmegaConf.create(
+        {
+            "ce": {"family": "ce"},
+            "ce_lr0.2": {"family": "ce", "trainer": {"lr": 0.2}},
+            "hug": {"preset": "default", "family": "hug"},
+            "hug_lr0.2": {"preset": "default", "family": "hug", "trainer": {"lr": 0.2}},
+            "hug_lr0.5": {"preset": "default", "family": "hug", "trainer": {"lr": 0.5}},
+            "alone": {"preset": "mhe_sum"},
+        }
+    )
+    errors = {  # (recipe, seed) -> validation error; hug_lr0.5 ran one seed only
+        ("ce", 0): 0.30, ("ce", 1): 0.32, ("ce_lr0.2", 0): 0.26, ("ce_lr0.2", 1): 0.28,
+        ("hug", 0): 0.27, ("hug", 1): 0.29, ("hug_lr0.2", 0): 0.29, ("hug_lr0.2", 1): 0.31,
+        ("hug_lr0.5", 0): 0.10, ("alone", 0): 0.40, ("alone", 1): 0.42,
+    }  # fmt: skip
+    runs = [
+        {"setting": "s", "recipe": r, "seed": s, "val_error": e} for (r, s), e in errors.items()
+    ]
+    rows = {r["method"]: r for r in job.per_method_rows(runs, ["s"], dict(recipes), [0, 1])}
+    assert set(rows) == {"ce", "hug", "alone"}
+    assert rows["ce"]["best_member"] == "ce_lr0.2" and rows["ce"]["vs_CE_best_pp"] is None
+    # hug_lr0.5 is better but incomplete (one seed): not eligible, and counted as not run
+    assert rows["hug"]["best_member"] == "hug" and rows["hug"]["grid_run"] == "2 of 3"
+    assert rows["hug"]["val_error_%"].mean == pytest.approx(28.0)
+    assert rows["hug"]["vs_CE_best_pp"].mean == pytest.approx(1.0)  # paired to ce_lr0.2
+    assert rows["alone"]["vs_CE_best_pp"].mean == pytest.approx(14.0)
+    # the family field names no HUG keyword and does not change what a run is
+    setting = OmegaConf.create({"name": "s", "dataset": "digits", "trainer": {"epochs": 1}})
+    cfg = OmegaConf.create({"trainer": {"lr": 0.05}, "model": {"feature_dim": 8}})
+    assert job.run_tag(setting, recipes.hug, cfg) == job.run_tag(
+        setting, OmegaConf.create({"preset": "default"}), cfg
+    )
