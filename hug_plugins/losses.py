@@ -25,7 +25,7 @@ Examples:
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -90,6 +90,9 @@ __all__ = [
 class _HUGBase(nn.Module):
     """Shared configuration handling of the HUG losses."""
 
+    default_preset: ClassVar[str] = "default"
+    """The preset a loss built without ``config`` starts from."""
+
     last_terms: HUGTerms | None
 
     @with_hug_keywords()
@@ -97,7 +100,7 @@ class _HUGBase(nn.Module):
         self, config: HUGConfig | str | None = None, **overrides: Unpack[HUGOptions]
     ) -> None:
         super().__init__()
-        self.config = resolve_config(config, overrides)
+        self.config = resolve_config(config, overrides, default=self.default_preset)
         self.last_terms = None
         self._static_cache: tuple[weakref.ReferenceType[Tensor], tuple[Any, ...], Tensor] | None
         self._static_cache = None
@@ -125,8 +128,10 @@ class HUGLoss(_HUGBase):
         Gap." ICLR 2023.
 
     Args:
-        config: A :class:`HUGConfig` or a preset name (:func:`preset_config`); default
-            ``HUGConfig()``, the calibrated recipe.
+        config: A :class:`HUGConfig` or a preset name (:func:`preset_config`); default preset
+            ``"default"``, the calibrated recipe: decoupled HUG (``"pure"``, squared pull,
+            alpha 60, beta 8) plus ``ce_weight = 1`` times the cross-entropy of the
+            scaled-cosine logits. ``HUGLoss("pure")`` is HUG without the CE term.
         **overrides: Keyword-only fields of :class:`HUGConfig` (``alpha``, ``beta``, ``inter``,
             ...) overriding ``config``; the same names in every HUG adapter.
 
@@ -135,6 +140,8 @@ class HUGLoss(_HUGBase):
 
     Examples:
         >>> import torch
+        >>> HUGLoss().config.ce_weight, HUGLoss("pure").config.ce_weight
+        (1.0, 0.0)
         >>> loss_fn = HUGLoss(alpha=0.15, beta=0.015, inter="mhe", s=2.0)
         >>> features = torch.randn(6, 8)
         >>> proxies = torch.randn(3, 8, requires_grad=True)
@@ -206,8 +213,8 @@ class ClassMeanHUGLoss(_HUGBase):
     Args:
         num_classes: Number of classes ``C`` (labels lie in ``[0, C)``).
         center: Whether to subtract the mean of the present class means before normalizing.
-        config: A :class:`HUGConfig` or a preset name (:func:`preset_config`); default
-            ``HUGConfig()``, the calibrated recipe.
+        config: A :class:`HUGConfig` or a preset name (:func:`preset_config`); default preset
+            ``"pure"`` (``HUGConfig()``: without proxies there are no logits for a CE term).
         **overrides: Keyword-only fields of :class:`HUGConfig` (``alpha``, ``beta``, ``inter``,
             ...) overriding ``config``; the same names in every HUG adapter.
 
@@ -219,7 +226,9 @@ class ClassMeanHUGLoss(_HUGBase):
         >>> loss.backward()
     """
 
-    @with_hug_keywords()
+    default_preset: ClassVar[str] = "pure"
+
+    @with_hug_keywords("pure")
     def __init__(
         self,
         num_classes: int,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -49,12 +51,12 @@ def test_authors_preset_equals_published_formula(num_classes: int) -> None:
 def test_proxies_get_no_intra_gradient_when_detached() -> None:
     features = torch.randn(6, 3)
     proxies = torch.randn(3, 3, requires_grad=True)
-    loss_fn = HUGLoss(alpha=0.0, beta=1.0, detach_proxies=True)
+    loss_fn = HUGLoss("pure", alpha=0.0, beta=1.0, detach_proxies=True)
     (grad,) = torch.autograd.grad(
         loss_fn(features, torch.tensor([0, 1, 2, 0, 1, 2]), proxies), proxies
     )
     assert torch.count_nonzero(grad) == 0
-    loss_fn = HUGLoss(alpha=0.0, beta=1.0, detach_proxies=False)
+    loss_fn = HUGLoss("pure", alpha=0.0, beta=1.0, detach_proxies=False)
     (grad,) = torch.autograd.grad(
         loss_fn(features, torch.tensor([0, 1, 2, 0, 1, 2]), proxies), proxies
     )
@@ -248,6 +250,23 @@ def test_paper_presets_keep_the_authors_distance_pull() -> None:
     assert preset_config("mhs").intra == "max_distance"
     assert HUGConfig().intra == preset_config("default").intra == "squared_distance"
     assert preset_config("distance_pull") == HUGConfig(intra="distance")
+
+
+def test_hugloss_default_is_pure_hug_plus_the_ce_term_and_the_other_adapters_stay_pure() -> None:
+    """``HUGLoss()`` is preset ``"default"``: decoupled HUG (``"pure"``, ``HUGConfig()``) plus
+    cross-entropy on the scaled-cosine logits; the adapters without logits (class means) or
+    with an O(B d) static-proxy step (``HUGPlugin``) default to ``"pure"``."""
+    assert preset_config("pure") == HUGConfig()
+    assert preset_config("default") == replace(HUGConfig(), ce_weight=1.0)
+    assert HUGLoss().config == preset_config("default")
+    assert HUGLoss(beta=16.0).config == replace(preset_config("default"), beta=16.0)
+    assert HUGLoss("pure").config.ce_weight == 0.0
+    assert HUGLoss(HUGConfig()).config == HUGConfig()  # an explicit config is taken as is
+    assert ClassMeanHUGLoss(3).config == HUGConfig()
+    assert inspect.signature(HUGLoss).parameters["ce_weight"].default == 1.0
+    assert inspect.signature(ClassMeanHUGLoss).parameters["ce_weight"].default == 0.0
+    with pytest.raises(ValueError, match="ce_weight > 0 needs class proxies"):
+        ClassMeanHUGLoss(3, config="default")
 
 
 def test_default_pull_grows_with_the_distance_and_fades_at_the_proxy() -> None:

@@ -155,7 +155,8 @@ def test_hybrid_gradient_is_hug_plus_weighted_cross_entropy(preset: str) -> None
     assert terms.ce is not None
     torch.testing.assert_close(terms.loss, terms.inter + terms.intra + terms.ce)
     assert "ce_weight=0.7" in repr(loss_fn)
-    assert HUGLoss().terms(features, labels, proxies).ce is None  # pure HUG: no CE term
+    assert HUGLoss("pure").terms(features, labels, proxies).ce is None  # pure HUG: no CE term
+    assert HUGLoss().terms(features, labels, proxies).ce is not None  # the default has one
 
 
 def test_hybrid_under_bf16_autocast_is_finite() -> None:

@@ -42,9 +42,11 @@ class HUGPlugin(SupervisedPlugin):  # type: ignore[misc]
         num_classes: Number of classes of the whole stream, ``C >= 2``
             (e.g. ``benchmark.n_classes``); labels must lie in ``[0, C)``.
         feature_dim: Feature dimension ``d`` produced by the backbone.
-        config: A :class:`~hug_plugins.losses.HUGConfig` or a preset name; default
-            ``HUGConfig()``. Its ``logit_scale`` is the head's logit scale; ``ce_weight > 0``
-            adds cross-entropy on those logits.
+        config: A :class:`~hug_plugins.losses.HUGConfig` or a preset name; default preset
+            ``"pure"`` (``HUGConfig()``, decoupled HUG: the continual tables' recipe, and with
+            static proxies a step costs ``O(B d)``). Its ``logit_scale`` is the head's logit
+            scale; ``ce_weight > 0`` (e.g. ``config="default"``, ``HUGLoss()``'s recipe) adds
+            cross-entropy on those logits.
         proxy_mode: ``"static_optimized"`` (frozen energy-minimized proxies), ``"learnable"``
             (initialized from the optimized configuration), or any other
             :class:`~hug_plugins.proxies.ProxyHead` mode.
@@ -66,7 +68,7 @@ class HUGPlugin(SupervisedPlugin):  # type: ignore[misc]
         0
     """
 
-    @with_hug_keywords()
+    @with_hug_keywords("pure")
     def __init__(
         self,
         num_classes: int,
@@ -82,7 +84,7 @@ class HUGPlugin(SupervisedPlugin):  # type: ignore[misc]
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
         if not (isinstance(feature_dim, int) and feature_dim >= 1):
             raise ValueError(f"feature_dim must be an int >= 1, got {feature_dim!r}")
-        self.config = resolve_config(config, overrides)
+        self.config = resolve_config(config, overrides, default="pure")
         self.num_classes = num_classes
         self.feature_dim = feature_dim
         self.loss_fn = HUGLoss(self.config)

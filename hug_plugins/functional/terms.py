@@ -70,12 +70,13 @@ class HUGTerms(NamedTuple):
 class HUGConfig:
     """Hyperparameters of a HUG loss.
 
-    The defaults are the calibrated recipe that ``HUGLoss()`` and ``HUGPlugin(...)`` use:
-    MHE inter term (Riesz ``s = 2`` energy of the proxies), squared-distance pull, means over
-    pairs and over the classes present (batch-size invariant; every class weighs the same, as in
-    the authors' code), ``alpha = 60``, ``beta = 8``. They were chosen on
-    validation splits (docs: "Choosing HUG's settings");
-    the paper's weights 0.15 / 0.015 belong to its sum form, preset ``"mhe_sum"``.
+    The defaults are the decoupled recipe, preset ``"pure"``, that ``HUGPlugin(...)`` and
+    ``ClassMeanHUGLoss(...)`` use: MHE inter term (Riesz ``s = 2`` energy of the proxies),
+    squared-distance pull, means over pairs and over the classes present (batch-size invariant;
+    every class weighs the same, as in the authors' code), ``alpha = 60``, ``beta = 8``, no CE
+    term. ``HUGLoss()`` uses preset ``"default"``: the same with ``ce_weight = 1``. Both were
+    chosen on validation splits (docs: "Choosing HUG's settings"); the paper's weights
+    0.15 / 0.015 belong to its sum form, preset ``"mhe_sum"``.
 
     Attributes:
         alpha: Weight of the inter-class (uniformity) term, >= 0.
@@ -256,10 +257,14 @@ def with_hug_keywords(default: str = "default") -> Callable[[F], F]:
 def preset_config(name: str, **overrides: Any) -> HUGConfig:
     """The named configurations of the paper and of the authors' code.
 
-    * ``"default"``: the calibrated default recipe, ``HUGConfig()`` (what ``HUGLoss()`` and
-      ``HUGPlugin(...)`` use; see the docs page "Choosing HUG's settings").
-    * ``"distance_pull"``: the previous default, the authors' distance pull with the default
-      weights (tables made before the learning-speed study used it).
+    * ``"default"``: what ``HUGLoss()`` uses: ``"pure"`` plus the cross-entropy term on the
+      scaled-cosine logits of the proxies, ``ce_weight = 1`` (the learning-speed study of the
+      docs page "Choosing HUG's settings": no decoupled recipe kept up with CE on CIFAR-100).
+    * ``"pure"``: decoupled HUG, ``HUGConfig()``: MHE inter term and squared-distance pull,
+      alpha 60, beta 8, no CE term (what ``HUGPlugin(...)`` and ``ClassMeanHUGLoss(...)``
+      use, and ``HUGLoss()`` before 0.2.0's learning-speed study ended).
+    * ``"distance_pull"``: ``"pure"`` with the authors' distance pull (the default before the
+      squared pull; tables made before the learning-speed study used it).
     * ``"mhe"``: MHE-HUG, Riesz ``s = 2``, alpha 0.15, beta 0.015 (the authors' mean form).
     * ``"mhs"``: MHS-HUG, smooth separation, per-class max distance, alpha 0.15, beta 0.015.
     * ``"mgd"``: MGD-HUG, Gaussian Gram log-det, alpha 0.15, beta 0.03.
@@ -284,7 +289,8 @@ def preset_config(name: str, **overrides: Any) -> HUGConfig:
         alpha=0.15, beta=0.015, intra="distance", intra_reduction="class_mean", reduction="mean"
     )
     presets = {
-        "default": HUGConfig(),
+        "default": HUGConfig(ce_weight=1.0),
+        "pure": HUGConfig(),
         "distance_pull": HUGConfig(intra="distance"),
         "mhe": replace(paper, inter="mhe"),
         "mhs": replace(paper, inter="mhs", intra="max_distance"),

@@ -26,7 +26,7 @@ def _case(preset: str, num_classes: int, static: bool, **overrides: Any) -> tupl
 
 CASES = [
     (preset, c, static, mode)
-    for preset in ("default", "mhs", "mgd", "mhe_sum")
+    for preset in ("default", "pure", "mhs", "mgd", "mhe_sum")
     for c, mode in ((5, "full"), (40, "rows"))
     for static in (False, True)
     if not (preset == "mgd" and mode == "rows")
@@ -194,7 +194,7 @@ def test_a_corrupt_compile_cache_falls_back_to_eager_with_one_warning(
 ) -> None:
     """A compiled kernel that cannot load (e.g. a 0-byte .so left in the cache by a killed
     compile) gives the documented fallback: one RuntimeWarning, then eager, the same values."""
-    loss_fn, features, labels, proxies = _case("default", 40, False, energy_mode="rows")
+    loss_fn, features, labels, proxies = _case("pure", 40, False, energy_mode="rows")
     fused.set_compile("never")
     want = loss_fn(features, labels, proxies)
 

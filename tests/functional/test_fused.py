@@ -48,7 +48,7 @@ def _assert_same(fast: list[torch.Tensor], reference: list[torch.Tensor]) -> Non
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("preset", ["default", "mhe", "mhs", "authors", "mhe_sum", "mhs_sum"])
+@pytest.mark.parametrize("preset", ["pure", "mhe", "mhs", "authors", "mhe_sum", "mhs_sum"])
 @pytest.mark.parametrize("mode", ["full", "rows"])
 @pytest.mark.parametrize("intra", ["distance", "squared_distance"])
 @pytest.mark.parametrize("detach", [True, False])
@@ -76,7 +76,7 @@ def test_fused_equals_reference(preset: str, mode: str, intra: str, detach: bool
 def test_fused_equals_reference_for_every_kernel(
     overrides: dict[str, Any], num_classes: int
 ) -> None:
-    config = HUGLoss(**overrides).config
+    config = HUGLoss("pure", **overrides).config
     features, labels, proxies = _inputs(num_classes)
     fast = _loss_and_grads(config, features, labels, proxies, on=True)
     _assert_same(fast, _loss_and_grads(config, features, labels, proxies, on=False))
@@ -87,7 +87,7 @@ def test_fused_handles_zero_vectors_like_the_reference() -> None:
     with torch.no_grad():
         features[0] = 0.0
         proxies[labels[1]] = 0.0
-    config = HUGLoss(energy_mode="rows").config
+    config = HUGLoss("pure", energy_mode="rows").config
     fast = _loss_and_grads(config, features, labels, proxies, on=True)
     assert all(bool(torch.isfinite(t).all()) for t in fast)
     _assert_same(fast, _loss_and_grads(config, features, labels, proxies, on=False))
@@ -99,17 +99,17 @@ def test_unsupported_settings_take_the_reference_path() -> None:
         {"intra": "max_distance"},
         {"ce_weight": 1.0},
     ):
-        assert not fused.fused_supported(HUGLoss(**overrides).config, 8, 4)  # type: ignore[arg-type]
-    assert not fused.fused_supported(HUGLoss().config, 1 << 14, 1 << 13)  # block too large
+        assert not fused.fused_supported(HUGLoss("pure", **overrides).config, 8, 4)  # type: ignore[arg-type]
+    assert not fused.fused_supported(HUGLoss("pure").config, 1 << 14, 1 << 13)  # block too large
     set_fused(False)
-    assert not fused.fused_supported(HUGLoss().config, 8, 4)
+    assert not fused.fused_supported(HUGLoss("pure").config, 8, 4)
 
 
 @pytest.mark.parametrize("mode", ["rows", "full"])
 def test_compiled_path_equals_eager(mode: str) -> None:
     if shutil.which("g++") is None and shutil.which("c++") is None:
         pytest.skip("torch.compile needs a C++ compiler on the CPU")
-    config = HUGLoss(energy_mode=mode).config
+    config = HUGLoss("pure", energy_mode=mode).config
     features, labels, proxies = _inputs(num_classes=30)
     set_compile("never")
     eager = _loss_and_grads(config, features, labels, proxies, on=True)
@@ -137,7 +137,7 @@ def test_static_proxies_step_is_exact_and_computes_the_energy_once(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(functional_hug, "inter_term", counting)
-    loss_fn = HUGLoss()
+    loss_fn = HUGLoss("pure")
     for _ in range(3):
         features.grad = None
         terms = loss_fn.terms(features, labels, static)
@@ -145,7 +145,7 @@ def test_static_proxies_step_is_exact_and_computes_the_energy_once(
     assert len(calls) == 1  # the constant inter term is cached
     # The value is the exact (full-mode) energy; the feature gradient is the reference one.
     set_fused(False)
-    exact = HUGLoss(energy_mode="full")
+    exact = HUGLoss("pure", energy_mode="full")
     want = exact.terms(features, labels, proxies.detach().requires_grad_(True))
     torch.testing.assert_close(terms.inter, want.inter.detach(), rtol=1e-12, atol=0)
     torch.testing.assert_close(terms.intra, want.intra.detach(), rtol=1e-12, atol=0)
@@ -185,7 +185,7 @@ def test_static_fused_node_equals_the_static_reference(
     for on in (True, False):
         set_fused(on)
         features.grad = None
-        terms = HUGLoss(**overrides).terms(features, labels, static)
+        terms = HUGLoss("pure", **overrides).terms(features, labels, static)
         terms.loss.backward()
         assert features.grad is not None
         results.append([terms.loss.detach(), terms.intra.detach(), features.grad.clone()])
@@ -198,9 +198,9 @@ def test_static_fused_node_reads_only_the_batch_rows_of_other_dtypes() -> None:
     """float64 features, float32 static proxies: float32 compute (as the reference), same loss."""
     features, labels, proxies = _inputs(num_classes=40)
     static = proxies.detach().float()
-    loss = HUGLoss()(features, labels, static)
+    loss = HUGLoss("pure")(features, labels, static)
     set_fused(False)
-    want = HUGLoss()(features, labels, static)
+    want = HUGLoss("pure")(features, labels, static)
     assert loss.dtype == want.dtype == torch.float32
     torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
 
@@ -227,13 +227,13 @@ def test_static_fused_node_raises_the_reference_errors(change: str, match: str) 
     for on in (True, False):
         set_fused(on)
         with pytest.raises(ValueError, match=match):
-            HUGLoss()(features, labels, static)
+            HUGLoss("pure")(features, labels, static)
 
 
 def test_static_cache_follows_in_place_updates_and_checks_values() -> None:
     features, labels, proxies = _inputs(num_classes=6)
     static = proxies.detach().clone()
-    loss_fn = HUGLoss()
+    loss_fn = HUGLoss("pure")
     before = loss_fn.terms(features, labels, static).inter
     with torch.no_grad():
         static[0] = static[1]  # version bump: a duplicate proxy raises the energy
@@ -274,16 +274,16 @@ def test_value_checks_raise_the_same_errors_on_both_paths(
         labels = labels.clamp(0, 5)
         labels[1] = -1
     set_fused(on)
-    assert fused.fused_supported(HUGLoss().config, 12, 6) == on
+    assert fused.fused_supported(HUGLoss("pure").config, 12, 6) == on
     with pytest.raises(ValueError, match=match):
-        HUGLoss()(features, labels, proxies)
+        HUGLoss("pure")(features, labels, proxies)
 
 
 def test_deferred_checks_accept_huge_finite_values() -> None:
     features, labels, proxies = _inputs(num_classes=6)
     with torch.no_grad():
         features[0] = 1e300  # finite, but its norm overflows: confirmed element-wise, no error
-    assert torch.isfinite(HUGLoss()(features, labels, proxies))
+    assert torch.isfinite(HUGLoss("pure")(features, labels, proxies))
 
 
 @pytest.mark.parametrize("mode", ["full", "rows"])
@@ -293,7 +293,7 @@ def test_fused_handles_zero_vectors_in_both_energy_modes(mode: str) -> None:
         features[2] = 0.0
         proxies[0] = 0.0
         proxies[labels[3]] = 0.0
-    config = HUGLoss(energy_mode=mode, detach_proxies=False).config
+    config = HUGLoss("pure", energy_mode=mode, detach_proxies=False).config
     fast = _loss_and_grads(config, features, labels, proxies, on=True)
     assert all(bool(torch.isfinite(t).all()) for t in fast)
     _assert_same(fast, _loss_and_grads(config, features, labels, proxies, on=False))
@@ -303,7 +303,7 @@ def test_fused_handles_zero_vectors_in_both_energy_modes(mode: str) -> None:
 def test_fused_backward_can_run_twice(mode: str) -> None:
     """The backward pass leaves its saved tensors intact (``retain_graph=True`` callers)."""
     features, labels, proxies = _inputs(num_classes=6)
-    loss = HUGLoss(energy_mode=mode)(features, labels, proxies)
+    loss = HUGLoss("pure", energy_mode=mode)(features, labels, proxies)
     loss.backward(retain_graph=True)
     assert features.grad is not None and proxies.grad is not None
     first = (features.grad.clone(), proxies.grad.clone())
@@ -314,7 +314,7 @@ def test_fused_backward_can_run_twice(mode: str) -> None:
 
 def test_fused_backward_of_one_term_only() -> None:
     """A loss built from one term gets that term's gradient (the other's is absent, not NaN)."""
-    config = HUGLoss(energy_mode="full").config
+    config = HUGLoss("pure", energy_mode="full").config
     features, labels, proxies = _inputs(num_classes=6)
     for term in ("inter", "intra"):
         grads = []

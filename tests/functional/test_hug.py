@@ -52,7 +52,7 @@ def test_hug_loss_equals_the_module_values_and_gradients(
 @pytest.mark.parametrize("mode", ["full", "rows"])
 def test_hug_loss_energy_modes_match_the_module(mode: str) -> None:
     features, labels, proxies = _batch(num_classes=20, batch=6)
-    config = preset_config("default", energy_mode=mode)
+    config = preset_config("pure", energy_mode=mode)
     a = HF.hug_loss(features, labels, proxies.requires_grad_(True), config)
     b = HUGLoss(config).terms(features, labels, proxies)
     assert torch.equal(a.loss, b.loss) and torch.equal(a.inter, b.inter)
@@ -60,9 +60,9 @@ def test_hug_loss_energy_modes_match_the_module(mode: str) -> None:
 
 def test_static_inter_is_the_constant_the_module_caches() -> None:
     features, labels, proxies = _batch()
-    module = HUGLoss()
+    module = HUGLoss("pure")
     cached = module.terms(features, labels, proxies).inter
-    assert torch.equal(cached, HUGLoss().config.alpha * HF.static_proxy_inter(proxies))
+    assert torch.equal(cached, HUGLoss("pure").config.alpha * HF.static_proxy_inter(proxies))
     calls: list[torch.dtype] = []
 
     def constant(p: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -74,7 +74,7 @@ def test_static_inter_is_the_constant_the_module_caches() -> None:
 
 
 @pytest.mark.parametrize("center", [False, True])
-@pytest.mark.parametrize("name", ["default", "mhs", "mgd", "mhe_sum"])
+@pytest.mark.parametrize("name", ["pure", "mhs", "mgd", "mhe_sum"])
 def test_class_mean_hug_loss_equals_the_module(name: str, center: bool) -> None:
     features, labels, _ = _batch()
     labels = labels.clone()
