@@ -12,7 +12,7 @@ run keeps what it measured):
   optionally each method's extra peak memory (one fresh process per cell);
 * ``bench_ssl``: ``HUGCriterion()`` against lightly's ``NTXentLoss`` at each batch size;
 * ``bench_train``: a whole SGD training step (forward, loss, backward, update) of three model
-  sizes with a linear head + CE against a ProxyHead + ``HUGLoss()``.
+  sizes with a linear head + CE against a ProxyHead + decoupled HUG, ``HUGLoss("pure")``.
 """
 
 from __future__ import annotations
@@ -148,12 +148,13 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     loss_header = [
         *base,
         f"Loss step = forward + backward, B = {cfg.batch_size}, d = {cfg.dim}. ce = nn.Linear + "
-        "cross-entropy; hug = HUGLoss() (fused, compiled where set_compile('auto') does); "
+        "cross-entropy; hug = HUGLoss('pure') (fused, compiled where set_compile('auto') does); "
         "unchecked = without value checks; eager = fused, never compiled; reference = the "
         "composed path (set_fused(False)); static = static proxies (O(B d) step); hug_full = "
         "full O(C^2 d) energy; naive = the authors' formula as written; ce_compiled / "
         "hug_compiled = the loss compiled whole (torch.compile fullgraph, Inductor), compiled "
-        "hug/compiled ce their ratio, compile_s the first compiled HUG step (compilation).",
+        "hug/compiled ce their ratio, compile_s the first compiled HUG step (compilation); "
+        "hybrid / hybrid_compiled = HUGLoss(), the default (+ CE on the scaled-cosine logits).",
         "peak = extra peak memory of the step over its inputs (CUDA: max_memory_allocated; "
         "CPU: ru_maxrss in a fresh process).",
     ]
@@ -167,8 +168,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
         f"Median of {cfg.train_repeats} steps after {cfg.train_warmup} warm-up steps per method, "
         f"interleaved; one SGD step (forward, loss, backward, update), batch "
         f"{cfg.train_batch_size}, {cfg.train_classes} classes: linear head + CE vs "
-        "ProxyHead + HUGLoss(), same backbone weights; *_compiled: model + loss compiled whole "
-        "(fullgraph) and torch.compile(optimizer.step), backward through AOTAutograd.",
+        "ProxyHead + HUGLoss('pure'), same backbone weights; *_compiled: model + loss compiled "
+        "whole (fullgraph) and torch.compile(optimizer.step), backward through AOTAutograd.",
     ]
     return {
         "loss": loss_rows(cfg, threads, loss_header),

@@ -61,7 +61,8 @@ TASK = "digits"
 METHODS = {
     "ce": "CE",
     "default": "HUG (default)",
-    "distance_pull": "HUG (distance pull, previous default)",
+    "pure": "HUG (pure: no CE term)",
+    "distance_pull": "HUG (pure, distance pull)",
     "mhe_sum": "MHE-HUG (paper)",
     "mhs_sum": "MHS-HUG (paper)",
     "mgd_sum": "MGD-HUG (paper)",

@@ -44,16 +44,16 @@ METHODS = (
     "hybrid",
     "hybrid_compiled",
 )
-"""``ce``: nn.Linear + cross-entropy; ``hug``: ``HUGLoss()`` as a user gets it (fused path,
+"""``ce``: nn.Linear + cross-entropy; ``hug``: decoupled HUG, ``HUGLoss("pure")`` (fused path,
 compiled where :func:`hug_plugins.functional.fused.set_compile`'s ``"auto"`` rule says so,
 value checks on); ``hug_unchecked``: the same with value validation off (no device read per
 step, see :func:`hug_plugins.set_validation`); ``hug_eager``: the fused path never compiled;
 ``hug_reference``: the composed reference path (``set_fused(False)``); ``hug_static``:
-``HUGLoss()`` with static proxies (no gradient: the ``O(B d)`` step); ``hug_full``: the full
+``HUGLoss("pure")`` with static proxies (no gradient: the ``O(B d)`` step); ``hug_full``: the full
 O(C^2) energy; ``naive``: the authors' formula as written; ``ce_compiled`` / ``hug_compiled``:
 the loss computation compiled whole (``torch.compile(..., fullgraph=True)``, Inductor), its
-backward through AOTAutograd; ``hybrid`` / ``hybrid_compiled``: ``HUGLoss(ce_weight=1.0)``
-(the squared pull + CE on the scaled-cosine logits), eager / compiled whole."""
+backward through AOTAutograd; ``hybrid`` / ``hybrid_compiled``: ``HUGLoss()``, the default
+(the same + CE on the scaled-cosine logits, ``ce_weight=1.0``), eager / compiled whole."""
 
 
 def _sync(device: torch.device) -> None:
@@ -95,6 +95,7 @@ def _make_step(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     loss_fn = HUGLoss(
+        "pure",
         energy_mode="full" if method == "hug_full" else "auto",
         ce_weight=1.0 if method.startswith("hybrid") else 0.0,
     )
@@ -322,7 +323,7 @@ def _make_train_step(
         raise ValueError(f"unknown model {model_name!r}; expected one of {list(TRAIN_MODELS)}")
     model = model.to(device).train()
     objective: nn.Module = (
-        CrossEntropyObjective() if head == "linear" else HUGObjective(HUGLoss(), model.head)
+        CrossEntropyObjective() if head == "linear" else HUGObjective(HUGLoss("pure"), model.head)
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     update = optimizer.step
@@ -359,7 +360,7 @@ def measure_train_side_by_side(
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """One SGD training step (forward, loss, backward, update) of ``model`` with a linear
-    head + cross-entropy vs a ProxyHead + ``HUGLoss()``, interleaved as in
+    head + cross-entropy vs a ProxyHead + ``HUGLoss("pure")``, interleaved as in
     :func:`measure_side_by_side`. Both models start from the same seeded backbone weights."""
     dev = torch.device(device)
     steps = {

@@ -56,7 +56,7 @@ def test_presets_exist_and_share_keys() -> None:
     assert list(paper.tables.proxies.methods) == list(PROXY_METHODS)
     for name in ("quick", "cpu-cifar10", "cpu-cifar100", "paper"):
         recipes = load_config("classification", name).tables.recipes
-        assert list(recipes.methods) == ["ce", "learnable", "paper", "hybrid"]
+        assert list(recipes.methods) == ["ce", "learnable", "paper", "pure"]
 
 
 def test_both_tables_are_written_with_mean_std_and_provenance(result: dict[str, Any]) -> None:
@@ -69,7 +69,7 @@ def test_both_tables_are_written_with_mean_std_and_provenance(result: dict[str, 
         "CE",
         "HUG (learnable)",
         "HUG (paper form, learnable)",
-        "HUG (hybrid with CE, learnable)",
+        "HUG (pure: no CE term, learnable)",
     ]
     # shared runs are reused: the same (dataset, arch, method, seed) gives the same row
     assert recipes[1]["test_error_%"] == proxies[1]["test_error_%"]
@@ -156,18 +156,23 @@ def test_plus_overrides_reach_the_hug_loss() -> None:
         comparison_model("learnable", "cnn", info, 0, bad)
 
 
-def test_recipe_methods_build_the_paper_form_and_the_hybrid() -> None:
+def test_recipe_methods_build_the_paper_form_the_hybrid_and_pure_hug() -> None:
     cfg = load_config("classification", "quick", ["model.width=8", "hug.loss.alpha=3.0"])
     _, _, _, info = comparison_data("digits", cfg)
     _, default = comparison_model("learnable", "cnn", info, 0, cfg)
     paper_model, paper = comparison_model("paper", "cnn", info, 0, cfg)
     hybrid_model, hybrid = comparison_model("hybrid", "cnn", info, 0, cfg)
-    assert default.loss.config.alpha == 3.0 and default.loss.config.ce_weight == 0.0
+    pure_model, pure = comparison_model("pure", "cnn", info, 0, cfg)
+    # the job's recipe is HUGLoss()'s (HUG + 1.0 x CE) with the job's overrides
+    assert default.loss.config == HUGLoss(alpha=3.0).config
+    assert default.loss.config.ce_weight == 1.0
     # the paper form ignores the job's recipe: the poster's sum form with its own weights
     assert paper.loss.config == HUGLoss.preset("mhe_sum").config
-    # the hybrid is the job's recipe (overrides included) plus the CE term
+    # the hybrid is the job's recipe (overrides included) with the CE term: here the same
     assert hybrid.loss.config == dataclasses.replace(default.loss.config, ce_weight=1.0)
-    for model in (paper_model, hybrid_model):
+    # pure HUG is the job's recipe (overrides included) without it
+    assert pure.loss.config == dataclasses.replace(default.loss.config, ce_weight=0.0)
+    for model in (paper_model, hybrid_model, pure_model):
         assert model.head.mode == "learnable" and model.head.proxies.requires_grad
 
 

@@ -11,7 +11,14 @@ from types import ModuleType
 import pytest
 from harness.config import available_presets, load_config
 
-METHODS = ["CE", "HUG (default)", "MHE-HUG (paper)", "MHS-HUG (paper)", "MGD-HUG (paper)"]
+METHODS = [
+    "CE",
+    "HUG (default)",
+    "HUG (pure: no CE term)",
+    "MHE-HUG (paper)",
+    "MHS-HUG (paper)",
+    "MGD-HUG (paper)",
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +34,7 @@ def test_presets_exist_and_share_keys() -> None:
     assert len(default.seeds) >= 3 and list(default.methods) == [
         "ce",
         "default",
+        "pure",
         "distance_pull",
         "mhe_sum",
         "mhs_sum",

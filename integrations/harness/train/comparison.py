@@ -59,10 +59,13 @@ PROXY_METHODS = {
 RECIPE_METHODS = {
     "paper": "HUG (paper form, learnable)",
     "hybrid": "HUG (hybrid with CE, learnable)",
+    "pure": "HUG (pure: no CE term, learnable)",
 }
 """HUG methods with learnable proxies and a recipe of their own: ``paper`` is the poster's sum
 form with its weights (preset ``"mhe_sum"``, whatever the job's recipe); ``hybrid`` is the
-job's recipe plus :data:`HYBRID_CE_WEIGHT` x cross-entropy on the scaled-cosine logits."""
+job's recipe with :data:`HYBRID_CE_WEIGHT` x cross-entropy on the scaled-cosine logits (the
+job's recipe itself when it is ``HUGLoss()``'s, preset ``"default"``); ``pure`` is the job's
+recipe without that term (decoupled HUG)."""
 
 HYBRID_CE_WEIGHT = 1.0
 """``ce_weight`` of the ``hybrid`` method."""
@@ -142,8 +145,10 @@ def comparison_recipe(
     Example:
         >>> comparison_recipe("paper", "default", {"alpha": 3.0}).reduction
         'sum'
-        >>> comparison_recipe("hybrid", "default", {"alpha": 3.0}).ce_weight
+        >>> comparison_recipe("hybrid", "pure", {"alpha": 3.0}).ce_weight
         1.0
+        >>> comparison_recipe("pure", "default").ce_weight
+        0.0
     """
     if method not in COMPARISON_METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(COMPARISON_METHODS)}")
@@ -154,6 +159,8 @@ def comparison_recipe(
     overrides = dict(hug_overrides or {})
     if method == "hybrid":
         overrides["ce_weight"] = HYBRID_CE_WEIGHT
+    elif method == "pure":
+        overrides["ce_weight"] = 0.0
     return preset_config(hug_preset, **overrides)
 
 
