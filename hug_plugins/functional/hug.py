@@ -71,6 +71,7 @@ StaticInter = Callable[[Tensor, torch.dtype], Tensor]
 """``(proxies, dtype) -> inter term`` of proxies that get no gradient (e.g. a cache of it)."""
 
 _DEFAULT_CONFIG = HUGConfig()
+_PROXY_DEFAULT_CONFIG = replace(HUGConfig(), ce_weight=1.0)  # preset "default", as HUGLoss()
 
 
 def proxies_are_static(proxies: Tensor, config: HUGConfig) -> bool:
@@ -149,7 +150,8 @@ def hug_loss(
         features: ``(B, d)`` features (any scale). Zero rows are allowed.
         labels: ``(B,)`` integer labels in ``[0, C)``.
         proxies: ``(C, d)`` class proxies, ``C >= 2``.
-        config: Loss configuration (default ``HUGConfig()``, the calibrated recipe).
+        config: Loss configuration (default: preset ``"default"``, the calibrated recipe that
+            ``HUGLoss()`` uses, ``HUGConfig(ce_weight=1.0)``).
         static_inter: For proxies without gradient, a function ``(proxies, dtype)`` returning
             their constant inter term (default :func:`static_proxy_inter`, computed per call).
 
@@ -162,10 +164,10 @@ def hug_loss(
 
     Examples:
         >>> terms = hug_loss(torch.randn(6, 8), torch.tensor([0, 0, 1, 1, 2, 2]), torch.eye(3, 8))
-        >>> bool(terms.loss == terms.inter + terms.intra)
+        >>> bool(torch.isclose(terms.loss, terms.inter + terms.intra + terms.ce))
         True
     """
-    config = _DEFAULT_CONFIG if config is None else config
+    config = _PROXY_DEFAULT_CONFIG if config is None else config
     kernel = config.pair_kernel
     check_matrix(proxies, "proxies", values=False)
     num_classes = proxies.shape[0]
