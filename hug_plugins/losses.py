@@ -95,7 +95,7 @@ class _HUGBase(nn.Module):
 
     last_terms: HUGTerms | None
 
-    @with_hug_keywords()
+    @with_hug_keywords(default_preset)
     def __init__(
         self, config: HUGConfig | str | None = None, **overrides: Unpack[HUGOptions]
     ) -> None:
@@ -228,7 +228,7 @@ class ClassMeanHUGLoss(_HUGBase):
 
     default_preset: ClassVar[str] = "pure"
 
-    @with_hug_keywords("pure")
+    @with_hug_keywords(default_preset)
     def __init__(
         self,
         num_classes: int,

@@ -259,33 +259,31 @@ def per_method_rows(
     Validation data only: this picks hyperparameters, as the field does to compare losses.
     """
     family = {name: str(recipe.get("family") or name) for name, recipe in recipes.items()}
+    grids: dict[str, list[str]] = {}
+    for name in recipes:
+        grids.setdefault(family[name], []).append(name)
     errors = {(r["setting"], r["recipe"], r["seed"]): 100.0 * r["val_error"] for r in runs}
     out: list[dict[str, Any]] = []
     for setting in settings:
-        best: dict[str, tuple[float, str, list[float]]] = {}
-        grids: dict[str, list[str]] = {}
-        for name in recipes:
-            grids.setdefault(family[name], []).append(name)
+        best: dict[str, tuple[str, list[float], int]] = {}  # member, its errors, members run
         for method, members in grids.items():
             complete = [m for m in members if all((setting, m, s) in errors for s in seeds)]
             if not complete:
                 continue
             scored = [(summarize(errors[setting, m, s] for s in seeds).mean, m) for m in complete]
-            mean, member = min(scored)
-            best[method] = (mean, member, [errors[setting, member, s] for s in seeds])
+            member = min(scored)[1]
+            best[method] = (member, [errors[setting, member, s] for s in seeds], len(complete))
         baseline = best.get(family["ce"])
-        for method, (_, member, values) in best.items():
-            grid = grids[method]
-            ran = sum(all((setting, m, s) in errors for s in seeds) for m in grid)
+        for method, (member, values, ran) in best.items():
             diff = None
             if baseline is not None and method != family["ce"]:
-                diff = summarize(v - b for v, b in zip(values, baseline[2], strict=True))
+                diff = summarize(v - b for v, b in zip(values, baseline[1], strict=True))
             out.append(
                 {
                     "setting": setting,
                     "method": method,
                     "best_member": member,
-                    "grid_run": f"{ran} of {len(grid)}",
+                    "grid_run": f"{ran} of {len(grids[method])}",
                     "val_error_%": summarize(values),
                     "vs_CE_best_pp": diff,
                 }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
@@ -68,7 +68,10 @@ class HUGPlugin(SupervisedPlugin):  # type: ignore[misc]
         0
     """
 
-    @with_hug_keywords("pure")
+    default_preset: ClassVar[str] = "pure"
+    """The preset a plugin built without ``config`` starts from (decoupled HUG)."""
+
+    @with_hug_keywords(default_preset)
     def __init__(
         self,
         num_classes: int,
@@ -84,7 +87,7 @@ class HUGPlugin(SupervisedPlugin):  # type: ignore[misc]
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
         if not (isinstance(feature_dim, int) and feature_dim >= 1):
             raise ValueError(f"feature_dim must be an int >= 1, got {feature_dim!r}")
-        self.config = resolve_config(config, overrides, default="pure")
+        self.config = resolve_config(config, overrides, default=self.default_preset)
         self.num_classes = num_classes
         self.feature_dim = feature_dim
         self.loss_fn = HUGLoss(self.config)

@@ -53,6 +53,7 @@ from hug_plugins.functional.terms import (
     inter_term,
     intra_term,
     intra_weights,
+    preset_config,
     resolve_energy_mode,
     weighted_terms,
 )
@@ -71,7 +72,7 @@ StaticInter = Callable[[Tensor, torch.dtype], Tensor]
 """``(proxies, dtype) -> inter term`` of proxies that get no gradient (e.g. a cache of it)."""
 
 _DEFAULT_CONFIG = HUGConfig()
-_PROXY_DEFAULT_CONFIG = replace(HUGConfig(), ce_weight=1.0)  # preset "default", as HUGLoss()
+_PROXY_DEFAULT_CONFIG = preset_config("default")  # what HUGLoss() uses
 
 
 def proxies_are_static(proxies: Tensor, config: HUGConfig) -> bool:
