@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from harness.backbones import MLP
-from harness.config import check_choices, check_seeds, run_job, to_dict
+from harness.config import (
+    RUN_INDEPENDENT_TRAINER_FIELDS,
+    check_choices,
+    check_seeds,
+    run_job,
+    to_dict,
+)
 from harness.data import DIGITS_NUM_CLASSES, DIGITS_NUM_FEATURES, load_digits_split
 from harness.io import run_grid
 from harness.models import FeatureClassifier, classifier_weight, make_head
@@ -48,11 +54,13 @@ from harness.train import (
     evaluate_collapse,
     is_main_process,
     seed_everything,
+    settings_tag,
     torch_threads,
 )
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from hug_plugins.functional import preset_config
 from hug_plugins.losses import HUGLoss
 from hug_plugins.proxies import ProxyHead
 
@@ -100,6 +108,29 @@ def build(method: str, seed: int, cfg: DictConfig) -> tuple[nn.Module, Objective
     return model, HUGObjective(HUGLoss.preset(method), head), head.proxies
 
 
+def checkpoint_name(method: str, seed: int, cfg: DictConfig, trainer_cfg: TrainerConfig) -> str:
+    """The run's checkpoint file name: ``<method>_seed<k>_<tag>.pt``, the tag a hash of the HUG
+    recipe the method resolves to, the model, the head, the split and the trainer but its epochs
+    (a longer budget resumes the run), so that a changed recipe or default is trained anew,
+    never silently reloaded."""
+    trainer = {
+        k: v
+        for k, v in dataclasses.asdict(trainer_cfg).items()
+        if k not in (*RUN_INDEPENDENT_TRAINER_FIELDS, "epochs")
+    }
+    recipe = None if method == "ce" else dataclasses.asdict(preset_config(method))
+    tag = settings_tag(
+        {
+            "recipe": recipe,
+            "model": to_dict(cfg.model),
+            "proxy": to_dict(cfg.proxy),
+            "test_fraction": float(cfg.test_fraction),
+            "trainer": trainer,
+        }
+    )
+    return f"{method}_seed{seed}_{tag}.pt"
+
+
 def run_one(
     method: str, seed: int, cfg: DictConfig, trainer_cfg: TrainerConfig
 ) -> dict[str, float]:
@@ -108,7 +139,9 @@ def run_one(
     model, objective, _ = build(method, seed, cfg)
     checkpoint = None
     if cfg.checkpoint_dir:
-        checkpoint = str(Path(str(cfg.checkpoint_dir)) / f"{method}_seed{seed}.pt")
+        checkpoint = str(
+            Path(str(cfg.checkpoint_dir)) / checkpoint_name(method, seed, cfg, trainer_cfg)
+        )
     trainer = Trainer(dataclasses.replace(trainer_cfg, seed=seed, checkpoint_path=checkpoint))
     start = time.perf_counter()
     result = trainer.fit_classifier(model, train, objective)

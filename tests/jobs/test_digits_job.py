@@ -104,13 +104,29 @@ def test_job_resumes_from_checkpoints(job: ModuleType, tmp_path: Path) -> None:
         "progress=false",
     ]
     first = job.main(args)
-    assert (tmp_path / "ck" / "ce_seed0.pt").is_file()
+    assert [p.name[: len("ce_seed0_")] for p in (tmp_path / "ck").iterdir()] == ["ce_seed0_"]
     assert first["runs"][0]["epochs_trained"] == 1
     again = job.main(args)  # finished run: restored, not retrained
     assert again["runs"][0]["epochs_trained"] == 0
     assert again["runs"][0]["test_error"] == first["runs"][0]["test_error"]
     longer = job.main([*args, "trainer.epochs=2"])  # a longer budget trains only the new epoch
     assert longer["runs"][0]["epochs_trained"] == 1
+    other_lr = job.main([*args, "trainer.lr=0.002"])  # another recipe: a new run, not reloaded
+    assert other_lr["runs"][0]["epochs_trained"] == 1
+    assert len(list((tmp_path / "ck").iterdir())) == 2
+
+
+def test_checkpoint_name_follows_the_resolved_recipe(job: ModuleType) -> None:
+    from harness.config import to_dict
+    from harness.train import TrainerConfig
+
+    cfg = load_config("digits", "quick")
+    trainer = TrainerConfig.from_mapping(to_dict(cfg.trainer))
+    names = {m: job.checkpoint_name(m, 0, cfg, trainer) for m in ("ce", "default", "pure")}
+    assert len(set(names.values())) == 3  # the presets resolve to different recipes
+    assert names["default"].startswith("default_seed0_") and names["default"].endswith(".pt")
+    assert job.checkpoint_name("default", 0, cfg, trainer) == names["default"]  # stable
+    assert job.checkpoint_name("default", 1, cfg, trainer) != names["default"]
 
 
 def test_job_rejects_bad_config(job: ModuleType, tmp_path: Path) -> None:
