@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.config import RUN_INDEPENDENT_TRAINER_FIELDS, check_seeds, parse_cli, to_dict
+from harness.config import check_seeds, parse_cli, run_dependent_trainer_fields, to_dict
 from harness.data import BatchAugment, load_image_dataset, split_holdout, subset
 from harness.io import RunLog, atomic_write_text
 from harness.models import build_classifier, classifier_weight
@@ -102,11 +102,7 @@ def run_tag(setting: DictConfig, recipe: DictConfig, cfg: DictConfig) -> str:
     if recipe.get("preset") is not None:
         config = preset_config(str(recipe.preset), **hug_fields(recipe))
         resolved["hug"] = dataclasses.asdict(config)
-    trainer = {
-        k: v
-        for k, v in trainer_settings(setting, recipe, cfg).items()
-        if k not in RUN_INDEPENDENT_TRAINER_FIELDS
-    }
+    trainer = run_dependent_trainer_fields(trainer_settings(setting, recipe, cfg))
     data = {k: v for k, v in to_dict(setting).items() if k not in ("name", "recipes", "trainer")}
     return settings_tag(
         {"setting": data, "model": to_dict(cfg.model), "trainer": trainer, "recipe": resolved}

@@ -30,9 +30,9 @@ from typing import Any
 
 from harness.backbones import MLP
 from harness.config import (
-    RUN_INDEPENDENT_TRAINER_FIELDS,
     check_choices,
     check_seeds,
+    run_dependent_trainer_fields,
     run_job,
     to_dict,
 )
@@ -50,6 +50,7 @@ from harness.tables import (
 from harness.train import (
     Trainer,
     TrainerConfig,
+    checkpoint_file,
     evaluate_classifier,
     evaluate_collapse,
     is_main_process,
@@ -108,18 +109,13 @@ def build(method: str, seed: int, cfg: DictConfig) -> tuple[nn.Module, Objective
     return model, HUGObjective(HUGLoss.preset(method), head), head.proxies
 
 
-def checkpoint_name(method: str, seed: int, cfg: DictConfig, trainer_cfg: TrainerConfig) -> str:
-    """The run's checkpoint file name: ``<method>_seed<k>_<tag>.pt``, the tag a hash of the HUG
-    recipe the method resolves to, the model, the head, the split and the trainer but its epochs
-    (a longer budget resumes the run), so that a changed recipe or default is trained anew,
-    never silently reloaded."""
-    trainer = {
-        k: v
-        for k, v in dataclasses.asdict(trainer_cfg).items()
-        if k not in (*RUN_INDEPENDENT_TRAINER_FIELDS, "epochs")
-    }
+def run_tag(method: str, cfg: DictConfig, trainer_cfg: TrainerConfig) -> str:
+    """The settings tag of a run's checkpoint name: a hash of the HUG recipe the method resolves
+    to, the model, the head, the split and the trainer but its epochs (a longer budget resumes
+    the run), so that a changed recipe or default is trained anew, never silently reloaded."""
+    trainer = run_dependent_trainer_fields(dataclasses.asdict(trainer_cfg), also_skip=["epochs"])
     recipe = None if method == "ce" else dataclasses.asdict(preset_config(method))
-    tag = settings_tag(
+    return settings_tag(
         {
             "recipe": recipe,
             "model": to_dict(cfg.model),
@@ -128,7 +124,6 @@ def checkpoint_name(method: str, seed: int, cfg: DictConfig, trainer_cfg: Traine
             "trainer": trainer,
         }
     )
-    return f"{method}_seed{seed}_{tag}.pt"
 
 
 def run_one(
@@ -137,12 +132,14 @@ def run_one(
     """Trains one (method, seed) and returns its test error and neural-collapse metrics."""
     train, test = load_digits_split(seed, test_fraction=float(cfg.test_fraction))
     model, objective, _ = build(method, seed, cfg)
-    checkpoint = None
-    if cfg.checkpoint_dir:
-        checkpoint = str(
-            Path(str(cfg.checkpoint_dir)) / checkpoint_name(method, seed, cfg, trainer_cfg)
+    directory = str(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+    tag = run_tag(method, cfg, trainer_cfg)
+    checkpoint = checkpoint_file(directory, "digits", "mlp", method, seed, tag=tag)
+    trainer = Trainer(
+        dataclasses.replace(
+            trainer_cfg, seed=seed, checkpoint_path=None if checkpoint is None else str(checkpoint)
         )
-    trainer = Trainer(dataclasses.replace(trainer_cfg, seed=seed, checkpoint_path=checkpoint))
+    )
     start = time.perf_counter()
     result = trainer.fit_classifier(model, train, objective)
     seconds = time.perf_counter() - start

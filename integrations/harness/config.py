@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -415,6 +415,20 @@ RUN_INDEPENDENT_TRAINER_FIELDS = (
 without effect on the trained weights' recipe (where and how verbosely it runs)."""
 
 
+def run_dependent_trainer_fields(
+    trainer: Mapping[str, Any], also_skip: Sequence[str] = ()
+) -> dict[str, Any]:
+    """``trainer`` (TrainerConfig fields) without :data:`RUN_INDEPENDENT_TRAINER_FIELDS` and
+    ``also_skip``: the part of a run's settings tag that the trainer contributes.
+
+    Example:
+        >>> run_dependent_trainer_fields({"lr": 0.1, "seed": 3, "epochs": 2}, also_skip=["epochs"])
+        {'lr': 0.1}
+    """
+    skip = {*RUN_INDEPENDENT_TRAINER_FIELDS, *also_skip}
+    return {k: v for k, v in trainer.items() if k not in skip}
+
+
 def pixel_run_tag(cfg: DictConfig, extra_keys: Sequence[str] = ()) -> str:
     """The settings tag (:func:`harness.train.settings_tag`) of a robustness / long-tail
     job's runs: a hash of everything the trained weights depend on besides the method, the seed
@@ -441,11 +455,7 @@ def pixel_run_tag(cfg: DictConfig, extra_keys: Sequence[str] = ()) -> str:
         False
     """
     options = pixel_fit_options(cfg)
-    trainer = {
-        k: v
-        for k, v in dataclasses.asdict(options["trainer_cfg"]).items()
-        if k not in RUN_INDEPENDENT_TRAINER_FIELDS
-    }
+    trainer = run_dependent_trainer_fields(dataclasses.asdict(options["trainer_cfg"]))
     job = to_dict(cfg)
     data = {k: v for k, v in job["data"].items() if k != "root"}
     return settings_tag(

@@ -104,7 +104,8 @@ def test_job_resumes_from_checkpoints(job: ModuleType, tmp_path: Path) -> None:
         "progress=false",
     ]
     first = job.main(args)
-    assert [p.name[: len("ce_seed0_")] for p in (tmp_path / "ck").iterdir()] == ["ce_seed0_"]
+    prefix = "digits_mlp_ce_seed0_"
+    assert [p.name[: len(prefix)] for p in (tmp_path / "ck").iterdir()] == [prefix]
     assert first["runs"][0]["epochs_trained"] == 1
     again = job.main(args)  # finished run: restored, not retrained
     assert again["runs"][0]["epochs_trained"] == 0
@@ -116,17 +117,19 @@ def test_job_resumes_from_checkpoints(job: ModuleType, tmp_path: Path) -> None:
     assert len(list((tmp_path / "ck").iterdir())) == 2
 
 
-def test_checkpoint_name_follows_the_resolved_recipe(job: ModuleType) -> None:
+def test_run_tag_follows_the_resolved_recipe(job: ModuleType) -> None:
     from harness.config import to_dict
     from harness.train import TrainerConfig
 
     cfg = load_config("digits", "quick")
     trainer = TrainerConfig.from_mapping(to_dict(cfg.trainer))
-    names = {m: job.checkpoint_name(m, 0, cfg, trainer) for m in ("ce", "default", "pure")}
-    assert len(set(names.values())) == 3  # the presets resolve to different recipes
-    assert names["default"].startswith("default_seed0_") and names["default"].endswith(".pt")
-    assert job.checkpoint_name("default", 0, cfg, trainer) == names["default"]  # stable
-    assert job.checkpoint_name("default", 1, cfg, trainer) != names["default"]
+    tags = {m: job.run_tag(m, cfg, trainer) for m in ("ce", "default", "pure")}
+    assert len(set(tags.values())) == 3  # the presets resolve to different recipes
+    assert job.run_tag("default", cfg, trainer) == tags["default"]  # stable
+    longer = TrainerConfig.from_mapping({**to_dict(cfg.trainer), "epochs": 7})
+    assert job.run_tag("default", cfg, longer) == tags["default"]  # a longer budget resumes
+    other_lr = TrainerConfig.from_mapping({**to_dict(cfg.trainer), "lr": 0.5})
+    assert job.run_tag("default", cfg, other_lr) != tags["default"]
 
 
 def test_job_rejects_bad_config(job: ModuleType, tmp_path: Path) -> None:
